@@ -1,0 +1,3 @@
+//! mplink: applies AWS Marketplace subscription events to a billing-link ledger.
+
+pub mod event;
