@@ -1,0 +1,776 @@
+//! The state machine: a pure function of (current subscription, event) → decision, and of
+//! (link request, subscriptions) → link view. No I/O lives here.
+//!
+//! Ordering rule: every state-changing event carries a [`Stamp`] = (event time, rank, fact key),
+//! compared in that order. The subscription's state is the target state of the greatest stamp
+//! seen so far (last writer wins by event time, never by arrival). Ties on time are broken by
+//! rank (success < fail < unsubscribe-pending < unsubscribe-success: the later step in a
+//! subscription's life wins) and then by the fact key's byte order, so any arrival order of the
+//! same events gives the same final state.
+
+use crate::event::{license_id, Action, Event, SubjectKey};
+use serde::Serialize;
+use std::fmt;
+
+/// The life of one AWS subscription (legacy customer or EventBridge agreement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubState {
+    /// Known, but AWS has not confirmed it.
+    Pending,
+    /// Confirmed by AWS: billing goes through AWS Marketplace.
+    Active,
+    /// AWS refused it.
+    Failed,
+    /// Cancelled on AWS; final metering window open.
+    Cancelling,
+    /// Cancellation complete.
+    Cancelled,
+}
+
+impl SubState {
+    /// Stable name stored in the database and printed by `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubState::Pending => "pending",
+            SubState::Active => "active",
+            SubState::Failed => "failed",
+            SubState::Cancelling => "cancelling",
+            SubState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`SubState::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<SubState> {
+        Some(match s {
+            "pending" => SubState::Pending,
+            "active" => SubState::Active,
+            "failed" => SubState::Failed,
+            "cancelling" => SubState::Cancelling,
+            "cancelled" => SubState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SubState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an event does to its subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Moves the subscription to a state (subject to ordering).
+    Transition(SubState),
+    /// The agreement was renewed or replaced: a successor takes over, nothing ends.
+    HandOver,
+    /// Adds identifiers only (entitlement and license updates, amendments).
+    Inform,
+}
+
+/// The effect of each action.
+pub fn effect(action: &Action) -> Effect {
+    match action {
+        Action::SubscribeSuccess | Action::AgreementCreated { .. } => {
+            Effect::Transition(SubState::Active)
+        }
+        Action::SubscribeFail => Effect::Transition(SubState::Failed),
+        Action::UnsubscribePending => Effect::Transition(SubState::Cancelling),
+        Action::AgreementEnded { status, .. } if status.hands_over() => Effect::HandOver,
+        Action::AgreementEnded { .. } => Effect::Transition(SubState::Cancelling),
+        Action::UnsubscribeSuccess | Action::LicenseDeprovisioned => {
+            Effect::Transition(SubState::Cancelled)
+        }
+        Action::EntitlementUpdated | Action::AgreementAmended { .. } | Action::LicenseUpdated => {
+            Effect::Inform
+        }
+    }
+}
+
+/// Tie-break rank of a target state at equal event times: the later life step wins.
+pub fn rank(target: SubState) -> i64 {
+    match target {
+        SubState::Pending => 0,
+        SubState::Active => 1,
+        SubState::Failed => 2,
+        SubState::Cancelling => 3,
+        SubState::Cancelled => 4,
+    }
+}
+
+/// Total order of state-changing facts: event time, then rank, then fact key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    /// Event time, epoch ms.
+    pub time_ms: i64,
+    /// [`rank`] of the target state.
+    pub rank: i64,
+    /// The event's fact key (equal for copies of one fact).
+    pub fact_key: String,
+}
+
+impl Stamp {
+    /// The stamp of an event whose effect has this rank.
+    pub fn of(event: &Event, rank: i64) -> Stamp {
+        Stamp {
+            time_ms: event.time_ms,
+            rank,
+            fact_key: event.fact_key.clone(),
+        }
+    }
+}
+
+/// One subscription as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Canonical subject key (see [`SubjectKey::as_key`]).
+    pub key: String,
+    /// Marketplace product code, once known.
+    pub product_code: Option<String>,
+    /// Legacy customer identifier, once known.
+    pub customer_identifier: Option<String>,
+    /// Buyer's AWS account id, once known.
+    pub customer_aws_account_id: Option<String>,
+    /// Agreement id (EventBridge subscriptions).
+    pub agreement_id: Option<String>,
+    /// License ARN as AWS sent it, once known.
+    pub license_arn: Option<String>,
+    /// The agreement this one renews or replaces.
+    pub previous_agreement_id: Option<String>,
+    /// Current state.
+    pub state: SubState,
+    /// Stamp of the event that set `state` (None while pending with no such event).
+    pub state_stamp: Option<Stamp>,
+    /// Smallest stamp of any confirmation seen: tells whether a failure came after activity.
+    pub first_active: Option<Stamp>,
+    /// Stamp of the Ended RENEWED/REPLACED event, if any.
+    pub handed_over: Option<Stamp>,
+    /// Greatest event time seen, epoch ms.
+    pub last_event_time_ms: Option<i64>,
+}
+
+impl Subscription {
+    /// A subscription nobody has heard anything about yet.
+    pub fn new(subject: &SubjectKey) -> Subscription {
+        let mut sub = Subscription {
+            key: subject.as_key(),
+            product_code: None,
+            customer_identifier: None,
+            customer_aws_account_id: None,
+            agreement_id: None,
+            license_arn: None,
+            previous_agreement_id: None,
+            state: SubState::Pending,
+            state_stamp: None,
+            first_active: None,
+            handed_over: None,
+            last_event_time_ms: None,
+        };
+        match subject {
+            SubjectKey::Customer {
+                product_code,
+                customer_identifier,
+            } => {
+                sub.product_code = Some(product_code.clone());
+                sub.customer_identifier = Some(customer_identifier.clone());
+            }
+            SubjectKey::Agreement { agreement_id } => {
+                sub.agreement_id = Some(agreement_id.clone());
+            }
+        }
+        sub
+    }
+
+    /// True when a confirmation precedes the current state (in stamp order).
+    pub fn was_active_before_state(&self) -> bool {
+        match (&self.first_active, &self.state_stamp) {
+            (Some(first), Some(state)) => first < state,
+            _ => false,
+        }
+    }
+}
+
+/// How the event log records an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It changed (or first established) what the ledger knows.
+    Applied,
+    /// Older than what is already applied; kept for audit, no effect.
+    Stale,
+    /// The same delivery or the same fact again; no effect.
+    Duplicate,
+    /// Could not be decoded or was refused; no effect.
+    Rejected,
+}
+
+impl Outcome {
+    /// Stable name stored in the event log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Stale => "stale",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What applying one event decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The subscription after the event.
+    pub next: Subscription,
+    /// How to record the event.
+    pub outcome: Outcome,
+}
+
+/// Applies `event` to `current` (the subscription its subject names).
+///
+/// Identifiers only ever fill gaps (a known value is never overwritten), and the history facts
+/// (`first_active`, `handed_over`) keep their minimum, so they commute like the state does.
+pub fn apply(current: &Subscription, event: &Event) -> Decision {
+    let mut next = current.clone();
+    let mut learned = merge_identifiers(&mut next, event);
+    next.last_event_time_ms = Some(
+        next.last_event_time_ms
+            .map_or(event.time_ms, |t| t.max(event.time_ms)),
+    );
+
+    let outcome = match effect(&event.action) {
+        Effect::Transition(target) => {
+            let stamp = Stamp::of(event, rank(target));
+            if target == SubState::Active {
+                learned |= keep_min(&mut next.first_active, &stamp);
+            }
+            match next.state_stamp.as_ref().map(|cur| stamp.cmp(cur)) {
+                None | Some(std::cmp::Ordering::Greater) => {
+                    next.state = target;
+                    next.state_stamp = Some(stamp);
+                    Outcome::Applied
+                }
+                Some(std::cmp::Ordering::Equal) => Outcome::Duplicate,
+                // An older event can still teach history (an earlier confirmation) or identifiers.
+                Some(std::cmp::Ordering::Less) if learned => Outcome::Applied,
+                Some(std::cmp::Ordering::Less) => Outcome::Stale,
+            }
+        }
+        Effect::HandOver => {
+            let stamp = Stamp::of(event, rank(SubState::Active));
+            if keep_min(&mut next.handed_over, &stamp) || learned {
+                Outcome::Applied
+            } else {
+                Outcome::Duplicate
+            }
+        }
+        Effect::Inform => Outcome::Applied,
+    };
+    Decision { next, outcome }
+}
+
+fn keep_min(slot: &mut Option<Stamp>, stamp: &Stamp) -> bool {
+    match slot {
+        Some(existing) if *existing <= *stamp => false,
+        _ => {
+            *slot = Some(stamp.clone());
+            true
+        }
+    }
+}
+
+fn merge_identifiers(sub: &mut Subscription, event: &Event) -> bool {
+    let ids = &event.ids;
+    let mut learned = false;
+    for (slot, value) in [
+        (&mut sub.product_code, &ids.product_code),
+        (&mut sub.customer_identifier, &ids.customer_identifier),
+        (
+            &mut sub.customer_aws_account_id,
+            &ids.customer_aws_account_id,
+        ),
+        (&mut sub.agreement_id, &ids.agreement_id),
+        (&mut sub.license_arn, &ids.license_arn),
+        (&mut sub.previous_agreement_id, &ids.previous_agreement_id),
+    ] {
+        if slot.is_none() && value.is_some() {
+            *slot = value.clone();
+            learned = true;
+        }
+    }
+    learned
+}
+
+/// An organization's request to pay through a marketplace subscription (the registration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRequest {
+    /// The SaaS organization.
+    pub org_id: String,
+    /// Product code from ResolveCustomer.
+    pub product_code: String,
+    /// Customer identifier from ResolveCustomer (legacy listings).
+    pub customer_identifier: Option<String>,
+    /// Customer AWS account id from ResolveCustomer.
+    pub customer_aws_account_id: Option<String>,
+    /// License ARN from ResolveCustomer (new listings).
+    pub license_arn: Option<String>,
+    /// When the link was requested, epoch ms.
+    pub requested_at_ms: i64,
+}
+
+impl LinkRequest {
+    /// True when `sub` is the subscription this registration names.
+    ///
+    /// A license ARN is the most specific key (concurrent agreements share account and product),
+    /// so when the registration has one, only it is used.
+    pub fn matches(&self, sub: &Subscription) -> bool {
+        if let Some(lic) = &self.license_arn {
+            return sub
+                .license_arn
+                .as_deref()
+                .is_some_and(|s| license_id(s) == license_id(lic));
+        }
+        let same_product = sub.product_code.as_deref() == Some(self.product_code.as_str());
+        if let Some(cust) = &self.customer_identifier {
+            return same_product && sub.customer_identifier.as_deref() == Some(cust.as_str());
+        }
+        match &self.customer_aws_account_id {
+            Some(acct) => {
+                same_product && sub.customer_aws_account_id.as_deref() == Some(acct.as_str())
+            }
+            None => false,
+        }
+    }
+}
+
+/// The link's billing state as the organization sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Linked, waiting for AWS to confirm; payment method empty.
+    Syncing,
+    /// Paying through AWS Marketplace; payment method not editable.
+    Linked,
+    /// The subscription failed before it was ever active.
+    Failed,
+    /// Cancelled on AWS, final metering window open; still paying through AWS.
+    UnlinkPending,
+    /// Billing link removed; the organization keeps everything else and has no payment method.
+    Unlinked,
+}
+
+impl LinkState {
+    /// Stable name printed by `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Syncing => "syncing",
+            LinkState::Linked => "linked",
+            LinkState::Failed => "failed",
+            LinkState::UnlinkPending => "unlink_pending",
+            LinkState::Unlinked => "unlinked",
+        }
+    }
+
+    /// The organization's payment method in this state.
+    pub fn payment_method(self) -> Option<PaymentMethod> {
+        match self {
+            LinkState::Linked | LinkState::UnlinkPending => Some(PaymentMethod::AwsMarketplace),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An organization's payment method, as far as mplink owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentMethod {
+    /// "AWS Marketplace Subscription", not editable by the customer.
+    AwsMarketplace,
+}
+
+impl PaymentMethod {
+    /// Stable name printed by `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentMethod::AwsMarketplace => "aws_marketplace",
+        }
+    }
+}
+
+/// The link state a subscription in this state gives its organization.
+pub fn link_state_of(sub: &Subscription) -> LinkState {
+    // A renewal or replacement never unlinks, even before its successor is known.
+    if sub.handed_over.is_some() {
+        return LinkState::Linked;
+    }
+    match sub.state {
+        SubState::Pending => LinkState::Syncing,
+        SubState::Active => LinkState::Linked,
+        SubState::Failed if sub.was_active_before_state() => LinkState::Unlinked,
+        SubState::Failed => LinkState::Failed,
+        SubState::Cancelling => LinkState::UnlinkPending,
+        SubState::Cancelled => LinkState::Unlinked,
+    }
+}
+
+/// A link request resolved against the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkView<'a> {
+    /// The subscription currently carrying the link (None while no event names it).
+    pub subscription: Option<&'a Subscription>,
+    /// The link's state.
+    pub state: LinkState,
+}
+
+/// Resolves `link` against `subs` (any superset of the subscriptions it could reach).
+///
+/// The registration names a subscription; renewals and replacements chain agreements through
+/// `previous_agreement_id`, and the link follows the chain to its newest agreement.
+pub fn resolve_link<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> LinkView<'a> {
+    let mut reached: Vec<&Subscription> = subs.iter().filter(|s| link.matches(s)).collect();
+    // Follow successors, bounded by the number of subscriptions so a cycle cannot loop.
+    let mut frontier = reached.clone();
+    for _ in 0..subs.len() {
+        let next: Vec<&Subscription> = subs
+            .iter()
+            .filter(|s| {
+                s.previous_agreement_id.as_deref().is_some_and(|prev| {
+                    frontier
+                        .iter()
+                        .any(|f| f.agreement_id.as_deref() == Some(prev))
+                }) && !reached.iter().any(|r| r.key == s.key)
+            })
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        reached.extend(next.iter().copied());
+        frontier = next;
+    }
+    let superseded = |s: &Subscription| {
+        s.agreement_id.as_deref().is_some_and(|id| {
+            reached
+                .iter()
+                .any(|r| r.previous_agreement_id.as_deref() == Some(id))
+        })
+    };
+    let current = reached
+        .iter()
+        .copied()
+        .filter(|s| !superseded(s))
+        .max_by(|a, b| {
+            let a_key = (a.state_stamp.as_ref(), &a.key);
+            let b_key = (b.state_stamp.as_ref(), &b.key);
+            a_key.cmp(&b_key)
+        });
+    LinkView {
+        subscription: current,
+        state: current.map_or(LinkState::Syncing, link_state_of),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Delivery, EndStatus, Identifiers, Intent, Party};
+    use proptest::prelude::*;
+
+    fn legacy(action: Action, time_ms: i64, id: &str) -> Event {
+        Event {
+            sqs_message_id: format!("sqs-{id}"),
+            event_id: id.to_string(),
+            fact_key: format!("sns:{id}"),
+            time_ms,
+            delivery: Delivery::SnsEnvelope,
+            action,
+            subject: SubjectKey::Customer {
+                product_code: "prod".into(),
+                customer_identifier: "cust".into(),
+            },
+            ids: Identifiers {
+                product_code: Some("prod".into()),
+                customer_identifier: Some("cust".into()),
+                ..Identifiers::default()
+            },
+            topic_arn: None,
+            source: None,
+        }
+    }
+
+    fn fold(events: &[Event]) -> Subscription {
+        let mut sub = Subscription::new(&events[0].subject);
+        for e in events {
+            sub = apply(&sub, e).next;
+        }
+        sub
+    }
+
+    fn link() -> LinkRequest {
+        LinkRequest {
+            org_id: "org".into(),
+            product_code: "prod".into(),
+            customer_identifier: Some("cust".into()),
+            customer_aws_account_id: None,
+            license_arn: None,
+            requested_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_seed_story_in_order() {
+        let mut sub = Subscription::new(&legacy(Action::SubscribeSuccess, 0, "x").subject);
+        assert_eq!(link_state_of(&sub), LinkState::Syncing);
+        for (action, t, state, link_state) in [
+            (
+                Action::SubscribeSuccess,
+                10,
+                SubState::Active,
+                LinkState::Linked,
+            ),
+            (
+                Action::UnsubscribePending,
+                20,
+                SubState::Cancelling,
+                LinkState::UnlinkPending,
+            ),
+            (
+                Action::UnsubscribeSuccess,
+                30,
+                SubState::Cancelled,
+                LinkState::Unlinked,
+            ),
+            (
+                Action::SubscribeSuccess,
+                40,
+                SubState::Active,
+                LinkState::Linked,
+            ),
+        ] {
+            let d = apply(&sub, &legacy(action, t, &format!("m{t}")));
+            assert_eq!(d.outcome, Outcome::Applied);
+            sub = d.next;
+            assert_eq!(sub.state, state);
+            assert_eq!(link_state_of(&sub), link_state);
+        }
+    }
+
+    #[test]
+    fn an_older_event_never_undoes_a_newer_one() {
+        let newer = legacy(Action::UnsubscribeSuccess, 30, "b");
+        let older = legacy(Action::UnsubscribePending, 20, "a");
+        let sub = fold(std::slice::from_ref(&newer));
+        let d = apply(&sub, &older);
+        assert_eq!(d.outcome, Outcome::Stale);
+        assert_eq!(d.next.state, SubState::Cancelled);
+    }
+
+    #[test]
+    fn the_same_event_twice_is_a_duplicate() {
+        let e = legacy(Action::SubscribeSuccess, 10, "a");
+        let sub = fold(std::slice::from_ref(&e));
+        let d = apply(&sub, &e);
+        assert_eq!(d.outcome, Outcome::Duplicate);
+        assert_eq!(d.next, sub);
+    }
+
+    #[test]
+    fn ties_go_to_the_later_life_step() {
+        let a = legacy(Action::SubscribeSuccess, 10, "a");
+        let b = legacy(Action::UnsubscribeSuccess, 10, "b");
+        assert_eq!(fold(&[a.clone(), b.clone()]).state, SubState::Cancelled);
+        assert_eq!(fold(&[b, a]).state, SubState::Cancelled);
+    }
+
+    #[test]
+    fn failure_before_any_confirmation_fails_the_link_and_after_it_unlinks() {
+        let fail = legacy(Action::SubscribeFail, 20, "f");
+        assert_eq!(
+            link_state_of(&fold(std::slice::from_ref(&fail))),
+            LinkState::Failed
+        );
+        let ok = legacy(Action::SubscribeSuccess, 10, "s");
+        // The late-arriving earlier confirmation still counts as history.
+        let sub = fold(&[fail.clone(), ok.clone()]);
+        assert_eq!(sub.state, SubState::Failed);
+        assert_eq!(link_state_of(&sub), LinkState::Unlinked);
+        assert_eq!(fold(&[ok, fail]), sub);
+    }
+
+    fn agreement(action: Action, agmt: &str, time_ms: i64, id: &str) -> Event {
+        Event {
+            sqs_message_id: format!("sqs-{id}"),
+            event_id: id.into(),
+            fact_key: format!("eb:{}:{agmt}:{time_ms}", action.name()),
+            time_ms,
+            delivery: Delivery::EventBridge,
+            action,
+            subject: SubjectKey::Agreement {
+                agreement_id: agmt.into(),
+            },
+            ids: Identifiers {
+                agreement_id: Some(agmt.into()),
+                customer_aws_account_id: Some("111122223333".into()),
+                ..Identifiers::default()
+            },
+            topic_arn: None,
+            source: Some(crate::event::EVENTBRIDGE_SOURCE.into()),
+        }
+    }
+
+    #[test]
+    fn a_renewal_hands_the_link_over_without_unlinking() {
+        let lic = "arn:aws:license-manager::1:license:l-abc";
+        let mut created = agreement(
+            Action::AgreementCreated {
+                party: Party::Proposer,
+                intent: Intent::New,
+            },
+            "agmt-1",
+            10,
+            "e1",
+        );
+        created.ids.product_code = Some("prod".into());
+        created.ids.license_arn = Some(lic.into());
+        let old = fold(&[created]);
+        let link = LinkRequest {
+            license_arn: Some("l-abc".into()),
+            customer_identifier: None,
+            ..link()
+        };
+        assert_eq!(
+            resolve_link(&link, std::slice::from_ref(&old)).state,
+            LinkState::Linked
+        );
+
+        let ended = agreement(
+            Action::AgreementEnded {
+                party: Party::Proposer,
+                status: EndStatus::Renewed,
+            },
+            "agmt-1",
+            20,
+            "e2",
+        );
+        let old = apply(&old, &ended).next;
+        assert_eq!(old.state, SubState::Active);
+        let view = resolve_link(&link, std::slice::from_ref(&old));
+        assert_eq!(view.state, LinkState::Linked);
+
+        let mut renewal = agreement(
+            Action::AgreementCreated {
+                party: Party::Proposer,
+                intent: Intent::Renew,
+            },
+            "agmt-2",
+            21,
+            "e3",
+        );
+        renewal.ids.previous_agreement_id = Some("agmt-1".into());
+        let new = fold(&[renewal]);
+        let subs = vec![old, new];
+        let view = resolve_link(&link, &subs);
+        assert_eq!(view.state, LinkState::Linked);
+        assert_eq!(view.subscription.unwrap().key, "agmt:agmt-2");
+    }
+
+    #[test]
+    fn registration_without_events_is_syncing_and_matches_by_specific_key() {
+        assert_eq!(resolve_link(&link(), &[]).state, LinkState::Syncing);
+        let mut other = Subscription::new(&SubjectKey::Customer {
+            product_code: "prod".into(),
+            customer_identifier: "someone-else".into(),
+        });
+        other.state = SubState::Active;
+        assert_eq!(resolve_link(&link(), &[other]).state, LinkState::Syncing);
+    }
+
+    // ---- property test against a simple model -------------------------------------------
+
+    /// The model: sort every event by (time, rank, fact key) and walk the transitions.
+    fn model(events: &[Event]) -> (SubState, LinkState) {
+        let mut sorted: Vec<(Stamp, Effect)> = events
+            .iter()
+            .filter_map(|e| match effect(&e.action) {
+                Effect::Transition(t) => Some((Stamp::of(e, rank(t)), Effect::Transition(t))),
+                _ => None,
+            })
+            .collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        let mut state = SubState::Pending;
+        let mut ever_active = false;
+        let mut failed_after_active = false;
+        for (_, eff) in sorted {
+            if let Effect::Transition(t) = eff {
+                failed_after_active = t == SubState::Failed && ever_active;
+                ever_active |= t == SubState::Active;
+                state = t;
+            }
+        }
+        let link = match state {
+            SubState::Pending => LinkState::Syncing,
+            SubState::Active => LinkState::Linked,
+            SubState::Failed if failed_after_active => LinkState::Unlinked,
+            SubState::Failed => LinkState::Failed,
+            SubState::Cancelling => LinkState::UnlinkPending,
+            SubState::Cancelled => LinkState::Unlinked,
+        };
+        (state, link)
+    }
+
+    fn arb_history() -> impl Strategy<Value = Vec<Event>> {
+        let action = prop_oneof![
+            Just(Action::SubscribeSuccess),
+            Just(Action::SubscribeFail),
+            Just(Action::UnsubscribePending),
+            Just(Action::UnsubscribeSuccess),
+            Just(Action::EntitlementUpdated),
+        ];
+        // Few distinct times so that ties are common.
+        prop::collection::vec((action, 0i64..6), 1..12).prop_map(|raw| {
+            raw.into_iter()
+                .enumerate()
+                .map(|(i, (a, t))| legacy(a, t, &format!("m{i}")))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_order_with_duplicates_matches_the_model(
+            history in arb_history(),
+            dup_picks in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            seed in any::<u64>(),
+        ) {
+            let mut delivered = history.clone();
+            for pick in dup_picks {
+                delivered.push(pick.get(&history).clone());
+            }
+            // Deterministic shuffle driven by proptest's seed.
+            let mut rng = seed;
+            for i in (1..delivered.len()).rev() {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                delivered.swap(i, (rng >> 33) as usize % (i + 1));
+            }
+            let sub = fold(&delivered);
+            let (state, link_state) = model(&history);
+            prop_assert_eq!(sub.state, state);
+            prop_assert_eq!(link_state_of(&sub), link_state);
+            // Order independence of everything the ledger stores.
+            prop_assert_eq!(&sub, &fold(&history));
+        }
+    }
+}

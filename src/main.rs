@@ -1,0 +1,23 @@
+//! The `mplink` binary: parses the command line and hands over to the library.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = mplink::cli::Cli::parse();
+    mplink::telemetry::init(mplink::telemetry::LogFormat::from_env(), "warn");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mplink: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mplink::cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mplink: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Mapping between ledger types and database rows, and the `status` view built from them.
+
+use super::{q, StoreError};
+use crate::event::license_id;
+use crate::ledger::{
+    resolve_link, LinkRequest, LinkState, PaymentMethod, Stamp, SubState, Subscription,
+};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+macro_rules! subscription_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT sub_key, product_code, customer_identifier, customer_aws_account_id, ",
+            "agreement_id, license_arn, previous_agreement_id, state, state_time, state_rank, state_fact, ",
+            "first_active_time, first_active_rank, first_active_fact, handed_over_time, handed_over_rank, ",
+            "handed_over_fact, last_event_time FROM mplink_subscriptions ",
+            $tail
+        )
+    };
+}
+
+/// One subscription by key.
+pub(super) const SELECT_SUBSCRIPTION: &str = subscription_select!("WHERE sub_key = $1");
+/// One subscription by key, row-locked until the transaction ends (PostgreSQL).
+pub(super) const SELECT_SUBSCRIPTION_FOR_UPDATE: &str =
+    subscription_select!("WHERE sub_key = $1 FOR UPDATE");
+/// Every subscription.
+pub(super) const SELECT_ALL_SUBSCRIPTIONS: &str = subscription_select!("ORDER BY sub_key");
+
+fn get<'r, T>(row: &'r AnyRow, column: &'static str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(column).map_err(q("decoding a row"))
+}
+
+fn stamp(
+    row: &AnyRow,
+    time: &'static str,
+    rank: &'static str,
+    fact: &'static str,
+) -> Result<Option<Stamp>, StoreError> {
+    let time: Option<i64> = get(row, time)?;
+    let rank: Option<i64> = get(row, rank)?;
+    let fact: Option<String> = get(row, fact)?;
+    Ok(match (time, rank, fact) {
+        (Some(time_ms), Some(rank), Some(fact_key)) => Some(Stamp {
+            time_ms,
+            rank,
+            fact_key,
+        }),
+        _ => None,
+    })
+}
+
+/// A subscription from its row.
+pub(super) fn subscription_from_row(row: &AnyRow) -> Result<Subscription, StoreError> {
+    let state_text: String = get(row, "state")?;
+    let state = SubState::parse(&state_text).ok_or(StoreError::Corrupt {
+        table: "mplink_subscriptions",
+        column: "state",
+        value: state_text,
+    })?;
+    Ok(Subscription {
+        key: get(row, "sub_key")?,
+        product_code: get(row, "product_code")?,
+        customer_identifier: get(row, "customer_identifier")?,
+        customer_aws_account_id: get(row, "customer_aws_account_id")?,
+        agreement_id: get(row, "agreement_id")?,
+        license_arn: get(row, "license_arn")?,
+        previous_agreement_id: get(row, "previous_agreement_id")?,
+        state,
+        state_stamp: stamp(row, "state_time", "state_rank", "state_fact")?,
+        first_active: stamp(
+            row,
+            "first_active_time",
+            "first_active_rank",
+            "first_active_fact",
+        )?,
+        handed_over: stamp(
+            row,
+            "handed_over_time",
+            "handed_over_rank",
+            "handed_over_fact",
+        )?,
+        last_event_time_ms: get(row, "last_event_time")?,
+    })
+}
+
+/// Writes every ledger field of `sub` back to its (locked) row.
+pub(super) async fn update_subscription(
+    tx: &mut Transaction<'static, Any>,
+    sub: &Subscription,
+    now: i64,
+) -> Result<(), StoreError> {
+    let parts = |s: &Option<Stamp>| match s {
+        Some(s) => (Some(s.time_ms), Some(s.rank), Some(s.fact_key.clone())),
+        None => (None, None, None),
+    };
+    let (st, sr, sf) = parts(&sub.state_stamp);
+    let (ft, fr, ff) = parts(&sub.first_active);
+    let (ht, hr, hf) = parts(&sub.handed_over);
+    sqlx::query(
+        "UPDATE mplink_subscriptions SET product_code = $1, customer_identifier = $2, \
+         customer_aws_account_id = $3, agreement_id = $4, license_arn = $5, license_id = $6, \
+         previous_agreement_id = $7, state = $8, state_time = $9, state_rank = $10, state_fact = $11, \
+         first_active_time = $12, first_active_rank = $13, first_active_fact = $14, \
+         handed_over_time = $15, handed_over_rank = $16, handed_over_fact = $17, last_event_time = $18, \
+         version = version + 1, updated_at = $19 WHERE sub_key = $20",
+    )
+    .bind(&sub.product_code)
+    .bind(&sub.customer_identifier)
+    .bind(&sub.customer_aws_account_id)
+    .bind(&sub.agreement_id)
+    .bind(&sub.license_arn)
+    .bind(sub.license_arn.as_deref().map(|l| license_id(l).to_string()))
+    .bind(&sub.previous_agreement_id)
+    .bind(sub.state.as_str())
+    .bind(st)
+    .bind(sr)
+    .bind(sf)
+    .bind(ft)
+    .bind(fr)
+    .bind(ff)
+    .bind(ht)
+    .bind(hr)
+    .bind(hf)
+    .bind(sub.last_event_time_ms)
+    .bind(now)
+    .bind(&sub.key)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("updating a subscription"))?;
+    Ok(())
+}
+
+/// A link request from its row.
+pub(super) fn link_from_row(row: &AnyRow) -> Result<LinkRequest, StoreError> {
+    Ok(LinkRequest {
+        org_id: get(row, "org_id")?,
+        product_code: get(row, "product_code")?,
+        customer_identifier: get(row, "customer_identifier")?,
+        customer_aws_account_id: get(row, "customer_aws_account_id")?,
+        license_arn: get(row, "license_arn")?,
+        requested_at_ms: get(row, "requested_at")?,
+    })
+}
+
+/// Which rows `status` prints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusFilter {
+    /// Only this organization's link.
+    pub org_id: Option<String>,
+    /// Only subscriptions of this legacy customer.
+    pub customer_identifier: Option<String>,
+}
+
+/// One line of `mplink status --json`: a subscription with its link. A stable contract for
+/// operators' scripts: keys are never renamed or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusRow {
+    /// The linked organization, or null when no organization is linked.
+    pub org_id: Option<String>,
+    /// Marketplace product code.
+    pub product_code: Option<String>,
+    /// Legacy customer identifier.
+    pub customer_identifier: Option<String>,
+    /// Buyer's AWS account id.
+    pub customer_aws_account_id: Option<String>,
+    /// Agreement id (EventBridge).
+    pub agreement_id: Option<String>,
+    /// License ARN.
+    pub license_arn: Option<String>,
+    /// pending, active, failed, cancelling, cancelled.
+    pub subscription_state: SubState,
+    /// syncing, linked, failed, unlink_pending, unlinked; null without an organization.
+    pub link_state: Option<LinkState>,
+    /// aws_marketplace or null.
+    pub payment_method: Option<PaymentMethod>,
+    /// Time of the newest event applied to the subscription (RFC 3339, UTC), or null.
+    pub last_event_time: Option<String>,
+}
+
+fn rfc3339(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn row_for(sub: Option<&Subscription>, link: Option<(&LinkRequest, LinkState)>) -> StatusRow {
+    let from_link = |f: fn(&LinkRequest) -> Option<String>| link.and_then(|(l, _)| f(l));
+    StatusRow {
+        org_id: link.map(|(l, _)| l.org_id.clone()),
+        product_code: sub
+            .and_then(|s| s.product_code.clone())
+            .or_else(|| from_link(|l| Some(l.product_code.clone()))),
+        customer_identifier: sub
+            .and_then(|s| s.customer_identifier.clone())
+            .or_else(|| from_link(|l| l.customer_identifier.clone())),
+        customer_aws_account_id: sub
+            .and_then(|s| s.customer_aws_account_id.clone())
+            .or_else(|| from_link(|l| l.customer_aws_account_id.clone())),
+        agreement_id: sub.and_then(|s| s.agreement_id.clone()),
+        license_arn: sub
+            .and_then(|s| s.license_arn.clone())
+            .or_else(|| from_link(|l| l.license_arn.clone())),
+        subscription_state: sub.map_or(SubState::Pending, |s| s.state),
+        link_state: link.map(|(_, state)| state),
+        payment_method: link.and_then(|(_, state)| state.payment_method()),
+        last_event_time: sub.and_then(|s| s.last_event_time_ms).and_then(rfc3339),
+    }
+}
+
+/// Builds the status view: each subscription with the links that resolve to it, then links
+/// whose subscription no event has named yet.
+pub(super) fn status_rows(
+    subs: &[Subscription],
+    links: &[LinkRequest],
+    filter: &StatusFilter,
+) -> Vec<StatusRow> {
+    let resolved: Vec<(&LinkRequest, Option<&Subscription>, LinkState)> = links
+        .iter()
+        .map(|l| {
+            let view = resolve_link(l, subs);
+            (l, view.subscription, view.state)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for sub in subs {
+        let mine: Vec<_> = resolved
+            .iter()
+            .filter(|(_, s, _)| s.is_some_and(|s| s.key == sub.key))
+            .collect();
+        if mine.is_empty() {
+            out.push(row_for(Some(sub), None));
+        }
+        for (l, _, state) in mine {
+            out.push(row_for(Some(sub), Some((l, *state))));
+        }
+    }
+    for (l, s, state) in &resolved {
+        if s.is_none() {
+            out.push(row_for(None, Some((l, *state))));
+        }
+    }
+    out.retain(|r| {
+        filter
+            .org_id
+            .as_ref()
+            .is_none_or(|o| r.org_id.as_ref() == Some(o))
+            && filter
+                .customer_identifier
+                .as_ref()
+                .is_none_or(|c| r.customer_identifier.as_ref() == Some(c))
+    });
+    out
+}
