@@ -1,0 +1,216 @@
+//! The seed's story end to end through the `mplink` binary, on both backends.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const PRODUCT: &str = "n0123EXAMPLEXXXXXXXXXXXX";
+const CUSTOMER: &str = "X01EXAMPLEX";
+
+fn mplink(db: &TestDb, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mplink"))
+        .arg("--database-url")
+        .arg(db.url.expose())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("MPLINK_DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mplink");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("mplink output")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "mplink failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf8")
+}
+
+fn status_json(db: &TestDb, org: &str) -> Value {
+    let out = ok(&mplink(db, &["status", "--org", org, "--json"], None));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "one line per subscription: {out}");
+    serde_json::from_str(lines[0]).expect("status line is JSON")
+}
+
+async fn clusters(db: &TestDb) -> Vec<(String, String, String)> {
+    sqlx::query_as::<_, (String, String, String)>(
+        "SELECT org_id, name, payment_note FROM clusters ORDER BY name",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .expect("read clusters")
+}
+
+async fn seed_story(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // A table the store does not own, standing in for the organization's clusters.
+    sqlx::query("CREATE TABLE clusters (org_id TEXT NOT NULL, name TEXT NOT NULL, payment_note TEXT NOT NULL)")
+        .execute(db.store.pool())
+        .await
+        .expect("create clusters");
+    for name in ["analytics", "primary"] {
+        sqlx::query("INSERT INTO clusters (org_id, name, payment_note) VALUES ($1, $2, $3)")
+            .bind("org-1")
+            .bind(name)
+            .bind("billed monthly")
+            .execute(db.store.pool())
+            .await
+            .expect("insert cluster");
+    }
+    let before = clusters(&db).await;
+
+    let out = ok(&mplink(
+        &db,
+        &[
+            "link",
+            "--org",
+            "org-1",
+            "--product-code",
+            PRODUCT,
+            "--customer-identifier",
+            CUSTOMER,
+        ],
+        None,
+    ));
+    assert!(out.contains("syncing"), "{out}");
+    let row = status_json(&db, "org-1");
+    assert_eq!(row["link_state"], "syncing");
+    assert_eq!(row["payment_method"], Value::Null);
+    assert_eq!(row["subscription_state"], "pending");
+
+    // The confirmation, from a file.
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("confirm.jsonl");
+    std::fs::write(
+        &file,
+        sns_body("m-1", "subscribe-success", PRODUCT, CUSTOMER, T0) + "\n",
+    )
+    .expect("write");
+    let out = ok(&mplink(&db, &["apply", file.to_str().expect("path")], None));
+    assert!(out.contains("applied 1"), "{out}");
+    let row = status_json(&db, "org-1");
+    assert_eq!(row["link_state"], "linked");
+    assert_eq!(row["payment_method"], "aws_marketplace");
+    assert_eq!(row["subscription_state"], "active");
+
+    // Cancellation, from standard input, as an exported SQS message and with a redelivery.
+    let pending = sns_body("m-2", "unsubscribe-pending", PRODUCT, CUSTOMER, T0 + 60_000);
+    let exported = serde_json::json!({"MessageId": "sqs-2", "Body": pending, "Attributes": {"SentTimestamp": "1795687260000"}});
+    let input = format!("{exported}\n\n{pending}\n");
+    let out = ok(&mplink(&db, &["apply", "-"], Some(&input)));
+    assert!(
+        out.contains("applied 1, stale 0, duplicate 1, rejected 0"),
+        "{out}"
+    );
+    let row = status_json(&db, "org-1");
+    assert_eq!(row["link_state"], "unlink_pending");
+    assert_eq!(row["subscription_state"], "cancelling");
+
+    let done = sns_body(
+        "m-3",
+        "unsubscribe-success",
+        PRODUCT,
+        CUSTOMER,
+        T0 + 3_600_000,
+    );
+    ok(&mplink(&db, &["apply", "-"], Some(&done)));
+    let row = status_json(&db, "org-1");
+    assert_eq!(row["link_state"], "unlinked");
+    assert_eq!(row["payment_method"], Value::Null);
+    assert_eq!(row["subscription_state"], "cancelled");
+    assert_eq!(row["org_id"], "org-1");
+    assert_eq!(row["product_code"], PRODUCT);
+    assert_eq!(row["customer_identifier"], CUSTOMER);
+    assert_eq!(row["last_event_time"], iso_ms(T0 + 3_600_000));
+    let keys: Vec<&str> = row
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut keys_sorted = keys.clone();
+    keys_sorted.sort();
+    assert_eq!(
+        keys_sorted,
+        vec![
+            "agreement_id",
+            "customer_aws_account_id",
+            "customer_identifier",
+            "last_event_time",
+            "license_arn",
+            "link_state",
+            "org_id",
+            "payment_method",
+            "product_code",
+            "subscription_state"
+        ]
+    );
+    // The organization's data is exactly as it was.
+    assert_eq!(clusters(&db).await, before);
+
+    // The table view.
+    let table = ok(&mplink(&db, &["status"], None));
+    assert!(table.starts_with("ORG"), "{table}");
+    assert!(
+        table.contains("org-1") && table.contains("unlinked") && table.contains("(none)"),
+        "{table}"
+    );
+    db.cleanup().await;
+}
+
+async fn errors_are_one_clear_line(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let out = mplink(
+        &db,
+        &["link", "--org", "org-x", "--product-code", PRODUCT],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--customer-identifier"), "{err}");
+
+    let good = sns_body("g-1", "subscribe-success", PRODUCT, CUSTOMER, T0);
+    let bad = sns_body("b-1", "subscribe-maybe", PRODUCT, CUSTOMER, T0);
+    let input = format!("{good}\n{bad}\n");
+    let out = mplink(&db, &["apply", "-"], Some(&input));
+    assert!(!out.status.success(), "a rejected line fails the run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("subscribe-maybe"),
+        "{err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("applied 1"),
+        "the good line is still applied"
+    );
+    let log = db.store.event_log().await.expect("log");
+    assert_eq!(log.iter().filter(|e| e.outcome == "rejected").count(), 1);
+    assert_eq!(log.iter().filter(|e| e.outcome == "applied").count(), 1);
+    db.cleanup().await;
+}
+
+both_backends! {
+    seed_story_through_the_cli => seed_story;
+    errors_are_one_clear_line => errors_are_one_clear_line;
+}
