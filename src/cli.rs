@@ -36,6 +36,74 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Print each subscription with its organization link.
     Status(StatusArgs),
+    /// Consume the SQS queue: apply every message, serve /healthz, /readyz and /metrics.
+    Run(RunArgs),
+    /// Create the queue, dead-letter queue, policy, SNS subscriptions and EventBridge rule
+    /// (idempotent; for local use and tests, production uses the deploy templates).
+    Provision(ProvisionArgs),
+}
+
+/// Arguments of `mplink run`. Every flag can also be set by the environment variable shown.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// URL of the SQS queue to consume.
+    #[arg(long, env = "MPLINK_QUEUE_URL")]
+    pub queue_url: String,
+    /// Concurrent ReceiveMessage long-poll loops.
+    #[arg(long, env = "MPLINK_RECEIVE_LOOPS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub receive_loops: u16,
+    /// Most messages worked on at once (a slow one holds only its own slot).
+    #[arg(long, env = "MPLINK_MAX_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_in_flight: u16,
+    /// Long-poll wait per receive, in seconds (0-20).
+    #[arg(long, env = "MPLINK_WAIT_TIME", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
+    pub wait_time: u64,
+    /// Visibility timeout in seconds; renewed while a message is still being worked on.
+    #[arg(long, env = "MPLINK_VISIBILITY_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    pub visibility_timeout: u64,
+    /// Seconds allowed after SIGTERM/Ctrl-C to finish in-flight messages and flush deletes
+    /// (keep it below ECS's stopTimeout, 30 s by default).
+    #[arg(long, env = "MPLINK_GRACE_PERIOD", default_value_t = 25)]
+    pub grace_period: u64,
+    /// Longest backoff, in seconds, after SQS or database failures.
+    #[arg(long, env = "MPLINK_BACKOFF_CAP", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub backoff_cap: u64,
+    /// Address of the HTTP endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, env = "MPLINK_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+    pub http_addr: std::net::SocketAddr,
+    /// Exit once a receive comes back empty and nothing is in flight (replays, tests).
+    #[arg(long, env = "MPLINK_EXIT_WHEN_IDLE")]
+    pub exit_when_idle: bool,
+}
+
+/// Arguments of `mplink provision`.
+#[derive(Debug, clap::Args)]
+pub struct ProvisionArgs {
+    /// Name of the queue to create; its dead-letter queue gets the suffix -dlq.
+    #[arg(long, env = "MPLINK_QUEUE_NAME", default_value = "mplink-events")]
+    pub queue_name: String,
+    /// Receives before a message moves to the dead-letter queue.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_receive_count: u32,
+    /// The queue's visibility timeout, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub visibility_timeout: u64,
+    /// SNS topic ARN to subscribe the queue to (repeatable).
+    #[arg(long = "topic-arn")]
+    pub topic_arns: Vec<String>,
+    /// Create the two marketplace topics of this product code first and subscribe to them
+    /// (LocalStack only: AWS owns these topics in production; repeatable).
+    #[arg(long = "create-topics-for-product")]
+    pub create_topics_for: Vec<String>,
+    /// Name of an EventBridge rule for aws.agreement-marketplace events to create and target.
+    #[arg(long)]
+    pub eventbridge_rule: Option<String>,
+    /// Subscribe with SNS raw message delivery.
+    #[arg(long)]
+    pub raw_delivery: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `mplink link`.
@@ -100,6 +168,18 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// Provisioning failed.
+    #[error(transparent)]
+    Provision(#[from] crate::provision::ProvisionError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Output could not be written.
     #[error("cannot write output: {0}")]
     Write(#[source] std::io::Error),
@@ -127,6 +207,9 @@ impl Cli {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    if let Command::Provision(args) = cli.command {
+        return provision(args).await;
+    }
     let url = cli.database();
     tracing::debug!(database = %url, "opening database");
     let store = Store::open(&url).await?;
@@ -138,9 +221,119 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Link(args) => link(&store, args).await,
         Command::Apply(args) => apply(&store, args).await,
         Command::Status(args) => status(&store, args).await,
+        Command::Run(args) => run_worker(&store, &url, args).await,
+        Command::Provision(_) => unreachable!("handled before opening the database"),
     };
     store.close().await;
     result
+}
+
+impl RunArgs {
+    /// The worker configuration these arguments describe.
+    pub fn worker_config(&self) -> crate::consumer::WorkerConfig {
+        use std::time::Duration;
+        let mut config = crate::consumer::WorkerConfig::new(self.queue_url.clone());
+        config.receive_loops = self.receive_loops.into();
+        config.max_in_flight = self.max_in_flight.into();
+        config.wait_time = Duration::from_secs(self.wait_time);
+        config.visibility_timeout = Duration::from_secs(self.visibility_timeout);
+        config.grace_period = Duration::from_secs(self.grace_period);
+        config.backoff_cap = Duration::from_secs(self.backoff_cap);
+        config.exit_when_idle = self.exit_when_idle;
+        config
+    }
+}
+
+async fn run_worker(store: &Store, url: &DatabaseUrl, args: RunArgs) -> Result<ExitCode, CliError> {
+    let config = args.worker_config();
+    // Above the long-poll wait, so a receive that the network swallowed cannot hang the loop.
+    let attempt_timeout = config.wait_time + std::time::Duration::from_secs(10);
+    let sdk = crate::aws::sdk_config(attempt_timeout).await;
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|source| CliError::Listen {
+            addr: args.http_addr,
+            source,
+        })?;
+    tracing::info!(
+        database = %url,
+        queue_url = %config.queue_url,
+        http_addr = %listener.local_addr().unwrap_or(args.http_addr),
+        receive_loops = config.receive_loops,
+        max_in_flight = config.max_in_flight,
+        wait_time_s = config.wait_time.as_secs(),
+        visibility_timeout_s = config.visibility_timeout.as_secs(),
+        grace_period_s = config.grace_period.as_secs(),
+        backoff_cap_s = config.backoff_cap.as_secs(),
+        exit_when_idle = config.exit_when_idle,
+        "mplink worker starting"
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::app::shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let summary = crate::app::run(
+        aws_sdk_sqs::Client::new(&sdk),
+        store.clone(),
+        config,
+        listener,
+        metrics,
+        shutdown,
+    )
+    .await;
+    println!(
+        "received {}, applied {}, stale {}, duplicate {}, rejected {}, released {}, delete failures {}",
+        summary.received,
+        summary.applied,
+        summary.stale,
+        summary.duplicate,
+        summary.rejected,
+        summary.released,
+        summary.delete_failures
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn provision(args: ProvisionArgs) -> Result<ExitCode, CliError> {
+    let sdk = crate::aws::sdk_config(std::time::Duration::from_secs(30)).await;
+    let mut topic_arns = args.topic_arns.clone();
+    for product in &args.create_topics_for {
+        topic_arns.extend(crate::provision::create_marketplace_topics(&sdk, product).await?);
+    }
+    let spec = crate::provision::ProvisionSpec {
+        queue_name: args.queue_name,
+        max_receive_count: args.max_receive_count,
+        visibility_timeout: std::time::Duration::from_secs(args.visibility_timeout),
+        topic_arns: topic_arns.clone(),
+        eventbridge_rule: args.eventbridge_rule,
+        raw_delivery: args.raw_delivery,
+    };
+    let done = crate::provision::provision(&sdk, &spec).await?;
+    if args.json {
+        let out = serde_json::json!({
+            "queue_url": done.queue_url,
+            "queue_arn": done.queue_arn,
+            "dead_letter_queue_url": done.dead_letter_queue_url,
+            "dead_letter_queue_arn": done.dead_letter_queue_arn,
+            "topic_arns": topic_arns,
+            "subscription_arns": done.subscription_arns,
+            "rule_arn": done.rule_arn,
+        });
+        println!("{out}");
+    } else {
+        println!("queue              {}", done.queue_url);
+        println!("dead-letter queue  {}", done.dead_letter_queue_url);
+        for (topic, sub) in topic_arns.iter().zip(&done.subscription_arns) {
+            println!("subscribed to      {topic} ({sub})");
+        }
+        if let Some(rule) = &done.rule_arn {
+            println!("EventBridge rule   {rule}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn link(store: &Store, args: LinkArgs) -> Result<ExitCode, CliError> {

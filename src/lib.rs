@@ -1,11 +1,21 @@
 //! mplink: applies AWS Marketplace subscription events to a billing-link ledger.
 //!
 //! The path of one message: [`event`] decodes it, [`ledger`] decides what it does (pure),
-//! [`store`] records the decision in one transaction. [`cli`] drives it from the command line.
+//! [`store`] records the decision in one transaction. [`process`] is that path for one
+//! message; [`consumer`] feeds it from SQS and [`app`] runs the consumer with its [`http`]
+//! surface. [`cli`] drives everything from the command line.
 
+pub mod app;
+pub mod aws;
+pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod event;
+pub mod http;
 pub mod ledger;
+pub mod metrics;
+pub mod process;
+pub mod provision;
 pub mod store;
 pub mod telemetry;

@@ -5,7 +5,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = mplink::cli::Cli::parse();
-    mplink::telemetry::init(mplink::telemetry::LogFormat::from_env(), "warn");
+    // The worker reports what it does; one-shot commands speak only when something is wrong.
+    let default_filter = match cli.command {
+        mplink::cli::Command::Run(_) | mplink::cli::Command::Provision(_) => "info",
+        _ => "warn",
+    };
+    mplink::telemetry::init(mplink::telemetry::LogFormat::from_env(), default_filter);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

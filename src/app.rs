@@ -1,0 +1,67 @@
+//! The running service: the SQS worker and the HTTP surface, wired together and stopped by one
+//! shutdown token. `mplink run` and the integration tests both start it through [`run`].
+
+use crate::consumer::{Health, RunSummary, Worker, WorkerConfig};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the worker and serves HTTP on `listener` until `shutdown` (or, with
+/// `exit_when_idle`, an empty queue) stops the worker; returns the run's totals.
+pub async fn run(
+    sqs: aws_sdk_sqs::Client,
+    store: Store,
+    config: WorkerConfig,
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> RunSummary {
+    let health = Arc::new(Health::new());
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        // Long polls answer at least once per wait time; allow two of them and some slack.
+        queue_freshness: config.wait_time * 2 + Duration::from_secs(10),
+    };
+    let http_stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
+    let summary = Worker::new(sqs, store, config, metrics, health)
+        .run(shutdown)
+        .await;
+    http_stop.cancel();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+    }
+    summary
+}
+
+/// Resolves when the process receives SIGTERM (ECS stopping the task) or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received: stopping"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received: stopping"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,31 @@
+//! AWS SDK configuration shared by the worker, provisioning and the dead-letter tools.
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use std::time::Duration;
+
+/// Marketplace topics and EventBridge events live in this region.
+pub const MARKETPLACE_REGION: &str = "us-east-1";
+
+/// Loads the standard AWS configuration (environment, profile, `AWS_ENDPOINT_URL` for
+/// LocalStack), defaulting the region to us-east-1. Every operation attempt is bounded by
+/// `attempt_timeout`, which callers set above the long-poll wait so a receive can never hang.
+pub async fn sdk_config(attempt_timeout: Duration) -> SdkConfig {
+    let region = RegionProviderChain::default_provider().or_else(MARKETPLACE_REGION);
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(attempt_timeout)
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// Renders an SDK error with its whole cause chain, on one line.
+pub fn error_text<E: std::error::Error>(e: &E) -> String {
+    aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
+}

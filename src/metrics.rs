@@ -1,0 +1,158 @@
+//! Prometheus metrics of the worker, served as text on `/metrics`.
+
+use crate::ledger::Outcome;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric mplink exports, registered in its own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages received from SQS.
+    pub received: IntCounter,
+    /// Messages decided, by outcome (applied, stale, duplicate, rejected).
+    pub outcomes: IntCounterVec,
+    /// Rejected messages, by reason.
+    pub rejected: IntCounterVec,
+    /// DeleteMessageBatch entries that failed for good (the message will come back as a duplicate).
+    pub delete_failures: IntCounter,
+    /// ChangeMessageVisibility entries that failed.
+    pub visibility_failures: IntCounter,
+    /// Failed ReceiveMessage calls.
+    pub receive_errors: IntCounter,
+    /// Transient database errors while applying (the message was retried).
+    pub database_errors: IntCounter,
+    /// Time from receipt to committed decision.
+    pub apply_seconds: Histogram,
+    /// Now minus the event's own time, at decision.
+    pub event_age_seconds: Histogram,
+    /// Messages being worked on.
+    pub in_flight: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let received = IntCounter::new(
+            "mplink_messages_received_total",
+            "Messages received from SQS",
+        )
+        .expect("valid metric");
+        let outcomes = IntCounterVec::new(
+            Opts::new("mplink_messages_total", "Messages decided, by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "mplink_messages_rejected_total",
+                "Rejected messages, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let delete_failures = IntCounter::new(
+            "mplink_delete_failures_total",
+            "SQS deletes that failed after retries (the message will be redelivered and deduplicated)",
+        )
+        .expect("valid metric");
+        let visibility_failures = IntCounter::new(
+            "mplink_visibility_failures_total",
+            "SQS visibility changes that failed",
+        )
+        .expect("valid metric");
+        let receive_errors =
+            IntCounter::new("mplink_receive_errors_total", "Failed ReceiveMessage calls")
+                .expect("valid metric");
+        let database_errors = IntCounter::new(
+            "mplink_database_errors_total",
+            "Transient database errors while applying (retried)",
+        )
+        .expect("valid metric");
+        let apply_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "mplink_apply_seconds",
+                "Time from receipt to committed decision",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
+        let event_age_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "mplink_event_age_seconds",
+                "Now minus the event's own time at decision",
+            )
+            .buckets(vec![
+                0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+            ]),
+        )
+        .expect("valid metric");
+        let in_flight =
+            IntGauge::new("mplink_in_flight", "Messages being worked on").expect("valid metric");
+        for c in [
+            Box::new(received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(outcomes.clone()),
+            Box::new(rejected.clone()),
+            Box::new(delete_failures.clone()),
+            Box::new(visibility_failures.clone()),
+            Box::new(receive_errors.clone()),
+            Box::new(database_errors.clone()),
+            Box::new(apply_seconds.clone()),
+            Box::new(event_age_seconds.clone()),
+            Box::new(in_flight.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        // Expose every outcome from the start so dashboards see zeros, not gaps.
+        for o in [
+            Outcome::Applied,
+            Outcome::Stale,
+            Outcome::Duplicate,
+            Outcome::Rejected,
+        ] {
+            outcomes.with_label_values(&[o.as_str()]);
+        }
+        Metrics {
+            registry,
+            received,
+            outcomes,
+            rejected,
+            delete_failures,
+            visibility_failures,
+            receive_errors,
+            database_errors,
+            apply_seconds,
+            event_age_seconds,
+            in_flight,
+        }
+    }
+
+    /// Counts one decided message.
+    pub fn outcome(&self, outcome: Outcome) {
+        self.outcomes.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// The value of one outcome counter (for summaries and tests).
+    pub fn outcome_count(&self, outcome: Outcome) -> u64 {
+        self.outcomes.with_label_values(&[outcome.as_str()]).get()
+    }
+
+    /// Everything in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
