@@ -1,11 +1,32 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, and every test on SQLite and PostgreSQL.
-# PostgreSQL comes from MPLINK_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test);
-# each test creates and drops its own schema there, so the database may be shared.
+# The whole test suite: formatting, lints, and every test — unit and property tests, the store
+# and CLI suites on SQLite and PostgreSQL, and the worker against real LocalStack SNS,
+# EventBridge and SQS.
+#
+# LocalStack: started here (scripts/localstack.sh installs it into .localstack-venv on first use).
+# PostgreSQL: MPLINK_TEST_POSTGRES_URL, else DATABASE_URL if it is a postgres:// URL, else the
+# local server at 127.0.0.1:5432 (database test) if one answers; with none, only SQLite runs.
+# Each test creates and drops its own schema, so the database may be shared.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export MPLINK_TEST_POSTGRES_URL="${MPLINK_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+if [ -z "${MPLINK_TEST_POSTGRES_URL:-}" ]; then
+    case "${DATABASE_URL:-}" in
+        postgres://* | postgresql://*) export MPLINK_TEST_POSTGRES_URL="$DATABASE_URL" ;;
+        *)
+            if command -v pg_isready >/dev/null && pg_isready -h 127.0.0.1 -p 5432 -q; then
+                export MPLINK_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:5432/test"
+            else
+                echo "no PostgreSQL given or answering on 127.0.0.1:5432: running the SQLite variants only"
+                export MPLINK_TEST_POSTGRES_URL=off
+            fi
+            ;;
+    esac
+fi
+if [ "$MPLINK_TEST_POSTGRES_URL" = off ]; then echo "PostgreSQL tests: off"; else echo "PostgreSQL tests: on"; fi
+
+scripts/localstack.sh start
+export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -98,6 +98,9 @@ pub struct ProvisionArgs {
     /// Name of an EventBridge rule for aws.agreement-marketplace events to create and target.
     #[arg(long)]
     pub eventbridge_rule: Option<String>,
+    /// Event bus of the rule (default: the default bus, where AWS Marketplace sends).
+    #[arg(long)]
+    pub event_bus: Option<String>,
     /// Subscribe with SNS raw message delivery.
     #[arg(long)]
     pub raw_delivery: bool,
@@ -309,6 +312,7 @@ async fn provision(args: ProvisionArgs) -> Result<ExitCode, CliError> {
         visibility_timeout: std::time::Duration::from_secs(args.visibility_timeout),
         topic_arns: topic_arns.clone(),
         eventbridge_rule: args.eventbridge_rule,
+        event_bus: args.event_bus,
         raw_delivery: args.raw_delivery,
     };
     let done = crate::provision::provision(&sdk, &spec).await?;

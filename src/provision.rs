@@ -32,6 +32,8 @@ pub struct ProvisionSpec {
     pub topic_arns: Vec<String>,
     /// Name of an EventBridge rule for `aws.agreement-marketplace` targeting the queue.
     pub eventbridge_rule: Option<String>,
+    /// The event bus the rule is on (None: the default bus, where AWS Marketplace sends).
+    pub event_bus: Option<String>,
     /// Subscribe with SNS raw message delivery.
     pub raw_delivery: bool,
 }
@@ -120,6 +122,7 @@ pub async fn provision(
             let pattern = serde_json::json!({ "source": [EVENTBRIDGE_SOURCE] }).to_string();
             let out = events
                 .put_rule()
+                .set_event_bus_name(spec.event_bus.clone())
                 .name(rule)
                 .event_pattern(pattern)
                 .state(aws_sdk_eventbridge::types::RuleState::Enabled)
@@ -153,6 +156,7 @@ pub async fn provision(
             .map_err(fail("building the EventBridge target"))?;
         let out = events
             .put_targets()
+            .set_event_bus_name(spec.event_bus.clone())
             .rule(rule)
             .targets(target)
             .send()
