@@ -28,6 +28,8 @@ pub const SQS_MAX_BATCH: usize = 10;
 const DELETE_LINGER: Duration = Duration::from_millis(25);
 /// Attempts per DeleteMessageBatch entry before it is counted as failed.
 const DELETE_ATTEMPTS: u32 = 5;
+/// Longest wait for SQS to take back an unfinished message at shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
@@ -524,17 +526,24 @@ fn untrack(ctx: &Ctx, message_id: &str) {
 async fn release(ctx: &Ctx, message_id: &str, receipt: &str) {
     untrack(ctx, message_id);
     ctx.released.fetch_add(1, Ordering::Relaxed);
-    let result = ctx
+    let request = ctx
         .sqs
         .change_message_visibility()
         .queue_url(&ctx.config.queue_url)
         .receipt_handle(receipt)
         .visibility_timeout(0)
-        .send()
-        .await;
-    match result {
-        Ok(_) => tracing::info!(message_id, "released unfinished message to the queue"),
-        Err(e) => {
+        .send();
+    // Releasing is a courtesy to other replicas; it must not hold up a shutdown.
+    match tokio::time::timeout(RELEASE_TIMEOUT, request).await {
+        Ok(Ok(_)) => tracing::info!(message_id, "released unfinished message to the queue"),
+        Err(_) => {
+            ctx.metrics.visibility_failures.inc();
+            tracing::warn!(
+                message_id,
+                "releasing timed out; the message returns when its visibility times out"
+            );
+        }
+        Ok(Err(e)) => {
             ctx.metrics.visibility_failures.inc();
             tracing::warn!(message_id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not release message; it returns when its visibility times out");
         }
