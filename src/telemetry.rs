@@ -39,6 +39,11 @@ pub fn init(format: LogFormat, default_filter: &str) {
             .flatten_event(true)
             .with_current_span(true)
             .try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Text => {
+            // Colours only for a person at a terminal: files, pipes and CI logs get plain text.
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_target(false).with_ansi(ansi).try_init()
+        }
     };
 }

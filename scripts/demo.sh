@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# The whole job, for real, on one machine: LocalStack stands in for AWS (SQS, SNS, EventBridge),
+# two organizations subscribe through AWS Marketplace (one legacy SNS listing, one EventBridge
+# listing), the worker links them, they cancel, the worker unlinks them, and the SaaS's own data
+# is shown to be untouched.
+#
+#   scripts/demo.sh
+#
+# Needs cargo, python3 and curl. Safe to run again: every run uses its own queue, product code
+# and database, so nothing left over from an earlier (or interrupted) run can leak in.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step=0
+bold='' plain=''
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; fi
+heading() {
+    step=$((step + 1))
+    printf '\n%s%d. %s%s\n' "$bold" "$step" "$*" "$plain"
+}
+die() {
+    echo "demo: FAILED: $*" >&2
+    exit 1
+}
+
+for tool in cargo python3 curl; do
+    command -v "$tool" >/dev/null || die "$tool is required but not installed"
+done
+
+heading "Starting LocalStack (local stand-in for SQS, SNS and EventBridge)"
+scripts/localstack.sh start
+
+# Point both mplink (Rust SDK) and the aws CLI at LocalStack, unless the caller chose otherwise.
+# The aws CLI v1 in the venv wants AWS_DEFAULT_REGION; the Rust SDK reads AWS_REGION.
+# MPLINK_LOCALSTACK_HOST is the address scripts/localstack.sh starts LocalStack on.
+export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://${MPLINK_LOCALSTACK_HOST:-127.0.0.1:4566}}"
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
+# Passed explicitly too: not every aws CLI v1 release reads AWS_ENDPOINT_URL.
+aws() { .localstack-venv/bin/aws --endpoint-url "$AWS_ENDPOINT_URL" --output json "$@"; }
+
+heading "Building mplink (cargo build, the same dev profile CI and the tests use)"
+cargo build
+mplink="${CARGO_TARGET_DIR:-target}/debug/mplink"
+
+# A fresh database every run, so the status tables below show only this run.
+mkdir -p demo
+db_file=demo/mplink-demo.db
+rm -f "$db_file" "$db_file-shm" "$db_file-wal"
+db="sqlite://$db_file"
+mp() { "$mplink" --database-url "$db" "$@"; }
+
+# Scratch files (JSON for put-events, table snapshots) go away however the script ends.
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+# A per-run suffix: LocalStack keeps queues between runs, and a queue of an interrupted run may
+# still hold messages that would otherwise end up in this run's fresh ledger.
+run_id="$(date +%s)"
+product="demo${run_id}"            # AWS product codes are lowercase alphanumerics
+customer="CUST${run_id}"           # what ResolveCustomer returns for the legacy listing
+globex_account=845735284135
+seller_account=123456789012
+license_arn="arn:aws:license-manager::${seller_account}:license:l-0123456789abcdef0123456789abcdef"
+agreement=agmt-demo1
+
+heading "Provisioning the queue, the product's SNS topics and the EventBridge rule"
+provisioned="$("$mplink" provision \
+    --queue-name "mplink-demo-${run_id}" \
+    --create-topics-for-product "$product" \
+    --eventbridge-rule mplink-demo-marketplace \
+    --json)"
+# topic_arns lists the subscription topic first, then the entitlement topic.
+read -r queue_url subscription_topic < <(python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+print(p["queue_url"], p["topic_arns"][0])' <<<"$provisioned")
+[ -n "$subscription_topic" ] || die "provision printed no queue URL or topic: $provisioned"
+echo "queue:              $queue_url"
+echo "subscription topic: $subscription_topic"
+echo "EventBridge rule:   mplink-demo-marketplace (default bus, source aws.agreement-marketplace)"
+
+# The SaaS's own data, in the same database file: mplink must never touch it.
+clusters() {
+    python3 - "$db_file" <<'EOF'
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+for row in con.execute("SELECT org_id, name, status FROM clusters ORDER BY org_id, name"):
+    print("  ".join(row))
+EOF
+}
+heading "Creating the SaaS's own data (table clusters) next to mplink's tables"
+python3 - "$db_file" <<'EOF'
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+con.execute("CREATE TABLE clusters (org_id TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL)")
+con.executemany("INSERT INTO clusters VALUES (?, ?, ?)",
+                [("org-acme", "prod-eu", "running"), ("org-acme", "staging", "running")])
+con.commit()
+EOF
+clusters | tee "$tmp/clusters-before"
+
+heading "Linking two organizations, as the registration page would"
+# Legacy SNS listing: ResolveCustomer gave a customer identifier.
+mp link --org org-acme --product-code "$product" --customer-identifier "$customer"
+# EventBridge listing: ResolveCustomer gave the buyer's account and the license.
+mp link --org org-globex --product-code "$product" \
+    --customer-account-id "$globex_account" --license-arn "$license_arn"
+mp status
+
+# Fails unless both demo organizations show the given link state and payment method
+# (taken from `status --json`, the stable contract, rather than from the table).
+expect_links() {
+    mp status --json >"$tmp/status.jsonl"
+    python3 - "$tmp/status.jsonl" "$1" "$2" <<'EOF' || die "the organizations are not $1 (see above)"
+import json, sys
+path, want_link, want_payment = sys.argv[1], sys.argv[2], sys.argv[3]
+want_payment = None if want_payment == "null" else want_payment
+with open(path) as f:
+    rows = {r["org_id"]: r for r in map(json.loads, f) if r["org_id"]}
+bad = []
+for org in ("org-acme", "org-globex"):
+    r = rows.get(org)
+    if r is None:
+        bad.append(org + ": no status row")
+    elif (r["link_state"], r["payment_method"]) != (want_link, want_payment):
+        bad.append("%s: link_state=%r payment_method=%r" % (org, r["link_state"], r["payment_method"]))
+if bad:
+    print("expected link_state=%r payment_method=%r, got:" % (want_link, want_payment), file=sys.stderr)
+    print("\n".join("  " + b for b in bad), file=sys.stderr)
+    sys.exit(1)
+print("  checked: org-acme and org-globex are %s" % want_link)
+EOF
+}
+expect_links syncing null
+
+# One SNS notification on the product's subscription topic, as AWS Marketplace sends it.
+publish_sns() {
+    local message
+    message="$(python3 -c 'import json, sys
+print(json.dumps({"action": sys.argv[1], "customer-identifier": sys.argv[2],
+                  "product-code": sys.argv[3], "offer-identifier": "offer-demo",
+                  "isFreeTrialTermPresent": "false"}))' "$1" "$customer" "$product")"
+    aws sns publish --topic-arn "$subscription_topic" --message "$message" >/dev/null
+    echo "  SNS          $1"
+}
+
+# One aws.agreement-marketplace event on the default bus. The detail is built by python so the
+# nested JSON-in-JSON of put-events needs no shell quoting.
+put_event() {
+    local detail_type="$1" detail="$2"
+    python3 - "$detail_type" "$detail" "$globex_account" "$seller_account" >"$tmp/entries.json" <<'EOF'
+import json, sys, uuid
+detail = json.loads(sys.argv[2])
+detail = {"requestId": str(uuid.uuid4()), "catalog": "AWSMarketplace", **detail,
+          "acceptor": {"accountId": sys.argv[3]}, "proposer": {"accountId": sys.argv[4]}}
+print(json.dumps([{"Source": "aws.agreement-marketplace", "DetailType": sys.argv[1],
+                   "Detail": json.dumps(detail), "Resources": []}]))
+EOF
+    local failed
+    failed="$(aws events put-events --entries "file://$tmp/entries.json" \
+        --query FailedEntryCount --output text)"
+    [ "$failed" = 0 ] || die "EventBridge refused the event $detail_type"
+    echo "  EventBridge  $detail_type"
+}
+license_detail="{\"agreement\":{\"id\":\"$agreement\"},\"product\":{\"code\":\"$product\",\"id\":\"prod-demo\"},\"license\":{\"arn\":\"$license_arn\"}}"
+
+# SNS and EventBridge deliver to SQS asynchronously; the worker exits at the first empty
+# receive, so wait until everything published has actually reached the queue.
+wait_for_queue() {
+    local want="$1" have=0
+    for _ in $(seq 1 60); do
+        have="$(aws sqs get-queue-attributes --queue-url "$queue_url" \
+            --attribute-names ApproximateNumberOfMessages \
+            --query Attributes.ApproximateNumberOfMessages --output text)"
+        [ "$have" -ge "$want" ] && { echo "  $have messages waiting in the queue"; return; }
+        sleep 0.5
+    done
+    die "only $have of $want messages reached the queue in 30 s (check $PWD/localstack.log)"
+}
+
+run_worker() {
+    # --exit-when-idle: stop once the queue is drained instead of serving forever;
+    # --http-addr :0 so a worker or demo elsewhere on :9090 does not get in the way.
+    mp run --queue-url "$queue_url" --exit-when-idle --wait-time 2 --http-addr 127.0.0.1:0
+}
+
+heading "AWS Marketplace confirms both subscriptions"
+publish_sns subscribe-success
+put_event "Purchase Agreement Created - Proposer" \
+    "{\"agreement\":{\"id\":\"$agreement\",\"intent\":\"NEW\",\"status\":\"ACTIVE\"}}"
+# The License event joins the agreement to the license org-globex registered with.
+put_event "License Updated - Manufacturer" "$license_detail"
+wait_for_queue 3
+
+heading "Running the worker until the queue is drained"
+run_worker
+mp status
+expect_links linked aws_marketplace
+
+heading "Both customers cancel on AWS"
+publish_sns unsubscribe-pending
+# SNS timestamps order events, not arrival: make the final notice unambiguously the later one.
+sleep 1
+publish_sns unsubscribe-success
+put_event "Purchase Agreement Ended - Proposer" \
+    "{\"agreement\":{\"id\":\"$agreement\",\"status\":\"CANCELLED\"}}"
+put_event "License Deprovisioned - Manufacturer" "$license_detail"
+wait_for_queue 4
+
+heading "Running the worker again"
+run_worker
+mp status
+expect_links unlinked null
+
+heading "The SaaS's own data is untouched"
+clusters | tee "$tmp/clusters-after"
+diff -u "$tmp/clusters-before" "$tmp/clusters-after" >&2 \
+    || die "the clusters table changed (diff above): mplink must only touch its own tables"
+
+echo
+echo "Demo passed: both organizations were linked, then unlinked; their clusters are untouched."
+echo "Database: $PWD/$db_file (try: $mplink --database-url $db status --json)"
+echo "LocalStack keeps running for another try; stop it with: scripts/localstack.sh stop"
