@@ -36,7 +36,7 @@ start() {
     install
     echo "starting LocalStack on $host (log: $logfile)"
     GATEWAY_LISTEN="$host" LOCALSTACK_HOST="$host" SQS_ENDPOINT_STRATEGY=path \
-        SERVICES=sqs,sns,events,cloudformation,iam,sts \
+        SERVICES=sqs,sns,events,cloudformation,iam,sts,cloudwatch \
         setsid "$venv/bin/python" -m localstack.runtime.main >"$logfile" 2>&1 < /dev/null &
     echo $! >"$pidfile"
     for _ in $(seq 1 120); do

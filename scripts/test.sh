@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, and every test — unit and property tests, the store
 # and CLI suites on SQLite and PostgreSQL, and the worker against real LocalStack SNS,
-# EventBridge and SQS.
+# EventBridge and SQS, and the deploy/ templates deployed to LocalStack.
 #
 # LocalStack: started here (scripts/localstack.sh installs it into .localstack-venv on first use).
 # PostgreSQL: MPLINK_TEST_POSTGRES_URL, else DATABASE_URL if it is a postgres:// URL, else the
@@ -30,4 +30,6 @@ export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# The production templates: linted, deployed to LocalStack and exercised end to end.
+bash scripts/check-deploy.sh
 cargo test --locked

@@ -3,8 +3,7 @@
 
 use crate::consumer::{Health, RunSummary, Worker, WorkerConfig};
 use crate::http::{self, AppState};
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::process::Pipeline;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -14,23 +13,22 @@ use tokio_util::sync::CancellationToken;
 /// `exit_when_idle`, an empty queue) stops the worker; returns the run's totals.
 pub async fn run(
     sqs: aws_sdk_sqs::Client,
-    store: Store,
+    pipeline: Pipeline,
     config: WorkerConfig,
     listener: TcpListener,
-    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> RunSummary {
     let health = Arc::new(Health::new());
     let state = AppState {
-        store: store.clone(),
-        metrics: metrics.clone(),
+        store: pipeline.store.clone(),
+        metrics: pipeline.metrics.clone(),
         health: health.clone(),
         // Long polls answer at least once per wait time; allow two of them and some slack.
         queue_freshness: config.wait_time * 2 + Duration::from_secs(10),
     };
     let http_stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
-    let summary = Worker::new(sqs, store, config, metrics, health)
+    let summary = Worker::new(sqs, pipeline, config, health)
         .run(shutdown)
         .await;
     http_stop.cancel();

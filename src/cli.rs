@@ -1,9 +1,10 @@
 //! Command-line interface: argument definitions and one function per command.
 
 use crate::config::{DatabaseUrl, DATABASE_URL_ENV, DEFAULT_DATABASE_URL};
-use crate::event::{self, InboundMessage, SENT_TIMESTAMP_ATTRIBUTE};
+use crate::event::{InboundMessage, SENT_TIMESTAMP_ATTRIBUTE};
 use crate::ledger::{LinkRequest, Outcome};
-use crate::store::{now_ms, Incoming, StatusFilter, StatusRow, Store, StoreError};
+use crate::process::Processed;
+use crate::store::{now_ms, StatusFilter, StatusRow, Store, StoreError};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -74,6 +75,9 @@ pub struct RunArgs {
     /// Exit once a receive comes back empty and nothing is in flight (replays, tests).
     #[arg(long, env = "MPLINK_EXIT_WHEN_IDLE")]
     pub exit_when_idle: bool,
+    /// What to trust.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 /// Arguments of `mplink provision`.
@@ -109,6 +113,67 @@ pub struct ProvisionArgs {
     pub json: bool,
 }
 
+/// What to trust: SNS signatures and allow-lists (for `run`, `apply` and `dlq replay`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Verify SNS signatures (SignatureVersion 1 and 2). Turn off only for hand-made test input.
+    #[arg(long, env = "MPLINK_VERIFY_SIGNATURES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub verify_signatures: bool,
+    /// Extra trusted signing-certificate URL prefix besides https://sns.<region>.amazonaws.com
+    /// (LocalStack: http://127.0.0.1:4566/_aws/sns/). Repeatable or comma-separated.
+    #[arg(
+        long = "sns-cert-url-prefix",
+        env = "MPLINK_SNS_CERT_URL_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub sns_cert_url_prefixes: Vec<String>,
+    /// Accepted SNS topic ARNs (default: any topic named like the marketplace topic of the
+    /// message's own product). Repeatable or comma-separated.
+    #[arg(
+        long = "allowed-topic-arn",
+        env = "MPLINK_ALLOWED_TOPIC_ARNS",
+        value_delimiter = ','
+    )]
+    pub allowed_topic_arns: Vec<String>,
+    /// Accepted product codes (default: any). Repeatable or comma-separated.
+    #[arg(
+        long = "allowed-product-code",
+        env = "MPLINK_ALLOWED_PRODUCT_CODES",
+        value_delimiter = ','
+    )]
+    pub allowed_product_codes: Vec<String>,
+    /// Accepted EventBridge sources.
+    #[arg(long = "allowed-source", env = "MPLINK_ALLOWED_SOURCES", value_delimiter = ',', default_value = crate::event::EVENTBRIDGE_SOURCE)]
+    pub allowed_sources: Vec<String>,
+    /// Accept unenveloped marketplace JSON: only when the SNS subscription uses raw message
+    /// delivery (such messages carry no signature).
+    #[arg(long, env = "MPLINK_ACCEPT_RAW_DELIVERY")]
+    pub accept_raw_delivery: bool,
+}
+
+impl VerifyArgs {
+    /// The verifier configuration these arguments describe.
+    pub fn config(&self) -> crate::verify::VerifyConfig {
+        crate::verify::VerifyConfig {
+            verify_signatures: self.verify_signatures,
+            extra_cert_url_prefixes: self.sns_cert_url_prefixes.clone(),
+            allowed_topic_arns: self.allowed_topic_arns.clone(),
+            allowed_product_codes: self.allowed_product_codes.clone(),
+            allowed_sources: self.allowed_sources.clone(),
+            accept_raw_delivery: self.accept_raw_delivery,
+        }
+    }
+
+    /// A pipeline over `store` trusting what these arguments say.
+    pub fn pipeline(&self, store: &Store) -> crate::process::Pipeline {
+        crate::process::Pipeline::new(
+            store.clone(),
+            std::sync::Arc::new(crate::verify::Verifier::new(self.config())),
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+        )
+    }
+}
+
 /// Arguments of `mplink link`.
 #[derive(Debug, clap::Args)]
 pub struct LinkArgs {
@@ -140,6 +205,9 @@ pub struct ApplyArgs {
     /// Events applied per database transaction.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
+    /// What to trust.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 /// Arguments of `mplink status`.
@@ -171,6 +239,11 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// The database or a certificate host failed; nothing of the failed batch was applied.
+    #[error(
+        "stopped: {0} (earlier batches are applied; rerun to continue, duplicates are skipped)"
+    )]
+    Transient(#[source] crate::process::Transient),
     /// Provisioning failed.
     #[error(transparent)]
     Provision(#[from] crate::provision::ProvisionError),
@@ -277,13 +350,12 @@ async fn run_worker(store: &Store, url: &DatabaseUrl, args: RunArgs) -> Result<E
         crate::app::shutdown_signal().await;
         on_signal.cancel();
     });
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    tracing::info!(verify = ?args.verify.config(), "trusting");
     let summary = crate::app::run(
         aws_sdk_sqs::Client::new(&sdk),
-        store.clone(),
+        args.verify.pipeline(store),
         config,
         listener,
-        metrics,
         shutdown,
     )
     .await;
@@ -395,28 +467,21 @@ async fn apply(store: &Store, args: ApplyArgs) -> Result<ExitCode, CliError> {
             std::fs::File::open(PathBuf::from(&args.file)).map_err(read_err)?,
         ))
     };
+    let pipeline = args.verify.pipeline(store);
     let mut summary = ApplySummary::default();
-    let mut pending: Vec<(event::Event, String)> = Vec::new();
+    let mut pending: Vec<(usize, InboundMessage)> = Vec::new();
     for (index, line) in reader.lines().enumerate() {
         let line = line.map_err(read_err)?;
         if line.trim().is_empty() {
             continue;
         }
         summary.total += 1;
-        let msg = inbound_from_line(&line, index + 1);
-        match event::decode(&msg) {
-            Ok(ev) => pending.push((ev, msg.body)),
-            Err(e) => {
-                eprintln!("line {}: rejected: {e}", index + 1);
-                store.record_rejection(&msg, &e.to_string()).await?;
-                summary.count(Outcome::Rejected);
-            }
-        }
+        pending.push((index + 1, inbound_from_line(&line, index + 1)));
         if pending.len() >= args.batch_size as usize {
-            flush(store, &mut pending, &mut summary).await?;
+            flush(&pipeline, &mut pending, &mut summary).await?;
         }
     }
-    flush(store, &mut pending, &mut summary).await?;
+    flush(&pipeline, &mut pending, &mut summary).await?;
     println!(
         "applied {}, stale {}, duplicate {}, rejected {}",
         summary.applied, summary.stale, summary.duplicate, summary.rejected
@@ -431,19 +496,23 @@ async fn apply(store: &Store, args: ApplyArgs) -> Result<ExitCode, CliError> {
 }
 
 async fn flush(
-    store: &Store,
-    pending: &mut Vec<(event::Event, String)>,
+    pipeline: &crate::process::Pipeline,
+    pending: &mut Vec<(usize, InboundMessage)>,
     summary: &mut ApplySummary,
 ) -> Result<(), CliError> {
     if pending.is_empty() {
         return Ok(());
     }
-    let batch: Vec<Incoming<'_>> = pending
-        .iter()
-        .map(|(event, body)| Incoming { event, body })
-        .collect();
-    for outcome in store.apply_batch(&batch).await? {
-        summary.count(outcome);
+    let msgs: Vec<InboundMessage> = pending.iter().map(|(_, m)| m.clone()).collect();
+    for ((line, _), result) in pending.iter().zip(pipeline.process_batch(&msgs).await) {
+        match result {
+            Processed::Done(outcome) => summary.count(outcome),
+            Processed::Rejected { detail, .. } => {
+                eprintln!("line {line}: rejected: {detail}");
+                summary.count(Outcome::Rejected);
+            }
+            Processed::Retry(e) => return Err(CliError::Transient(e)),
+        }
     }
     pending.clear();
     Ok(())

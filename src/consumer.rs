@@ -6,8 +6,8 @@ use crate::backoff::Backoff;
 use crate::event::InboundMessage;
 use crate::ledger::Outcome;
 use crate::metrics::Metrics;
-use crate::process::{process, Processed};
-use crate::store::{now_ms, Store};
+use crate::process::{Pipeline, Processed, Transient};
+use crate::store::now_ms;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageSystemAttributeName,
@@ -144,9 +144,8 @@ struct Ack {
 /// The long-running consumer.
 pub struct Worker {
     sqs: SqsClient,
-    store: Store,
+    pipeline: Pipeline,
     config: WorkerConfig,
-    metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
 
@@ -154,7 +153,7 @@ pub struct Worker {
 #[derive(Clone)]
 struct Ctx {
     sqs: SqsClient,
-    store: Store,
+    pipeline: Pipeline,
     config: Arc<WorkerConfig>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -174,19 +173,17 @@ struct Side {
 }
 
 impl Worker {
-    /// A worker on `config.queue_url`, applying to `store`.
+    /// A worker on `config.queue_url`, sending every message through `pipeline`.
     pub fn new(
         sqs: SqsClient,
-        store: Store,
+        pipeline: Pipeline,
         config: WorkerConfig,
-        metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Worker {
         Worker {
             sqs,
-            store,
+            pipeline,
             config,
-            metrics,
             health,
         }
     }
@@ -194,7 +191,8 @@ impl Worker {
     /// Runs until `shutdown` is cancelled (or, with `exit_when_idle`, the queue is drained),
     /// then finishes or releases what is in flight and flushes deletes within the grace period.
     pub async fn run(self, shutdown: CancellationToken) -> RunSummary {
-        let started = Snapshot::take(&self.metrics);
+        let metrics = self.pipeline.metrics.clone();
+        let started = Snapshot::take(&metrics);
         let stop_receiving = shutdown.child_token();
         // Idle exit lets open receives finish (their messages are processed); shutdown cancels them.
         let idle = CancellationToken::new();
@@ -206,9 +204,9 @@ impl Worker {
         let config = Arc::new(self.config);
         let ctx = Ctx {
             sqs: self.sqs,
-            store: self.store,
+            pipeline: self.pipeline,
             config: config.clone(),
-            metrics: self.metrics.clone(),
+            metrics: metrics.clone(),
             health: self.health,
             in_flight: in_flight.clone(),
             acks,
@@ -265,7 +263,7 @@ impl Worker {
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
 
-        let mut summary = Snapshot::take(&self.metrics).since(&started);
+        let mut summary = Snapshot::take(&metrics).since(&started);
         summary.delete_failures = delete_failures.load(Ordering::Relaxed);
         summary.released = released.load(Ordering::Relaxed);
         tracing::info!(?summary, "worker stopped");
@@ -322,7 +320,7 @@ async fn receive_loop(
         // While the database is down, receiving would only burn receive counts towards the
         // dead-letter queue: wait for it instead.
         if !ctx.health.database_ok() {
-            match ctx.store.ping().await {
+            match ctx.pipeline.store.ping().await {
                 Ok(()) => {
                     tracing::info!("database reachable again");
                     ctx.health.set_database_ok(true);
@@ -453,7 +451,7 @@ async fn handle_message(
     loop {
         let result = tokio::select! {
             _ = abort.cancelled() => { release(&ctx, &msg.message_id, &receipt).await; return; }
-            r = process(&ctx.store, &ctx.metrics, &msg) => r,
+            r = ctx.pipeline.process(&msg) => r,
         };
         match result {
             Processed::Done(_) => {
@@ -473,7 +471,9 @@ async fn handle_message(
                 return;
             }
             Processed::Retry(e) => {
-                ctx.health.set_database_ok(false);
+                if matches!(e, Transient::Store(_)) {
+                    ctx.health.set_database_ok(false);
+                }
                 let delay = backoff.next_delay();
                 tracing::warn!(message_id = %msg.message_id, error = %e, delay_ms = delay.as_millis() as u64, "transient failure; retrying");
                 let stopped = tokio::select! {

@@ -19,3 +19,4 @@ pub mod process;
 pub mod provision;
 pub mod store;
 pub mod telemetry;
+pub mod verify;

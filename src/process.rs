@@ -1,11 +1,15 @@
-//! The one path every message takes: decode → (verify) → apply → store. The SQS consumer, the
-//! dead-letter replay and tests all call [`process`]; none has an apply path of its own.
+//! The one path every message takes: decode → verify → apply → store. The SQS consumer, the
+//! dead-letter tools and `mplink apply` all go through a [`Pipeline`]; none has an apply path
+//! of its own.
 
-use crate::event::{self, InboundMessage, SubjectKey};
+use crate::event::{self, Event, InboundMessage, SubjectKey};
 use crate::ledger::Outcome;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{now_ms, Incoming, Store, StoreError};
+use crate::verify::{Verifier, VerifyError};
+use std::sync::Arc;
 use std::time::Instant;
+use thiserror::Error;
 use tracing::Instrument;
 
 /// What became of one message.
@@ -13,7 +17,7 @@ use tracing::Instrument;
 pub enum Processed {
     /// Its effect is committed (applied, stale or duplicate): the message may be deleted.
     Done(Outcome),
-    /// It will never apply (undecodable or refused); recorded in the event log with `reason`.
+    /// It will never apply (undecodable or untrusted); recorded in the event log with `reason`.
     /// The message must stay in the queue so the redrive policy takes it to the dead-letter queue.
     Rejected {
         /// Short stable code (metrics label).
@@ -21,8 +25,8 @@ pub enum Processed {
         /// The full explanation.
         detail: String,
     },
-    /// A transient failure (database unreachable, lock conflict): try again later.
-    Retry(StoreError),
+    /// A transient failure: try again later; nothing was committed.
+    Retry(Transient),
 }
 
 impl Processed {
@@ -32,93 +36,211 @@ impl Processed {
     }
 }
 
-/// Decodes, applies and records one message, counting the result in `metrics`.
-pub async fn process(store: &Store, metrics: &Metrics, msg: &InboundMessage) -> Processed {
-    let started = Instant::now();
-    let span = tracing::info_span!(
-        "message",
-        message_id = %msg.message_id,
-        action = tracing::field::Empty,
-        product = tracing::field::Empty,
-        customer = tracing::field::Empty,
-        subscription = tracing::field::Empty,
-    );
-    let result = async {
-        let event = match event::decode(msg) {
-            Ok(event) => event,
-            Err(e) => return reject(store, msg, e.reason(), e.to_string()).await,
-        };
-        let span = tracing::Span::current();
-        span.record("action", event.action.name());
-        span.record("subscription", event.subject.as_key().as_str());
-        if let Some(product) = &event.ids.product_code {
-            span.record("product", product.as_str());
+/// A failure that may go away by itself.
+#[derive(Debug, Error)]
+pub enum Transient {
+    /// The database is unreachable or the transaction conflicted (shared by a failed batch).
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The signing certificate could not be fetched.
+    #[error(transparent)]
+    Certificate(VerifyError),
+}
+
+/// Decode, verify, apply and record, with the metrics that count it.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// Where decisions are recorded.
+    pub store: Store,
+    /// Who decides what to trust.
+    pub verifier: Arc<Verifier>,
+    /// What counts it.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A message that passed decoding and verification, ready to apply.
+struct Accepted {
+    event: Event,
+    span: tracing::Span,
+}
+
+impl Pipeline {
+    /// A pipeline over these parts.
+    pub fn new(store: Store, verifier: Arc<Verifier>, metrics: Arc<Metrics>) -> Pipeline {
+        Pipeline {
+            store,
+            verifier,
+            metrics,
         }
-        match &event.subject {
-            SubjectKey::Customer {
-                customer_identifier,
-                ..
-            } => {
-                span.record("customer", customer_identifier.as_str());
+    }
+
+    /// Processes one message in its own transaction.
+    pub async fn process(&self, msg: &InboundMessage) -> Processed {
+        self.process_batch(std::slice::from_ref(msg))
+            .await
+            .pop()
+            .unwrap_or_else(|| Processed::Rejected {
+                reason: "internal",
+                detail: "empty batch result".into(),
+            })
+    }
+
+    /// Processes several messages, applying the accepted ones in one transaction; results are
+    /// in input order.
+    pub async fn process_batch(&self, msgs: &[InboundMessage]) -> Vec<Processed> {
+        let started = Instant::now();
+        let mut results: Vec<Option<Processed>> = Vec::with_capacity(msgs.len());
+        let mut accepted: Vec<(usize, Accepted)> = Vec::new();
+        for (i, msg) in msgs.iter().enumerate() {
+            match self.accept(msg).await {
+                Ok(a) => {
+                    accepted.push((i, a));
+                    results.push(None);
+                }
+                Err(done) => results.push(Some(done)),
             }
-            SubjectKey::Agreement { .. } => {
-                if let Some(account) = &event.ids.customer_aws_account_id {
-                    span.record("customer", account.as_str());
+        }
+        if !accepted.is_empty() {
+            let batch: Vec<Incoming<'_>> = accepted
+                .iter()
+                .map(|(i, a)| Incoming {
+                    event: &a.event,
+                    body: &msgs[*i].body,
+                })
+                .collect();
+            match self.store.apply_batch(&batch).await {
+                Ok(outcomes) => {
+                    for ((i, a), outcome) in accepted.iter().zip(outcomes) {
+                        let age = (now_ms() - a.event.time_ms).max(0) as f64 / 1000.0;
+                        self.metrics.event_age_seconds.observe(age);
+                        a.span.in_scope(|| {
+                            tracing::info!(
+                                outcome = outcome.as_str(),
+                                event_time_ms = a.event.time_ms,
+                                "message decided"
+                            )
+                        });
+                        results[*i] = Some(Processed::Done(outcome));
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    let e = Arc::new(e);
+                    for (i, _) in &accepted {
+                        results[*i] = Some(Processed::Retry(Transient::Store(e.clone())));
+                    }
+                }
+                // A database that refuses these for good (a constraint, a corrupt row) must not
+                // lose them: reject them so they land in the dead-letter queue for an operator.
+                Err(e) => {
+                    for (i, a) in &accepted {
+                        let r = self
+                            .reject(&msgs[*i], &a.span, "store_error", e.to_string())
+                            .await;
+                        results[*i] = Some(r);
+                    }
                 }
             }
         }
-        match store.apply(&event, &msg.body).await {
-            Ok(outcome) => {
-                let age = (now_ms() - event.time_ms).max(0) as f64 / 1000.0;
-                metrics.event_age_seconds.observe(age);
-                tracing::info!(
-                    outcome = outcome.as_str(),
-                    event_time_ms = event.time_ms,
-                    "message decided"
-                );
-                Processed::Done(outcome)
+        let elapsed = started.elapsed().as_secs_f64();
+        results
+            .into_iter()
+            .map(|r| {
+                let r = r.unwrap_or(Processed::Rejected {
+                    reason: "internal",
+                    detail: "no result".into(),
+                });
+                self.count(&r, elapsed);
+                r
+            })
+            .collect()
+    }
+
+    /// Decodes and verifies; `Err` carries the final result of a message that goes no further.
+    async fn accept(&self, msg: &InboundMessage) -> Result<Accepted, Processed> {
+        let span = tracing::info_span!(
+            "message",
+            message_id = %msg.message_id,
+            action = tracing::field::Empty,
+            product = tracing::field::Empty,
+            customer = tracing::field::Empty,
+            subscription = tracing::field::Empty,
+        );
+        let event = match event::decode(msg) {
+            Ok(event) => event,
+            Err(e) => return Err(self.reject(msg, &span, e.reason(), e.to_string()).await),
+        };
+        record_event_fields(&span, &event);
+        match self
+            .verifier
+            .verify(msg, &event)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(()) => Ok(Accepted { event, span }),
+            Err(e) if e.is_transient() => {
+                span.in_scope(|| tracing::warn!(error = %e, "cannot verify yet"));
+                Err(Processed::Retry(Transient::Certificate(e)))
             }
-            Err(e) if e.is_transient() => Processed::Retry(e),
-            // A database that refuses this message for good (a constraint, a corrupt row) must not
-            // lose it: reject it so it lands in the dead-letter queue for an operator.
-            Err(e) => reject(store, msg, "store_error", e.to_string()).await,
+            Err(e) => Err(self.reject(msg, &span, e.reason(), e.to_string()).await),
         }
     }
-    .instrument(span)
-    .await;
-    match &result {
-        Processed::Done(outcome) => {
-            metrics.outcome(*outcome);
-            metrics
-                .apply_seconds
-                .observe(started.elapsed().as_secs_f64());
+
+    async fn reject(
+        &self,
+        msg: &InboundMessage,
+        span: &tracing::Span,
+        reason: &'static str,
+        detail: String,
+    ) -> Processed {
+        // The reason and message id only: bodies stay in the event log, never in logs.
+        span.in_scope(|| tracing::warn!(reason, error = %detail, "message rejected"));
+        match self
+            .store
+            .record_rejection(msg, &format!("{reason}: {detail}"))
+            .await
+        {
+            Ok(()) => Processed::Rejected { reason, detail },
+            Err(e) if e.is_transient() => Processed::Retry(Transient::Store(Arc::new(e))),
+            Err(e) => {
+                span.in_scope(|| tracing::error!(error = %e, "could not record a rejection"));
+                Processed::Rejected { reason, detail }
+            }
         }
-        Processed::Rejected { reason, .. } => {
-            metrics.outcome(Outcome::Rejected);
-            metrics.rejected.with_label_values(&[reason]).inc();
-        }
-        Processed::Retry(_) => metrics.database_errors.inc(),
     }
-    result
+
+    fn count(&self, result: &Processed, elapsed_s: f64) {
+        match result {
+            Processed::Done(outcome) => {
+                self.metrics.outcome(*outcome);
+                self.metrics.apply_seconds.observe(elapsed_s);
+            }
+            Processed::Rejected { reason, .. } => {
+                self.metrics.outcome(Outcome::Rejected);
+                self.metrics.rejected.with_label_values(&[reason]).inc();
+            }
+            Processed::Retry(Transient::Store(_)) => self.metrics.database_errors.inc(),
+            Processed::Retry(Transient::Certificate(_)) => {}
+        }
+    }
 }
 
-async fn reject(
-    store: &Store,
-    msg: &InboundMessage,
-    reason: &'static str,
-    detail: String,
-) -> Processed {
-    // Only the reason and the message id at warn level: bodies stay in the event log, not in logs.
-    tracing::warn!(reason, error = %detail, "message rejected");
-    match store
-        .record_rejection(msg, &format!("{reason}: {detail}"))
-        .await
-    {
-        Ok(()) => Processed::Rejected { reason, detail },
-        Err(e) if e.is_transient() => Processed::Retry(e),
-        Err(e) => {
-            tracing::error!(error = %e, "could not record a rejection");
-            Processed::Rejected { reason, detail }
+fn record_event_fields(span: &tracing::Span, event: &Event) {
+    span.record("action", event.action.name());
+    span.record("subscription", event.subject.as_key().as_str());
+    if let Some(product) = &event.ids.product_code {
+        span.record("product", product.as_str());
+    }
+    match &event.subject {
+        SubjectKey::Customer {
+            customer_identifier,
+            ..
+        } => {
+            span.record("customer", customer_identifier.as_str());
+        }
+        SubjectKey::Agreement { .. } => {
+            if let Some(account) = &event.ids.customer_aws_account_id {
+                span.record("customer", account.as_str());
+            }
         }
     }
 }

@@ -106,7 +106,16 @@ async fn seed_story(backend: Backend) {
         sns_body("m-1", "subscribe-success", PRODUCT, CUSTOMER, T0) + "\n",
     )
     .expect("write");
-    let out = ok(&mplink(&db, &["apply", file.to_str().expect("path")], None));
+    let out = ok(&mplink(
+        &db,
+        &[
+            "apply",
+            "--verify-signatures",
+            "false",
+            file.to_str().expect("path"),
+        ],
+        None,
+    ));
     assert!(out.contains("applied 1"), "{out}");
     let row = status_json(&db, "org-1");
     assert_eq!(row["link_state"], "linked");
@@ -117,7 +126,11 @@ async fn seed_story(backend: Backend) {
     let pending = sns_body("m-2", "unsubscribe-pending", PRODUCT, CUSTOMER, T0 + 60_000);
     let exported = serde_json::json!({"MessageId": "sqs-2", "Body": pending, "Attributes": {"SentTimestamp": "1795687260000"}});
     let input = format!("{exported}\n\n{pending}\n");
-    let out = ok(&mplink(&db, &["apply", "-"], Some(&input)));
+    let out = ok(&mplink(
+        &db,
+        &["apply", "--verify-signatures", "false", "-"],
+        Some(&input),
+    ));
     assert!(
         out.contains("applied 1, stale 0, duplicate 1, rejected 0"),
         "{out}"
@@ -133,7 +146,11 @@ async fn seed_story(backend: Backend) {
         CUSTOMER,
         T0 + 3_600_000,
     );
-    ok(&mplink(&db, &["apply", "-"], Some(&done)));
+    ok(&mplink(
+        &db,
+        &["apply", "--verify-signatures", "false", "-"],
+        Some(&done),
+    ));
     let row = status_json(&db, "org-1");
     assert_eq!(row["link_state"], "unlinked");
     assert_eq!(row["payment_method"], Value::Null);
@@ -193,7 +210,11 @@ async fn errors_are_one_clear_line(backend: Backend) {
     let good = sns_body("g-1", "subscribe-success", PRODUCT, CUSTOMER, T0);
     let bad = sns_body("b-1", "subscribe-maybe", PRODUCT, CUSTOMER, T0);
     let input = format!("{good}\n{bad}\n");
-    let out = mplink(&db, &["apply", "-"], Some(&input));
+    let out = mplink(
+        &db,
+        &["apply", "--verify-signatures", "false", "-"],
+        Some(&input),
+    );
     assert!(!out.status.success(), "a rejected line fails the run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -9,7 +9,6 @@ use mplink::store::{StatusFilter, StatusRow, Store};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const ACCOUNT: &str = "845735284135";
@@ -196,7 +195,7 @@ async fn duplicates_and_reordering_through_the_queue(backend: Backend) {
     config.exit_when_idle = false;
     config.receive_loops = 3;
     config.max_in_flight = 8;
-    let worker = spawn_worker(&stack, db.store.clone(), config).await;
+    let worker = spawn_worker(&stack, db.store.clone(), unsigned(), config).await;
     eventually(
         Duration::from_secs(60),
         "every message to be applied",
@@ -275,7 +274,7 @@ async fn poison_messages_end_in_the_dead_letter_queue(backend: Backend) {
 
     let mut config = stack.worker_config();
     config.exit_when_idle = false;
-    let worker = spawn_worker(&stack, db.store.clone(), config).await;
+    let worker = spawn_worker(&stack, db.store.clone(), unsigned(), config).await;
     let mut dead: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while dead.len() < 2 {
@@ -323,42 +322,6 @@ async fn poison_messages_end_in_the_dead_letter_queue(backend: Backend) {
     db.cleanup().await;
 }
 
-fn spawn_binary(db_url: &str, queue_url: &str, extra: &[&str]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
-        .args([
-            "--database-url",
-            db_url,
-            "run",
-            "--queue-url",
-            queue_url,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--wait-time",
-            "1",
-        ])
-        .args(extra)
-        .envs(binary_env())
-        .env_remove("MPLINK_LOG_FORMAT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn mplink run")
-}
-
-async fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mplink did not exit within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn sigterm_with_messages_in_flight(backend: Backend) {
     let db = TestDb::new(backend).await;
     let stack = Stack::new(5, Duration::from_secs(4)).await;
@@ -376,7 +339,7 @@ async fn sigterm_with_messages_in_flight(backend: Backend) {
         .collect();
     stack.send_bodies(&bodies).await;
 
-    let mut child = spawn_binary(
+    let mut child = WorkerProcess::spawn(
         db.url.expose(),
         &stack.queue.queue_url,
         &["--grace-period", "10", "--max-in-flight", "16"],
@@ -388,13 +351,8 @@ async fn sigterm_with_messages_in_flight(backend: Backend) {
     )
     .await;
     let stopped_at = Instant::now();
-    let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let status = wait_exit(&mut child, Duration::from_secs(15)).await;
+    child.signal("TERM");
+    let status = child.wait(Duration::from_secs(15)).await;
     let took = stopped_at.elapsed();
     assert!(status.success(), "exit status {status}");
     assert!(
@@ -405,22 +363,15 @@ async fn sigterm_with_messages_in_flight(backend: Backend) {
     // A second run picks up whatever was left; nothing is applied twice. (The long poll
     // cancelled at SIGTERM may have taken messages with it: they come back once their
     // visibility times out, like any unacknowledged message, so this run waits for them.)
-    let mut child = spawn_binary(db.url.expose(), &stack.queue.queue_url, &[]);
+    let mut child = WorkerProcess::spawn(db.url.expose(), &stack.queue.queue_url, &[]);
     eventually(
         Duration::from_secs(60),
         "the second run to finish the backlog",
         || async { db.store.event_log().await.expect("log").len() >= n as usize },
     )
     .await;
-    let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    assert!(wait_exit(&mut child, Duration::from_secs(15))
-        .await
-        .success());
+    child.signal("TERM");
+    assert!(child.wait(Duration::from_secs(15)).await.success());
     let log = db.store.event_log().await.expect("log");
     assert_eq!(log.len(), n as usize, "first run recorded {first_run}");
     assert!(log.iter().all(|e| e.outcome == "applied"));
@@ -476,7 +427,7 @@ async fn database_outage_is_survived() {
     };
     let mut config = stack.worker_config();
     config.exit_when_idle = false;
-    let worker = spawn_worker(&stack, store, config).await;
+    let worker = spawn_worker(&stack, store, unsigned(), config).await;
     stack.send_bodies(&batch(0, 20)).await;
     eventually(Duration::from_secs(30), "the first batch", || async {
         db.store.event_log().await.expect("log").len() == 20

@@ -5,8 +5,10 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use mplink::consumer::{RunSummary, WorkerConfig};
 use mplink::metrics::Metrics;
+use mplink::process::Pipeline;
 use mplink::provision::{create_marketplace_topics, provision, ProvisionSpec, Provisioned};
 use mplink::store::Store;
+use mplink::verify::{Verifier, VerifyConfig};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -266,8 +268,38 @@ pub struct RunningWorker {
     pub handle: tokio::task::JoinHandle<RunSummary>,
 }
 
+/// What the tests trust: real signatures, with LocalStack's certificate location allowed.
+pub fn signed() -> VerifyConfig {
+    VerifyConfig {
+        extra_cert_url_prefixes: vec![format!("{}/_aws/sns/", endpoint())],
+        ..VerifyConfig::default()
+    }
+}
+
+/// For hand-made envelopes sent straight to the queue: they carry no real signature.
+pub fn unsigned() -> VerifyConfig {
+    VerifyConfig {
+        verify_signatures: false,
+        ..VerifyConfig::default()
+    }
+}
+
+/// A pipeline over `store` trusting `verify`.
+pub fn pipeline(store: Store, verify: VerifyConfig) -> Pipeline {
+    Pipeline::new(
+        store,
+        Arc::new(Verifier::new(verify)),
+        Arc::new(Metrics::new()),
+    )
+}
+
 /// Starts the worker (and its HTTP surface) the way `mplink run` does.
-pub async fn spawn_worker(stack: &Stack, store: Store, config: WorkerConfig) -> RunningWorker {
+pub async fn spawn_worker(
+    stack: &Stack,
+    store: Store,
+    verify: VerifyConfig,
+    config: WorkerConfig,
+) -> RunningWorker {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -275,17 +307,9 @@ pub async fn spawn_worker(stack: &Stack, store: Store, config: WorkerConfig) -> 
     let shutdown = CancellationToken::new();
     let sqs = stack.sqs.clone();
     let token = shutdown.clone();
-    let handle = tokio::spawn(async move {
-        mplink::app::run(
-            sqs,
-            store,
-            config,
-            listener,
-            Arc::new(Metrics::new()),
-            token,
-        )
-        .await
-    });
+    let pipeline = pipeline(store, verify);
+    let handle =
+        tokio::spawn(async move { mplink::app::run(sqs, pipeline, config, listener, token).await });
     RunningWorker {
         addr,
         shutdown,
@@ -293,9 +317,9 @@ pub async fn spawn_worker(stack: &Stack, store: Store, config: WorkerConfig) -> 
     }
 }
 
-/// Runs a worker until the queue is drained and returns its totals.
+/// Runs a worker (verifying signatures) until the queue is drained and returns its totals.
 pub async fn drain(stack: &Stack, store: &Store) -> RunSummary {
-    let worker = spawn_worker(stack, store.clone(), stack.worker_config()).await;
+    let worker = spawn_worker(stack, store.clone(), signed(), stack.worker_config()).await;
     tokio::time::timeout(Duration::from_secs(60), worker.handle)
         .await
         .expect("worker drained the queue in time")
@@ -397,5 +421,68 @@ impl Proxy {
         self.stop.cancel();
         let _ = self.task.await;
         self.port
+    }
+}
+
+/// A `mplink run` process, killed if the test ends (or panics) while it still runs.
+pub struct WorkerProcess {
+    child: std::process::Child,
+}
+
+impl WorkerProcess {
+    /// Starts `mplink run` on `queue_url` with hand-made-input settings plus `extra` flags.
+    /// Its logs go to stderr when `MPLINK_TEST_WORKER_LOGS` is set.
+    pub fn spawn(db_url: &str, queue_url: &str, extra: &[&str]) -> WorkerProcess {
+        let logs = if std::env::var_os("MPLINK_TEST_WORKER_LOGS").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
+            .args(["--database-url", db_url, "run", "--queue-url", queue_url])
+            .args(["--http-addr", "127.0.0.1:0", "--wait-time", "1"])
+            // Envelopes sent straight to the queue by tests carry no real signature.
+            .args(["--verify-signatures", "false"])
+            .args(extra)
+            .envs(binary_env())
+            .env_remove("MPLINK_LOG_FORMAT")
+            .stdout(std::process::Stdio::null())
+            .stderr(logs)
+            .spawn()
+            .expect("spawn mplink run");
+        WorkerProcess { child }
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; fails the test after `within`.
+    pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mplink did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

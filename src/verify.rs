@@ -1,0 +1,582 @@
+//! Whether to trust a decoded message: SNS signature verification, the certificate URL rule,
+//! and the allow-lists of topics, product codes and EventBridge sources. This is the only
+//! module that fetches certificates.
+
+use crate::event::{Delivery, Event, InboundMessage, EVENTBRIDGE_SOURCE};
+use base64::Engine;
+use rsa::pkcs1v15::Pkcs1v15Sign;
+use rsa::pkcs8::DecodePublicKey;
+use rsa::RsaPublicKey;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Largest certificate accepted from a signing-certificate URL.
+const MAX_CERT_BYTES: usize = 16 * 1024;
+/// How long a certificate fetch may take.
+const CERT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// Check SNS signatures (on by default; tests that hand-craft envelopes turn it off).
+    pub verify_signatures: bool,
+    /// Certificate URL prefixes trusted besides `https://sns.<region>.amazonaws.com(.cn)/….pem`
+    /// (LocalStack serves its certificate from `http://127.0.0.1:4566/_aws/sns/`).
+    pub extra_cert_url_prefixes: Vec<String>,
+    /// SNS topic ARNs accepted; empty accepts any topic named like a marketplace topic.
+    pub allowed_topic_arns: Vec<String>,
+    /// Product codes accepted; empty accepts any.
+    pub allowed_product_codes: Vec<String>,
+    /// EventBridge sources accepted.
+    pub allowed_sources: Vec<String>,
+    /// Accept bare marketplace JSON (SNS raw message delivery), which carries no signature.
+    pub accept_raw_delivery: bool,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            verify_signatures: true,
+            extra_cert_url_prefixes: Vec::new(),
+            allowed_topic_arns: Vec::new(),
+            allowed_product_codes: Vec::new(),
+            allowed_sources: vec![EVENTBRIDGE_SOURCE.to_string()],
+            accept_raw_delivery: false,
+        }
+    }
+}
+
+/// Why a message is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum VerifyError {
+    /// Raw delivery arrived but configuration does not say raw delivery is in use.
+    #[error("raw (unenveloped) delivery is not accepted; enable it only if the SNS subscription uses raw message delivery")]
+    RawDeliveryNotAccepted,
+    /// The topic is not one of ours.
+    #[error("topic {topic} is not an accepted marketplace topic")]
+    ForeignTopic {
+        /// The TopicArn.
+        topic: String,
+    },
+    /// The product code is not one of ours.
+    #[error("product code {product} is not accepted")]
+    ForeignProduct {
+        /// The product code.
+        product: String,
+    },
+    /// The EventBridge source is not accepted.
+    #[error("EventBridge source {event_source:?} is not accepted")]
+    ForeignSource {
+        /// The source, or empty when absent.
+        event_source: String,
+    },
+    /// The envelope could not be read for verification.
+    #[error("SNS envelope field {field} is missing or not a string")]
+    EnvelopeField {
+        /// The field.
+        field: &'static str,
+    },
+    /// A SignatureVersion other than 1 or 2.
+    #[error("unsupported SignatureVersion {version:?}")]
+    UnsupportedSignatureVersion {
+        /// As sent.
+        version: String,
+    },
+    /// The certificate URL is not one AWS would use; no request was made.
+    #[error("signing certificate URL {url:?} refused: {why}")]
+    CertUrlRefused {
+        /// The URL (truncated).
+        url: String,
+        /// Which rule it broke.
+        why: &'static str,
+    },
+    /// The certificate could not be fetched.
+    #[error("fetching the signing certificate {url} failed: {detail}")]
+    CertFetch {
+        /// The URL.
+        url: String,
+        /// Why.
+        detail: String,
+    },
+    /// The certificate is not a usable RSA certificate.
+    #[error("signing certificate {url} is unusable: {detail}")]
+    BadCertificate {
+        /// The URL.
+        url: String,
+        /// Why.
+        detail: String,
+    },
+    /// The signature is not valid base64.
+    #[error("Signature is not base64")]
+    SignatureEncoding,
+    /// The signature does not match the signed fields.
+    #[error("signature does not match the message")]
+    SignatureMismatch,
+}
+
+impl VerifyError {
+    /// A short stable code for metrics and the event log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::RawDeliveryNotAccepted => "raw_delivery_not_accepted",
+            VerifyError::ForeignTopic { .. } => "foreign_topic",
+            VerifyError::ForeignProduct { .. } => "foreign_product",
+            VerifyError::ForeignSource { .. } => "foreign_source",
+            VerifyError::EnvelopeField { .. } => "envelope_field",
+            VerifyError::UnsupportedSignatureVersion { .. } => "unsupported_signature_version",
+            VerifyError::CertUrlRefused { .. } => "cert_url_refused",
+            VerifyError::CertFetch { .. } => "cert_fetch_failed",
+            VerifyError::BadCertificate { .. } => "bad_certificate",
+            VerifyError::SignatureEncoding => "signature_encoding",
+            VerifyError::SignatureMismatch => "signature_mismatch",
+        }
+    }
+
+    /// True when trying again later could succeed (the certificate host was unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, VerifyError::CertFetch { .. })
+    }
+}
+
+/// The fields of an SNS notification that its signature covers, as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SnsEnvelope {
+    /// `Type`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// `MessageId`.
+    #[serde(rename = "MessageId")]
+    pub message_id: String,
+    /// `TopicArn`.
+    #[serde(rename = "TopicArn")]
+    pub topic_arn: String,
+    /// `Subject`, when present.
+    #[serde(rename = "Subject", default)]
+    pub subject: Option<String>,
+    /// `Message`.
+    #[serde(rename = "Message")]
+    pub message: String,
+    /// `Timestamp`.
+    #[serde(rename = "Timestamp")]
+    pub timestamp: String,
+    /// `SignatureVersion`.
+    #[serde(rename = "SignatureVersion", default)]
+    pub signature_version: Option<String>,
+    /// `Signature` (base64).
+    #[serde(rename = "Signature", default)]
+    pub signature: Option<String>,
+    /// `SigningCertURL`.
+    #[serde(rename = "SigningCertURL", default)]
+    pub signing_cert_url: Option<String>,
+}
+
+/// The string SNS signs for a notification: `name\nvalue\n` for Message, MessageId, Subject
+/// (only if present), Timestamp, TopicArn and Type, in that order.
+pub fn string_to_sign(env: &SnsEnvelope) -> String {
+    let mut out = String::with_capacity(env.message.len() + 256);
+    let mut field = |name: &str, value: &str| {
+        out.push_str(name);
+        out.push('\n');
+        out.push_str(value);
+        out.push('\n');
+    };
+    field("Message", &env.message);
+    field("MessageId", &env.message_id);
+    if let Some(subject) = &env.subject {
+        field("Subject", subject);
+    }
+    field("Timestamp", &env.timestamp);
+    field("TopicArn", &env.topic_arn);
+    field("Type", &env.kind);
+    out
+}
+
+/// Checks a certificate URL against AWS's rule (https, `sns.<region>.amazonaws.com[.cn]`,
+/// a `.pem` path) or an explicitly configured prefix. Nothing is fetched here.
+pub fn check_cert_url(url: &str, extra_prefixes: &[String]) -> Result<url::Url, VerifyError> {
+    let refused = |why| VerifyError::CertUrlRefused {
+        url: url.chars().take(200).collect(),
+        why,
+    };
+    let parsed = url::Url::parse(url).map_err(|_| refused("not a URL"))?;
+    // Compare parsed parts, not text, so `http://127.0.0.1:4566@evil.com/` cannot pass for a prefix.
+    let trusted = extra_prefixes
+        .iter()
+        .filter_map(|p| url::Url::parse(p).ok())
+        .any(|p| {
+            p.scheme() == parsed.scheme()
+                && p.host_str() == parsed.host_str()
+                && p.port_or_known_default() == parsed.port_or_known_default()
+                && parsed.username().is_empty()
+                && parsed.password().is_none()
+                && parsed.path().starts_with(p.path())
+        });
+    if trusted {
+        return Ok(parsed);
+    }
+    if parsed.scheme() != "https" {
+        return Err(refused("not https"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(refused("carries credentials"));
+    }
+    if parsed.port().is_some_and(|p| p != 443) {
+        return Err(refused("non-standard port"));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    if !is_sns_host(host) {
+        return Err(refused("host is not sns.<region>.amazonaws.com"));
+    }
+    if !parsed.path().ends_with(".pem") {
+        return Err(refused("path does not end in .pem"));
+    }
+    Ok(parsed)
+}
+
+fn is_sns_host(host: &str) -> bool {
+    let region = host.strip_prefix("sns.").and_then(|rest| {
+        rest.strip_suffix(".amazonaws.com")
+            .or_else(|| rest.strip_suffix(".amazonaws.com.cn"))
+    });
+    match region {
+        Some(r) => {
+            !r.is_empty()
+                && r.split('-').count() >= 3
+                && r.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        }
+        None => false,
+    }
+}
+
+/// True when `topic` is named like a marketplace topic of `product` (the product code is the
+/// name's suffix), which ties the message's product to the topic it came from.
+pub fn marketplace_topic_product(topic: &str) -> Option<&str> {
+    let name = topic.rsplit(':').next()?;
+    name.strip_prefix(crate::provision::SUBSCRIPTION_TOPIC_PREFIX)
+        .or_else(|| name.strip_prefix(crate::provision::ENTITLEMENT_TOPIC_PREFIX))
+}
+
+/// Where certificates come from.
+enum Certificates {
+    /// Fetched over HTTP(S) and cached.
+    Http(reqwest::Client),
+    /// Fixed public keys by URL (tests with generated key pairs).
+    Fixed,
+}
+
+/// Decides whether a decoded message is trusted.
+pub struct Verifier {
+    config: VerifyConfig,
+    source: Certificates,
+    cache: Mutex<HashMap<String, Arc<RsaPublicKey>>>,
+    fetches: AtomicU64,
+}
+
+impl Verifier {
+    /// A verifier that fetches certificates over the network when needed.
+    pub fn new(config: VerifyConfig) -> Verifier {
+        let client = reqwest::Client::builder()
+            .timeout(CERT_FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Verifier {
+            config,
+            source: Certificates::Http(client),
+            cache: Mutex::new(HashMap::new()),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// A verifier that knows these public keys by certificate URL and fetches nothing.
+    pub fn with_keys(config: VerifyConfig, keys: HashMap<String, RsaPublicKey>) -> Verifier {
+        let cache = keys.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        Verifier {
+            config,
+            source: Certificates::Fixed,
+            cache: Mutex::new(cache),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &VerifyConfig {
+        &self.config
+    }
+
+    /// How many certificate requests were made (tests assert refused URLs make none).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Accepts or refuses `event`, decoded from `msg`.
+    pub async fn verify(&self, msg: &InboundMessage, event: &Event) -> Result<(), VerifyError> {
+        match event.delivery {
+            Delivery::Raw if !self.config.accept_raw_delivery => {
+                return Err(VerifyError::RawDeliveryNotAccepted)
+            }
+            Delivery::Raw => {}
+            Delivery::EventBridge => {
+                let event_source = event.source.clone().unwrap_or_default();
+                if !self.config.allowed_sources.contains(&event_source) {
+                    return Err(VerifyError::ForeignSource { event_source });
+                }
+            }
+            Delivery::SnsEnvelope => {
+                let topic = event.topic_arn.clone().unwrap_or_default();
+                self.check_topic(&topic, event.ids.product_code.as_deref())?;
+                if self.config.verify_signatures {
+                    let env: SnsEnvelope = serde_json::from_str(&msg.body).map_err(|_| {
+                        VerifyError::EnvelopeField {
+                            field: "Signature fields",
+                        }
+                    })?;
+                    self.check_signature(&env).await?;
+                }
+            }
+        }
+        if let Some(product) = &event.ids.product_code {
+            if !self.config.allowed_product_codes.is_empty()
+                && !self.config.allowed_product_codes.contains(product)
+            {
+                return Err(VerifyError::ForeignProduct {
+                    product: product.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_topic(&self, topic: &str, product: Option<&str>) -> Result<(), VerifyError> {
+        let foreign = || VerifyError::ForeignTopic {
+            topic: topic.chars().take(200).collect(),
+        };
+        if !self.config.allowed_topic_arns.is_empty() {
+            if !self.config.allowed_topic_arns.iter().any(|t| t == topic) {
+                return Err(foreign());
+            }
+            return Ok(());
+        }
+        // Without an explicit list, a topic must be a marketplace topic of the message's product.
+        match (marketplace_topic_product(topic), product) {
+            (Some(topic_product), Some(p)) if topic_product == p => Ok(()),
+            _ => Err(foreign()),
+        }
+    }
+
+    /// Verifies an SNS envelope's signature against its signing certificate.
+    pub async fn check_signature(&self, env: &SnsEnvelope) -> Result<(), VerifyError> {
+        let version = env.signature_version.clone().unwrap_or_default();
+        let scheme = match version.as_str() {
+            "1" => Pkcs1v15Sign::new::<sha1::Sha1>(),
+            "2" => Pkcs1v15Sign::new::<sha2::Sha256>(),
+            _ => {
+                return Err(VerifyError::UnsupportedSignatureVersion {
+                    version: version.chars().take(20).collect(),
+                })
+            }
+        };
+        let url = env
+            .signing_cert_url
+            .as_deref()
+            .ok_or(VerifyError::EnvelopeField {
+                field: "SigningCertURL",
+            })?;
+        let url = check_cert_url(url, &self.config.extra_cert_url_prefixes)?;
+        let signature = env
+            .signature
+            .as_deref()
+            .ok_or(VerifyError::EnvelopeField { field: "Signature" })?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(signature)
+            .map_err(|_| VerifyError::SignatureEncoding)?;
+        let key = self.public_key(&url).await?;
+        let text = string_to_sign(env);
+        let digest = match version.as_str() {
+            "1" => {
+                use sha1::Digest;
+                sha1::Sha1::digest(text.as_bytes()).to_vec()
+            }
+            _ => {
+                use sha2::Digest;
+                sha2::Sha256::digest(text.as_bytes()).to_vec()
+            }
+        };
+        key.verify(scheme, &digest, &signature)
+            .map_err(|_| VerifyError::SignatureMismatch)
+    }
+
+    async fn public_key(&self, url: &url::Url) -> Result<Arc<RsaPublicKey>, VerifyError> {
+        if let Some(key) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(url.as_str()).cloned())
+        {
+            return Ok(key);
+        }
+        let client = match &self.source {
+            Certificates::Http(client) => client,
+            Certificates::Fixed => {
+                return Err(VerifyError::CertFetch {
+                    url: url.to_string(),
+                    detail: "no such test key".into(),
+                })
+            }
+        };
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let fetch_err = |detail: String| VerifyError::CertFetch {
+            url: url.to_string(),
+            detail,
+        };
+        let response = client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| fetch_err(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(fetch_err(format!("HTTP {}", response.status())));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| fetch_err(e.to_string()))?;
+        if body.len() > MAX_CERT_BYTES {
+            return Err(VerifyError::BadCertificate {
+                url: url.to_string(),
+                detail: "larger than 16 KiB".into(),
+            });
+        }
+        let key =
+            Arc::new(
+                public_key_from_pem(&body).map_err(|detail| VerifyError::BadCertificate {
+                    url: url.to_string(),
+                    detail,
+                })?,
+            );
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(url.to_string(), key.clone());
+        }
+        Ok(key)
+    }
+}
+
+/// The RSA public key of a PEM certificate that is currently valid.
+pub fn public_key_from_pem(pem: &[u8]) -> Result<RsaPublicKey, String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    if !cert.validity().is_valid() {
+        return Err("certificate is expired or not yet valid".into());
+    }
+    RsaPublicKey::from_public_key_der(cert.public_key().raw)
+        .map_err(|e| format!("not an RSA key: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_aws_certificate_urls_pass_without_configuration() {
+        let ok = [
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+            "https://sns.cn-north-1.amazonaws.com.cn/x.pem",
+        ];
+        for url in ok {
+            assert!(check_cert_url(url, &[]).is_ok(), "{url}");
+        }
+        let refused = [
+            ("http://sns.us-east-1.amazonaws.com/x.pem", "not https"),
+            (
+                "https://sns.us-east-1.amazonaws.com.evil.com/x.pem",
+                "host is not sns.<region>.amazonaws.com",
+            ),
+            (
+                "https://evil.com/sns.us-east-1.amazonaws.com/x.pem",
+                "host is not sns.<region>.amazonaws.com",
+            ),
+            (
+                "https://sns.us-east-1.amazonaws.com/x.txt",
+                "path does not end in .pem",
+            ),
+            (
+                "https://sns.us-east-1.amazonaws.com:8443/x.pem",
+                "non-standard port",
+            ),
+            (
+                "https://user:pw@sns.us-east-1.amazonaws.com/x.pem",
+                "carries credentials",
+            ),
+            (
+                "https://s3.us-east-1.amazonaws.com/x.pem",
+                "host is not sns.<region>.amazonaws.com",
+            ),
+            ("file:///etc/passwd", "not https"),
+            ("not a url", "not a URL"),
+        ];
+        for (url, why) in refused {
+            match check_cert_url(url, &[]) {
+                Err(VerifyError::CertUrlRefused { why: w, .. }) => assert_eq!(w, why, "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let local = vec!["http://127.0.0.1:4566/_aws/sns/".to_string()];
+        assert!(check_cert_url(
+            "http://127.0.0.1:4566/_aws/sns/SimpleNotificationService-x.pem",
+            &local
+        )
+        .is_ok());
+        assert!(check_cert_url("http://127.0.0.1:4566@evil.com/_aws/sns/x.pem", &local).is_err());
+    }
+
+    #[test]
+    fn string_to_sign_follows_the_aws_order_and_skips_an_absent_subject() {
+        let env = SnsEnvelope {
+            kind: "Notification".into(),
+            message_id: "m".into(),
+            topic_arn: "t".into(),
+            subject: None,
+            message: "{\"a\":1}".into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            signature_version: Some("1".into()),
+            signature: None,
+            signing_cert_url: None,
+        };
+        assert_eq!(
+            string_to_sign(&env),
+            "Message\n{\"a\":1}\nMessageId\nm\nTimestamp\n2026-01-01T00:00:00.000Z\nTopicArn\nt\nType\nNotification\n"
+        );
+        let with_subject = SnsEnvelope {
+            subject: Some("s".into()),
+            ..env
+        };
+        assert!(string_to_sign(&with_subject).contains("MessageId\nm\nSubject\ns\nTimestamp\n"));
+    }
+
+    #[test]
+    fn marketplace_topics_name_their_product() {
+        assert_eq!(
+            marketplace_topic_product(
+                "arn:aws:sns:us-east-1:1:aws-mp-subscription-notification-abc"
+            ),
+            Some("abc")
+        );
+        assert_eq!(
+            marketplace_topic_product(
+                "arn:aws:sns:us-east-1:1:aws-mp-entitlement-notification-abc"
+            ),
+            Some("abc")
+        );
+        assert_eq!(
+            marketplace_topic_product("arn:aws:sns:us-east-1:1:something-else"),
+            None
+        );
+    }
+}
