@@ -29,11 +29,13 @@ install() {
 }
 
 start() {
+    # The virtualenv also carries the aws CLI and cfn-lint the scripts use, so it is installed
+    # even when some LocalStack already answers.
+    install
     if healthy; then
         echo "LocalStack already answering on $host"
         return
     fi
-    install
     echo "starting LocalStack on $host (log: $logfile)"
     GATEWAY_LISTEN="$host" LOCALSTACK_HOST="$host" SQS_ENDPOINT_STRATEGY=path \
         SERVICES=sqs,sns,events,cloudformation,iam,sts,cloudwatch \
