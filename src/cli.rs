@@ -42,6 +42,92 @@ pub enum Command {
     /// Create the queue, dead-letter queue, policy, SNS subscriptions and EventBridge rule
     /// (idempotent; for local use and tests, production uses the deploy templates).
     Provision(ProvisionArgs),
+    /// Dead-letter queue tools: inspect, replay, redrive, export.
+    Dlq(DlqArgs),
+}
+
+/// Arguments of `mplink dlq`.
+#[derive(Debug, clap::Args)]
+pub struct DlqArgs {
+    /// What to do with the dead-letter queue.
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// The dead-letter queue tools.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List what is waiting, without consuming it (messages become visible again right away).
+    Inspect(DlqInspectArgs),
+    /// Apply dead letters through the worker's own path; delete each once its effect is
+    /// committed (or it is a known duplicate or stale), leave the rest with their reasons.
+    Replay(DlqReplayArgs),
+    /// Move dead letters back to the source queue (SQS StartMessageMoveTask, or --portable).
+    Redrive(DlqRedriveArgs),
+    /// Print dead letters as JSON lines that `mplink apply` reads back (not consuming them).
+    Export(DlqExportArgs),
+}
+
+/// Arguments of `mplink dlq inspect`.
+#[derive(Debug, clap::Args)]
+pub struct DlqInspectArgs {
+    /// The dead-letter queue.
+    #[arg(long, env = "MPLINK_DLQ_URL")]
+    pub queue_url: String,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many messages.
+    #[arg(long, default_value_t = 100)]
+    pub max: usize,
+}
+
+/// Arguments of `mplink dlq replay`.
+#[derive(Debug, clap::Args)]
+pub struct DlqReplayArgs {
+    /// The dead-letter queue.
+    #[arg(long, env = "MPLINK_DLQ_URL")]
+    pub queue_url: String,
+    /// Show what would happen; apply, record and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// At most this many messages.
+    #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+    pub max: usize,
+    /// At most this many messages per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// What to trust.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+/// Arguments of `mplink dlq redrive`.
+#[derive(Debug, clap::Args)]
+pub struct DlqRedriveArgs {
+    /// The dead-letter queue.
+    #[arg(long, env = "MPLINK_DLQ_URL")]
+    pub queue_url: String,
+    /// Destination queue URL (default: the queue whose redrive policy names this one).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Receive, send and delete instead of StartMessageMoveTask (emulators, special queues).
+    #[arg(long)]
+    pub portable: bool,
+}
+
+/// Arguments of `mplink dlq export`.
+#[derive(Debug, clap::Args)]
+pub struct DlqExportArgs {
+    /// The dead-letter queue.
+    #[arg(long, env = "MPLINK_DLQ_URL")]
+    pub queue_url: String,
+    /// At most this many messages.
+    #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+    pub max: usize,
 }
 
 /// Arguments of `mplink run`. Every flag can also be set by the environment variable shown.
@@ -244,6 +330,9 @@ pub enum CliError {
         "stopped: {0} (earlier batches are applied; rerun to continue, duplicates are skipped)"
     )]
     Transient(#[source] crate::process::Transient),
+    /// A dead-letter tool failed.
+    #[error(transparent)]
+    Dlq(#[from] crate::dlq::DlqError),
     /// Provisioning failed.
     #[error(transparent)]
     Provision(#[from] crate::provision::ProvisionError),
@@ -283,9 +372,17 @@ impl Cli {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    if let Command::Provision(args) = cli.command {
-        return provision(args).await;
-    }
+    // Commands that only talk to AWS open no database.
+    let cli = match cli.command {
+        Command::Provision(args) => return provision(args).await,
+        Command::Dlq(DlqArgs {
+            command: DlqCommand::Redrive(args),
+        }) => return dlq_redrive(args).await,
+        Command::Dlq(DlqArgs {
+            command: DlqCommand::Export(args),
+        }) => return dlq_export(args).await,
+        command => Cli { command, ..cli },
+    };
     let url = cli.database();
     tracing::debug!(database = %url, "opening database");
     let store = Store::open(&url).await?;
@@ -298,7 +395,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Apply(args) => apply(&store, args).await,
         Command::Status(args) => status(&store, args).await,
         Command::Run(args) => run_worker(&store, &url, args).await,
-        Command::Provision(_) => unreachable!("handled before opening the database"),
+        Command::Dlq(DlqArgs {
+            command: DlqCommand::Inspect(args),
+        }) => dlq_inspect(&store, args).await,
+        Command::Dlq(DlqArgs {
+            command: DlqCommand::Replay(args),
+        }) => dlq_replay(&store, args).await,
+        Command::Provision(_) | Command::Dlq(_) => {
+            unreachable!("handled before opening the database")
+        }
     };
     store.close().await;
     result
@@ -409,6 +514,114 @@ async fn provision(args: ProvisionArgs) -> Result<ExitCode, CliError> {
             println!("EventBridge rule   {rule}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sqs_client() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&crate::aws::sdk_config(std::time::Duration::from_secs(30)).await)
+}
+
+async fn dlq_inspect(store: &Store, args: DlqInspectArgs) -> Result<ExitCode, CliError> {
+    let found = crate::dlq::inspect(&sqs_client().await, store, &args.queue_url, args.max).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for item in &found {
+            let line = serde_json::to_string(item).map_err(|e| CliError::Write(e.into()))?;
+            writeln!(out, "{line}").map_err(CliError::Write)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{} message(s) waiting (showing at most {})",
+        found.len(),
+        args.max
+    )
+    .map_err(CliError::Write)?;
+    for m in &found {
+        let what = match &m.decode_error {
+            Some(e) => format!("undecodable: {e}"),
+            None => format!(
+                "{} {} {}",
+                m.action.as_deref().unwrap_or("-"),
+                m.product_code.as_deref().unwrap_or("-"),
+                m.customer.as_deref().unwrap_or("-")
+            ),
+        };
+        writeln!(
+            out,
+            "{}  received {}x  first {}  {}{}",
+            m.message_id,
+            m.receive_count.map_or("?".to_string(), |n| n.to_string()),
+            m.first_seen.as_deref().unwrap_or("-"),
+            what,
+            m.last_rejection
+                .as_deref()
+                .map(|r| format!("  [last rejected: {r}]"))
+                .unwrap_or_default()
+        )
+        .map_err(CliError::Write)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq_replay(store: &Store, args: DlqReplayArgs) -> Result<ExitCode, CliError> {
+    let options = crate::dlq::ReplayOptions {
+        dry_run: args.dry_run,
+        max: args.max,
+        rate: args.rate,
+    };
+    let mut progress = if args.json {
+        crate::dlq::Progress::quiet("replayed")
+    } else {
+        crate::dlq::Progress::new("replayed")
+    };
+    let pipeline = args.verify.pipeline(store);
+    let summary = crate::dlq::replay(
+        &sqs_client().await,
+        &pipeline,
+        &args.queue_url,
+        &options,
+        &mut progress,
+    )
+    .await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).map_err(|e| CliError::Write(e.into()))?
+        );
+    } else {
+        let prefix = if args.dry_run {
+            "dry run, nothing changed: "
+        } else {
+            ""
+        };
+        println!("{prefix}{}", summary.line());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq_redrive(args: DlqRedriveArgs) -> Result<ExitCode, CliError> {
+    let client = sqs_client().await;
+    let mut progress = crate::dlq::Progress::new("moved");
+    let moved = if args.portable {
+        let to = match args.to {
+            Some(to) => to,
+            None => crate::dlq::source_of(&client, &args.queue_url).await?,
+        };
+        crate::dlq::redrive_portable(&client, &args.queue_url, &to, &mut progress).await?
+    } else {
+        crate::dlq::redrive_native(&client, &args.queue_url, args.to.as_deref(), &mut progress)
+            .await?
+    };
+    println!("moved {moved} message(s)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq_export(args: DlqExportArgs) -> Result<ExitCode, CliError> {
+    let mut out = std::io::stdout().lock();
+    let n = crate::dlq::export(&sqs_client().await, &args.queue_url, args.max, &mut out).await?;
+    eprintln!("exported {n} message(s)");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -355,6 +355,8 @@ async fn receive_loop(
             .visibility_timeout(ctx.config.visibility_timeout.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
+            .message_attribute_names(ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE)
             .send();
         // Dropping the request future on shutdown cancels the open long poll at once.
         let received = tokio::select! {
@@ -413,13 +415,35 @@ async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-fn inbound(message: &Message) -> InboundMessage {
-    let sent = message
-        .attributes()
-        .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+/// Message attribute a portable redrive sets to the message id the message first had, so a
+/// raw delivery keeps its identity (and is recognised as a duplicate) across the move.
+pub const ORIGINAL_MESSAGE_ID_ATTRIBUTE: &str = "mplink-original-message-id";
+/// Message attribute a portable redrive sets to the original SentTimestamp, so a raw delivery
+/// keeps its event time across the move.
+pub const ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE: &str = "mplink-original-sent-timestamp";
+
+/// The decoder's view of an SQS message, honouring the original identity a portable redrive
+/// carried over.
+pub fn inbound(message: &Message) -> InboundMessage {
+    let attribute = |name: &str| {
+        message
+            .message_attributes()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value())
+            .map(str::to_string)
+    };
+    let sent = attribute(ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE)
+        .or_else(|| {
+            message
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                .cloned()
+        })
         .and_then(|s| s.parse().ok());
     InboundMessage {
-        message_id: message.message_id().unwrap_or("unknown").to_string(),
+        message_id: attribute(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
+            .or_else(|| message.message_id().map(str::to_string))
+            .unwrap_or_else(|| "unknown".to_string()),
         body: message.body().unwrap_or_default().to_string(),
         sent_timestamp_ms: sent,
     }
@@ -446,11 +470,13 @@ async fn handle_message(
         .cloned()
         .unwrap_or_default();
     tracing::debug!(message_id = %msg.message_id, receive_count, "received");
-    track(&ctx, &msg.message_id, &receipt);
+    // Tracked by the SQS id: a redriven copy may share its original id with another message.
+    let sqs_id = message.message_id().unwrap_or("unknown").to_string();
+    track(&ctx, &sqs_id, &receipt);
     let mut backoff = Backoff::new(ctx.config.backoff_base, ctx.config.backoff_cap);
     loop {
         let result = tokio::select! {
-            _ = abort.cancelled() => { release(&ctx, &msg.message_id, &receipt).await; return; }
+            _ = abort.cancelled() => { release(&ctx, &sqs_id, &receipt).await; return; }
             r = ctx.pipeline.process(&msg) => r,
         };
         match result {
@@ -459,7 +485,7 @@ async fn handle_message(
                 // The deleter owns the message from here; it stays tracked (and its visibility
                 // extended) until the delete succeeds.
                 let _ = ctx.acks.send(Ack {
-                    message_id: msg.message_id.clone(),
+                    message_id: sqs_id,
                     receipt_handle: receipt,
                 });
                 return;
@@ -467,7 +493,7 @@ async fn handle_message(
             Processed::Rejected { .. } => {
                 // Not deleted: it becomes visible again and the redrive policy moves it to the
                 // dead-letter queue after maxReceiveCount receives.
-                untrack(&ctx, &msg.message_id);
+                untrack(&ctx, &sqs_id);
                 return;
             }
             Processed::Retry(e) => {
@@ -483,7 +509,7 @@ async fn handle_message(
                 };
                 if stopped {
                     // Give it back now rather than sit on it through the shutdown.
-                    release(&ctx, &msg.message_id, &receipt).await;
+                    release(&ctx, &sqs_id, &receipt).await;
                     return;
                 }
             }

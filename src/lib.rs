@@ -1,9 +1,9 @@
 //! mplink: applies AWS Marketplace subscription events to a billing-link ledger.
 //!
-//! The path of one message: [`event`] decodes it, [`ledger`] decides what it does (pure),
-//! [`store`] records the decision in one transaction. [`process`] is that path for one
-//! message; [`consumer`] feeds it from SQS and [`app`] runs the consumer with its [`http`]
-//! surface. [`cli`] drives everything from the command line.
+//! The path of one message: [`event`] decodes it, [`verify`] decides whether to trust it,
+//! [`ledger`] decides what it does (pure), [`store`] records the decision in one transaction.
+//! [`process`] is that path; [`consumer`] feeds it from SQS, [`app`] runs the consumer with its
+//! [`http`] surface, [`dlq`] replays dead letters through it. [`cli`] drives everything.
 
 pub mod app;
 pub mod aws;
@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod dlq;
 pub mod event;
 pub mod http;
 pub mod ledger;

@@ -56,6 +56,8 @@ pub struct Pipeline {
     pub verifier: Arc<Verifier>,
     /// What counts it.
     pub metrics: Arc<Metrics>,
+    /// Decide but change nothing: no rejection recorded, the apply rolled back.
+    pub dry_run: bool,
 }
 
 /// A message that passed decoding and verification, ready to apply.
@@ -71,7 +73,14 @@ impl Pipeline {
             store,
             verifier,
             metrics,
+            dry_run: false,
         }
+    }
+
+    /// The same pipeline, deciding without changing anything.
+    pub fn dry_run(mut self) -> Pipeline {
+        self.dry_run = true;
+        self
     }
 
     /// Processes one message in its own transaction.
@@ -108,7 +117,12 @@ impl Pipeline {
                     body: &msgs[*i].body,
                 })
                 .collect();
-            match self.store.apply_batch(&batch).await {
+            let decided = if self.dry_run {
+                self.store.preview_batch(&batch).await
+            } else {
+                self.store.apply_batch(&batch).await
+            };
+            match decided {
                 Ok(outcomes) => {
                     for ((i, a), outcome) in accepted.iter().zip(outcomes) {
                         let age = (now_ms() - a.event.time_ms).max(0) as f64 / 1000.0;
@@ -194,6 +208,9 @@ impl Pipeline {
     ) -> Processed {
         // The reason and message id only: bodies stay in the event log, never in logs.
         span.in_scope(|| tracing::warn!(reason, error = %detail, "message rejected"));
+        if self.dry_run {
+            return Processed::Rejected { reason, detail };
+        }
         match self
             .store
             .record_rejection(msg, &format!("{reason}: {detail}"))

@@ -243,7 +243,27 @@ impl Store {
         }
     }
 
+    /// What [`Store::apply_batch`] would decide, computed by the same code in a transaction
+    /// that is rolled back: nothing changes.
+    pub async fn preview_batch(&self, batch: &[Incoming<'_>]) -> Result<Vec<Outcome>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.try_batch(batch, false).await {
+                Err(e) if is_conflict(&e) && attempt < MAX_CONFLICT_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
     async fn try_apply_batch(&self, batch: &[Incoming<'_>]) -> Result<Vec<Outcome>, StoreError> {
+        self.try_batch(batch, true).await
+    }
+
+    async fn try_batch(
+        &self,
+        batch: &[Incoming<'_>],
+        commit: bool,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, item) in batch.iter().enumerate() {
             groups
@@ -325,7 +345,11 @@ impl Store {
                 rows::update_subscription(&mut tx, &current, now).await?;
             }
         }
-        tx.commit().await.map_err(q("committing applied events"))?;
+        if commit {
+            tx.commit().await.map_err(q("committing applied events"))?;
+        } else {
+            tx.rollback().await.map_err(q("rolling back a preview"))?;
+        }
         Ok(outcomes)
     }
 
@@ -352,6 +376,19 @@ impl Store {
         .await
         .map_err(q("recording a rejection"))?;
         Ok(())
+    }
+
+    /// The reason the event log gives for the last rejection of an SQS message, if any.
+    pub async fn last_rejection(&self, sqs_message_id: &str) -> Result<Option<String>, StoreError> {
+        let reason: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT reason FROM mplink_event_log WHERE sqs_message_id = $1 AND outcome = 'rejected' \
+             ORDER BY recorded_at DESC LIMIT 1",
+        )
+        .bind(sqs_message_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("looking up a rejection"))?;
+        Ok(reason.flatten())
     }
 
     /// Records that `link.org_id` pays through the subscription `link` names. One subscription
