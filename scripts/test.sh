@@ -32,4 +32,8 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # The production templates: linted, deployed to LocalStack and exercised end to end.
 bash scripts/check-deploy.sh
+# The fault suite, one scenario at a time so they do not distort each other's figures; its
+# summary tables are printed. MPLINK_FAULT_SCALE=10 runs it ten times bigger.
+cargo test --locked --test faults -- --nocapture --test-threads=1
+# Everything else.
 cargo test --locked

@@ -13,6 +13,7 @@ pub mod config;
 pub mod consumer;
 pub mod dlq;
 pub mod event;
+pub mod failpoint;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

@@ -124,6 +124,9 @@ impl Pipeline {
             };
             match decided {
                 Ok(outcomes) => {
+                    if !self.dry_run {
+                        crate::failpoint::committed(outcomes.len());
+                    }
                     for ((i, a), outcome) in accepted.iter().zip(outcomes) {
                         let age = (now_ms() - a.event.time_ms).max(0) as f64 / 1000.0;
                         self.metrics.event_age_seconds.observe(age);

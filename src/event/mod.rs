@@ -12,8 +12,9 @@ pub use error::DecodeError;
 use serde::Serialize;
 use std::fmt;
 
-/// Largest SQS body the decoder accepts; marketplace messages are a few hundred bytes.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Largest SQS body the decoder accepts. Marketplace messages are a few hundred bytes (an SNS
+/// envelope about 2 KiB); anything near SQS's own limit is not one of them.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Legacy SNS action: the subscription is active.
 pub const SUBSCRIBE_SUCCESS: &str = "subscribe-success";

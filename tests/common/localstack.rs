@@ -433,6 +433,17 @@ impl WorkerProcess {
     /// Starts `mplink run` on `queue_url` with hand-made-input settings plus `extra` flags.
     /// Its logs go to stderr when `MPLINK_TEST_WORKER_LOGS` is set.
     pub fn spawn(db_url: &str, queue_url: &str, extra: &[&str]) -> WorkerProcess {
+        WorkerProcess::spawn_with_env(db_url, queue_url, extra, &[])
+    }
+
+    /// As [`WorkerProcess::spawn`], with extra environment variables (they override the
+    /// LocalStack defaults, e.g. `AWS_ENDPOINT_URL` through a proxy).
+    pub fn spawn_with_env(
+        db_url: &str,
+        queue_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
         let logs = if std::env::var_os("MPLINK_TEST_WORKER_LOGS").is_some() {
             std::process::Stdio::inherit()
         } else {
@@ -446,11 +457,17 @@ impl WorkerProcess {
             .args(extra)
             .envs(binary_env())
             .env_remove("MPLINK_LOG_FORMAT")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(logs)
             .spawn()
             .expect("spawn mplink run");
         WorkerProcess { child }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends a signal by name (`TERM`, `KILL`).
