@@ -198,7 +198,6 @@ impl Worker {
         let idle = CancellationToken::new();
         let abort = CancellationToken::new();
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
-        let in_flight: InFlight = Arc::new(Mutex::new(HashMap::new()));
         let (acks, ack_rx) = mpsc::unbounded_channel();
         let delete_failures = Arc::new(AtomicU64::new(0));
         let config = Arc::new(self.config);
@@ -208,7 +207,7 @@ impl Worker {
             config: config.clone(),
             metrics: metrics.clone(),
             health: self.health,
-            in_flight: in_flight.clone(),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
             acks,
             released: Arc::new(AtomicU64::new(0)),
         };
@@ -320,7 +319,12 @@ async fn receive_loop(
         // While the database is down, receiving would only burn receive counts towards the
         // dead-letter queue: wait for it instead.
         if !ctx.health.database_ok() {
-            match ctx.pipeline.store.ping().await {
+            // A ping can wait out the pool's acquire timeout: a shutdown must not wait with it.
+            let ping = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = ctx.pipeline.store.ping() => p,
+            };
+            match ping {
                 Ok(()) => {
                     tracing::info!("database reachable again");
                     ctx.health.set_database_ok(true);
