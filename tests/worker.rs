@@ -399,18 +399,7 @@ async fn database_outage_is_survived() {
     }
     let db = TestDb::new(Backend::Postgres).await;
     let stack = Stack::new(2, Duration::from_secs(3)).await;
-    let direct = url::Url::parse(db.url.expose()).expect("url");
-    let target = format!(
-        "{}:{}",
-        direct.host_str().expect("host"),
-        direct.port().unwrap_or(5432)
-    );
-    let proxy = Proxy::start(0, &target).await;
-    let mut via_proxy = direct.clone();
-    via_proxy.set_port(Some(proxy.port)).expect("port");
-    let store = Store::connect(&mplink::config::DatabaseUrl::new(via_proxy.to_string()))
-        .await
-        .expect("store via proxy");
+    let (store, proxy, target) = store_via_proxy(&db).await;
 
     let batch = |from: i64, to: i64| -> Vec<String> {
         (from..to)

@@ -370,6 +370,24 @@ where
     }
 }
 
+/// A store on `db` whose connections go through a [`Proxy`] the test can cut; also returns
+/// the proxy's target, to start it again on the same port.
+pub async fn store_via_proxy(db: &crate::common::TestDb) -> (Store, Proxy, String) {
+    let direct = url::Url::parse(db.url.expose()).expect("url");
+    let target = format!(
+        "{}:{}",
+        direct.host_str().expect("host"),
+        direct.port().unwrap_or(5432)
+    );
+    let proxy = Proxy::start(0, &target).await;
+    let mut via_proxy = direct;
+    via_proxy.set_port(Some(proxy.port)).expect("port");
+    let store = Store::connect(&mplink::config::DatabaseUrl::new(via_proxy.to_string()))
+        .await
+        .expect("store via proxy");
+    (store, proxy, target)
+}
+
 /// A TCP proxy in front of the database that a test can cut and restore.
 pub struct Proxy {
     /// The port it listens on.

@@ -166,18 +166,7 @@ async fn database_outage() {
     let bodies = history.bodies(2, scaled(100));
     let (first, second) = bodies.split_at(bodies.len() / 2);
 
-    let direct = url::Url::parse(db.url.expose()).expect("url");
-    let target = format!(
-        "{}:{}",
-        direct.host_str().expect("host"),
-        direct.port().unwrap_or(5432)
-    );
-    let proxy = Proxy::start(0, &target).await;
-    let mut via_proxy = direct.clone();
-    via_proxy.set_port(Some(proxy.port)).expect("port");
-    let store = Store::connect(&mplink::config::DatabaseUrl::new(via_proxy.to_string()))
-        .await
-        .expect("store via proxy");
+    let (store, proxy, target) = store_via_proxy(&db).await;
     let mut config = stack.worker_config();
     config.exit_when_idle = false;
     config.max_in_flight = 16;
