@@ -442,14 +442,17 @@ impl Proxy {
     }
 }
 
-/// A `mplink run` process, killed if the test ends (or panics) while it still runs.
+/// A `mplink run` process: JSON logs captured to a file the test can read, killed if the
+/// test ends (or panics) while it still runs.
 pub struct WorkerProcess {
     child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl WorkerProcess {
-    /// Starts `mplink run` on `queue_url` with hand-made-input settings plus `extra` flags.
-    /// Its logs go to stderr when `MPLINK_TEST_WORKER_LOGS` is set.
+    /// Starts `mplink run` on `queue_url` with `extra` flags. Unless `extra` says otherwise,
+    /// signatures are not verified: envelopes sent straight to the queue carry none.
     pub fn spawn(db_url: &str, queue_url: &str, extra: &[&str]) -> WorkerProcess {
         WorkerProcess::spawn_with_env(db_url, queue_url, extra, &[])
     }
@@ -462,30 +465,41 @@ impl WorkerProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> WorkerProcess {
-        let logs = if std::env::var_os("MPLINK_TEST_WORKER_LOGS").is_some() {
-            std::process::Stdio::inherit()
-        } else {
-            std::process::Stdio::null()
-        };
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("worker.log");
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"));
+        command
             .args(["--database-url", db_url, "run", "--queue-url", queue_url])
-            .args(["--http-addr", "127.0.0.1:0", "--wait-time", "1"])
-            // Envelopes sent straight to the queue by tests carry no real signature.
-            .args(["--verify-signatures", "false"])
+            .args(["--http-addr", "127.0.0.1:0", "--wait-time", "1"]);
+        if !extra.contains(&"--verify-signatures") {
+            command.args(["--verify-signatures", "false"]);
+        }
+        let child = command
             .args(extra)
             .envs(binary_env())
-            .env_remove("MPLINK_LOG_FORMAT")
+            .env("MPLINK_LOG_FORMAT", "json")
+            .env("MPLINK_LOG", "info")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(logs)
+            .stderr(std::process::Stdio::from(stderr))
             .spawn()
             .expect("spawn mplink run");
-        WorkerProcess { child }
+        WorkerProcess {
+            child,
+            log,
+            _dir: dir,
+        }
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Sends a signal by name (`TERM`, `KILL`).
@@ -506,9 +520,51 @@ impl WorkerProcess {
             }
             assert!(
                 Instant::now() < deadline,
-                "mplink did not exit within {within:?}"
+                "mplink did not exit within {within:?}:\n{}",
+                self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every JSON log line written so far (anything else on stderr is kept as a string).
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|_| serde_json::Value::String(l.to_string()))
+            })
+            .collect()
+    }
+
+    /// The raw log, for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Where its HTTP surface listens, read from the `mplink worker starting` line.
+    pub async fn http_addr(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.log_lines().iter().find_map(|l| {
+                (l["message"] == "mplink worker starting")
+                    .then(|| l["http_addr"].as_str().and_then(|a| a.parse().ok()))
+                    .flatten()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                self.running(),
+                "mplink exited at start:\n{}",
+                self.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no start line:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -21,8 +21,7 @@ use serde_json::Value;
 use sqlx::Connection;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,125 +29,6 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A `mplink run` process of this file's own. Unlike `WorkerProcess` its AWS endpoint can be
-/// pointed elsewhere (the outage proxy), its JSON logs go to a file the test reads afterwards,
-/// and its pid is known (for `/proc` sampling). Killed if the test ends while it still runs.
-struct Binary {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Binary {
-    /// `mplink --database-url DB run --queue-url Q --http-addr 127.0.0.1:0 --wait-time 1 FLAGS…`
-    /// with `AWS_ENDPOINT_URL=aws_endpoint` and `MPLINK_LOG_FORMAT=json`.
-    fn spawn(db_url: &str, queue_url: &str, aws_endpoint: &str, flags: &[&str]) -> Binary {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("worker.log");
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let stdout = std::fs::File::create(dir.path().join("worker.out")).expect("out file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mplink"))
-            .args(["--database-url", db_url, "run", "--queue-url", queue_url])
-            .args(["--http-addr", "127.0.0.1:0", "--wait-time", "1"])
-            .args(flags)
-            .envs(binary_env())
-            .env("AWS_ENDPOINT_URL", aws_endpoint)
-            .env("MPLINK_LOG_FORMAT", "json")
-            .env("MPLINK_LOG", "info")
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn mplink run");
-        Binary {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// True while the process has not exited.
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Sends a signal by name (`TERM`, `KILL`).
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits for the process to exit; fails the test after `within`.
-    async fn wait(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mplink did not exit within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Every JSON log line written so far (anything else on stderr is kept as a string).
-    fn log_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| Value::String(l.to_string())))
-            .collect()
-    }
-
-    /// The raw log, for failure messages.
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Where its HTTP surface listens, read from the `mplink worker starting` line.
-    async fn http_addr(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = self.log_lines().iter().find_map(|l| {
-                (l["message"] == "mplink worker starting")
-                    .then(|| l["http_addr"].as_str().and_then(|a| a.parse().ok()))
-                    .flatten()
-            });
-            if let Some(addr) = found {
-                return addr;
-            }
-            assert!(
-                self.running(),
-                "mplink exited at start:\n{}",
-                self.log_text()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "no start line:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Clock ticks per second for `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 if that fails).
 fn clock_ticks() -> f64 {
@@ -384,16 +264,16 @@ async fn queue_outage() {
     let proxy = Proxy::start(0, &target).await;
     let port = proxy.port;
     let backoff_cap = OUTAGE_BACKOFF_CAP_S.to_string();
-    let mut worker = Binary::spawn(
+    let mut worker = WorkerProcess::spawn_with_env(
         db.url.expose(),
         &stack.queue.queue_url,
-        &format!("http://127.0.0.1:{port}"),
         &[
             "--verify-signatures",
             "false",
             "--backoff-cap",
             &backoff_cap,
         ],
+        &[("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}"))],
     );
     let pid = worker.pid();
 
@@ -1008,10 +888,9 @@ async fn bad_input_at_volume() {
 
     // The worker: real binary, signatures verified, LocalStack's certificate trusted.
     let cert_prefix = format!("{}/_aws/sns/", endpoint());
-    let mut worker = Binary::spawn(
+    let mut worker = WorkerProcess::spawn(
         db.url.expose(),
         &stack.queue.queue_url,
-        &endpoint(),
         &[
             "--verify-signatures",
             "true",
