@@ -720,7 +720,10 @@ mod tests {
                 state = t;
             }
         }
+        let handed_over = events.iter().any(|e| effect(&e.action) == Effect::HandOver);
         let link = match state {
+            // A renewal or replacement never unlinks.
+            _ if handed_over => LinkState::Linked,
             SubState::Pending => LinkState::Syncing,
             SubState::Active => LinkState::Linked,
             SubState::Failed if failed_after_active => LinkState::Unlinked,
@@ -748,7 +751,82 @@ mod tests {
         })
     }
 
+    /// Agreement histories: each fact may arrive as both its Proposer and Manufacturer copy
+    /// (same fact key, different event ids), plus license events.
+    fn arb_agreement_history() -> impl Strategy<Value = Vec<Event>> {
+        let status = prop_oneof![
+            Just(EndStatus::Cancelled),
+            Just(EndStatus::Expired),
+            Just(EndStatus::Terminated),
+            Just(EndStatus::Renewed),
+            Just(EndStatus::Replaced),
+        ];
+        let kind = prop_oneof![
+            Just(0u8),
+            Just(1u8),
+            status.prop_map(|s| 2 + s as u8),
+            Just(10u8),
+            Just(11u8),
+        ];
+        prop::collection::vec((kind, 0i64..6, any::<bool>()), 1..10).prop_map(|raw| {
+            let statuses = [
+                EndStatus::Cancelled,
+                EndStatus::Expired,
+                EndStatus::Terminated,
+                EndStatus::Renewed,
+                EndStatus::Replaced,
+            ];
+            let mut events = Vec::new();
+            for (i, (k, t, both_copies)) in raw.into_iter().enumerate() {
+                let with_party = |party: Party| match k {
+                    0 => Action::AgreementCreated {
+                        party,
+                        intent: Intent::New,
+                    },
+                    1 => Action::AgreementAmended { party },
+                    10 => Action::LicenseUpdated,
+                    11 => Action::LicenseDeprovisioned,
+                    s => Action::AgreementEnded {
+                        party,
+                        status: statuses[(s - 2) as usize],
+                    },
+                };
+                let first = with_party(Party::Proposer);
+                let mut e = agreement(first, "agmt-p", t * 1000, &format!("ev{i}p"));
+                // The fact key ignores the party, as the decoder's does.
+                e.fact_key = format!("eb:{}:agmt-p:{}:{i}", first.name(), t * 1000);
+                let copy_needed = both_copies && !matches!(k, 10 | 11);
+                events.push(e.clone());
+                if copy_needed {
+                    let mut m = e;
+                    m.event_id = format!("ev{i}m");
+                    m.action = with_party(Party::Manufacturer);
+                    events.push(m);
+                }
+            }
+            events
+        })
+    }
+
     proptest! {
+        #[test]
+        fn agreement_events_in_any_order_with_both_copies_match_the_model(
+            history in arb_agreement_history(),
+            seed in any::<u64>(),
+        ) {
+            let mut delivered = history.clone();
+            let mut rng = seed;
+            for i in (1..delivered.len()).rev() {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                delivered.swap(i, (rng >> 33) as usize % (i + 1));
+            }
+            let sub = fold(&delivered);
+            let (state, link_state) = model(&history);
+            prop_assert_eq!(sub.state, state);
+            prop_assert_eq!(link_state_of(&sub), link_state);
+            prop_assert_eq!(&sub, &fold(&history));
+        }
+
         #[test]
         fn any_order_with_duplicates_matches_the_model(
             history in arb_history(),
