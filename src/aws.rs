@@ -25,6 +25,16 @@ pub async fn sdk_config(attempt_timeout: Duration) -> SdkConfig {
         .await
 }
 
+/// The worker's SQS client: one attempt per call, because the worker's own loops retry with
+/// capped, jittered backoff (and keep messages hidden meanwhile); SDK retries on top would
+/// stretch every delay past `--backoff-cap`.
+pub fn worker_sqs_client(sdk: &SdkConfig) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::config::Builder::from(sdk)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
 /// Renders an SDK error with its whole cause chain, on one line.
 pub fn error_text<E: std::error::Error>(e: &E) -> String {
     aws_sdk_sqs::error::DisplayErrorContext(e).to_string()

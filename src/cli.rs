@@ -457,7 +457,7 @@ async fn run_worker(store: &Store, url: &DatabaseUrl, args: RunArgs) -> Result<E
     });
     tracing::info!(verify = ?args.verify.config(), "trusting");
     let summary = crate::app::run(
-        aws_sdk_sqs::Client::new(&sdk),
+        crate::aws::worker_sqs_client(&sdk),
         args.verify.pipeline(store),
         config,
         listener,
