@@ -488,7 +488,7 @@ fn expected_states(
 async fn concurrent_appliers_lose_nothing(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-    let history = random_history(&mut rng, 3, 120);
+    let history = random_history(&mut rng, 6, 400);
     let bodies: Vec<(String, String)> = history
         .iter()
         .map(|(c, t, a, id)| (id.clone(), sns_body(id, a, PRODUCT, c, *t)))
@@ -505,8 +505,10 @@ async fn concurrent_appliers_lose_nothing(backend: Backend) {
             deliveries.iter().skip(worker).step_by(4).cloned().collect();
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
-            // Alternate single events and small batches so both paths contend.
-            for (n, chunk) in mine.chunks(3).enumerate() {
+            // Alternate single events and batches (small for two appliers, large for the other
+            // two, so whole sets of rows are locked against each other) so every path contends.
+            let size = if worker % 2 == 0 { 3 } else { 17 };
+            for (n, chunk) in mine.chunks(size).enumerate() {
                 let events: Vec<_> = chunk
                     .iter()
                     .map(|(id, b)| (decoded(&format!("sqs-{id}-{worker}"), b), b.clone()))

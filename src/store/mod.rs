@@ -6,10 +6,10 @@ mod rows;
 
 use crate::config::DatabaseUrl;
 use crate::event::{license_id, Event, InboundMessage};
-use crate::ledger::{self, LinkRequest, Outcome, Subscription};
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use crate::ledger::{self, LinkRequest, Outcome, SubState, Subscription};
+use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -17,6 +17,10 @@ pub use rows::{StatusFilter, StatusRow};
 
 /// The embedded, versioned migrations in `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Rows per bulk statement: keeps every statement far below the bind-parameter limits of both
+/// backends (SQLite 32766, PostgreSQL 65535) at up to 21 parameters a row.
+const BULK_ROWS: usize = 500;
 
 /// How often a batch is retried after a deadlock, serialization failure or busy database.
 const MAX_CONFLICT_RETRIES: u32 = 8;
@@ -259,92 +263,170 @@ impl Store {
         self.try_batch(batch, true).await
     }
 
+    /// The apply path. Set-based, so a batch costs a handful of statements whatever its size:
+    /// make sure every subscription row exists, lock them all in key order (so concurrent
+    /// batches cannot deadlock each other), look every delivery and fact up in the event log at
+    /// once, decide in memory with the pure ledger, then write the log rows and the changed
+    /// subscriptions in bulk. Because the rows are locked before the log is read, two copies of
+    /// one delivery or fact in concurrent transactions are serialized on their subscription.
     async fn try_batch(
         &self,
         batch: &[Incoming<'_>],
         commit: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, item) in batch.iter().enumerate() {
-            groups
-                .entry(item.event.subject.as_key())
-                .or_default()
-                .push(i);
-        }
         let now = now_ms();
-        let mut outcomes = vec![Outcome::Duplicate; batch.len()];
+        let keys: Vec<String> = batch
+            .iter()
+            .map(|i| i.event.subject.as_key())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let mut tx = self.begin().await?;
-        for (key, members) in groups {
-            sqlx::query(
-                "INSERT INTO mplink_subscriptions (sub_key, state, version, updated_at) \
-                 VALUES ($1, 'pending', 0, $2) ON CONFLICT (sub_key) DO NOTHING",
-            )
-            .bind(&key)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("creating a subscription row"))?;
-            let select = match self.backend {
-                Backend::Postgres => rows::SELECT_SUBSCRIPTION_FOR_UPDATE,
-                Backend::Sqlite => rows::SELECT_SUBSCRIPTION,
-            };
-            let row = sqlx::query(select)
-                .bind(&key)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(q("locking a subscription"))?;
-            let before = rows::subscription_from_row(&row)?;
-            let mut current = before.clone();
-            for i in members {
-                let Incoming { event, body } = batch[i];
-                let seen: Option<AnyRow> = sqlx::query(
-                    "SELECT message_id FROM mplink_event_log WHERE message_id = $1 OR fact_key = $2 LIMIT 1",
-                )
-                .bind(&event.event_id)
-                .bind(&event.fact_key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(q("looking up the event log"))?;
-                let outcome = match seen {
-                    // This very delivery is already recorded: nothing to write.
-                    Some(r)
-                        if r.try_get::<String, _>(0).ok().as_deref()
-                            == Some(event.event_id.as_str()) =>
-                    {
-                        outcomes[i] = Outcome::Duplicate;
-                        continue;
-                    }
-                    // Another copy of the same fact (e.g. the Manufacturer copy of a Proposer event).
-                    Some(_) => Outcome::Duplicate,
-                    None => {
-                        let decision = ledger::apply(&current, event);
-                        current = decision.next;
-                        decision.outcome
-                    }
-                };
-                outcomes[i] = outcome;
-                sqlx::query(
-                    "INSERT INTO mplink_event_log \
-                     (message_id, sqs_message_id, fact_key, sub_key, action, event_time, outcome, reason, body, recorded_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9)",
-                )
-                .bind(&event.event_id)
-                .bind(&event.sqs_message_id)
-                .bind(&event.fact_key)
-                .bind(&key)
-                .bind(event.action.name())
-                .bind(event.time_ms)
-                .bind(outcome.as_str())
-                .bind(body)
-                .bind(now)
+
+        for chunk in keys.chunks(BULK_ROWS) {
+            let sql = format!(
+                "INSERT INTO mplink_subscriptions (sub_key, state, version, updated_at) VALUES {} \
+                 ON CONFLICT (sub_key) DO NOTHING",
+                rows::tuples(self.backend, chunk.len(), 4, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query
+                    .bind(key)
+                    .bind(SubState::Pending.as_str())
+                    .bind(0i64)
+                    .bind(now);
+            }
+            query
                 .execute(&mut *tx)
                 .await
-                .map_err(q("recording an event"))?;
+                .map_err(q("creating subscription rows"))?;
+        }
+
+        let mut current: HashMap<String, Subscription> = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(BULK_ROWS) {
+            let lock = match self.backend {
+                Backend::Postgres => " FOR UPDATE",
+                Backend::Sqlite => "",
+            };
+            let sql = format!(
+                "{} WHERE sub_key IN {} ORDER BY sub_key{lock}",
+                rows::SELECT_SUBSCRIPTIONS,
+                rows::tuples(self.backend, 1, chunk.len(), 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query.bind(key);
             }
-            if current != before {
-                rows::update_subscription(&mut tx, &current, now).await?;
+            for row in query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(q("locking subscriptions"))?
+            {
+                let sub = rows::subscription_from_row(&row)?;
+                current.insert(sub.key.clone(), sub);
             }
         }
+        let before = current.clone();
+
+        let mut seen_ids: HashSet<String> = HashSet::new();
+        let mut seen_facts: HashSet<String> = HashSet::new();
+        for chunk in batch.chunks(BULK_ROWS) {
+            let n = chunk.len();
+            let sql = format!(
+                "SELECT message_id, fact_key FROM mplink_event_log WHERE message_id IN {} OR fact_key IN {}",
+                rows::tuples(self.backend, 1, n, 1),
+                rows::tuples(self.backend, 1, n, n + 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for item in chunk {
+                query = query.bind(&item.event.event_id);
+            }
+            for item in chunk {
+                query = query.bind(&item.event.fact_key);
+            }
+            for row in query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(q("looking up the event log"))?
+            {
+                seen_ids.insert(
+                    row.try_get("message_id")
+                        .map_err(q("looking up the event log"))?,
+                );
+                if let Some(fact) = row
+                    .try_get::<Option<String>, _>("fact_key")
+                    .map_err(q("looking up the event log"))?
+                {
+                    seen_facts.insert(fact);
+                }
+            }
+        }
+
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut log_rows: Vec<(&Incoming<'_>, Outcome)> = Vec::with_capacity(batch.len());
+        for item in batch {
+            let event = item.event;
+            // This very delivery is already recorded: nothing to write.
+            if !seen_ids.insert(event.event_id.clone()) {
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            let outcome = if seen_facts.contains(&event.fact_key) {
+                // Another copy of the same fact (e.g. the Manufacturer copy of a Proposer event).
+                Outcome::Duplicate
+            } else {
+                let key = event.subject.as_key();
+                let sub = current.get(&key).ok_or(StoreError::Corrupt {
+                    table: "mplink_subscriptions",
+                    column: "sub_key",
+                    value: key.clone(),
+                })?;
+                let decision = ledger::apply(sub, event);
+                current.insert(key, decision.next);
+                decision.outcome
+            };
+            seen_facts.insert(event.fact_key.clone());
+            outcomes.push(outcome);
+            log_rows.push((item, outcome));
+        }
+
+        for chunk in log_rows.chunks(BULK_ROWS) {
+            let sql = format!(
+                "INSERT INTO mplink_event_log \
+                 (message_id, sqs_message_id, fact_key, sub_key, action, event_time, outcome, reason, body, recorded_at) \
+                 VALUES {}",
+                rows::tuples(self.backend, chunk.len(), 10, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for (item, outcome) in chunk {
+                let e = item.event;
+                query = query
+                    .bind(&e.event_id)
+                    .bind(&e.sqs_message_id)
+                    .bind(&e.fact_key)
+                    .bind(e.subject.as_key())
+                    .bind(e.action.name())
+                    .bind(e.time_ms)
+                    .bind(outcome.as_str())
+                    .bind(None::<String>)
+                    .bind(item.body)
+                    .bind(now);
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(q("recording events"))?;
+        }
+
+        let changed: Vec<&Subscription> = keys
+            .iter()
+            .filter_map(|k| current.get(k).filter(|sub| before.get(k) != Some(*sub)))
+            .collect();
+        for chunk in changed.chunks(BULK_ROWS / 4) {
+            rows::write_subscriptions(self.backend, &mut tx, chunk, now).await?;
+        }
+
         if commit {
             tx.commit().await.map_err(q("committing applied events"))?;
         } else {

@@ -1,6 +1,6 @@
 //! Mapping between ledger types and database rows, and the `status` view built from them.
 
-use super::{q, StoreError};
+use super::{q, Backend, StoreError};
 use crate::event::license_id;
 use crate::ledger::{
     resolve_link, LinkRequest, LinkState, PaymentMethod, Stamp, SubState, Subscription,
@@ -21,11 +21,8 @@ macro_rules! subscription_select {
     };
 }
 
-/// One subscription by key.
-pub(super) const SELECT_SUBSCRIPTION: &str = subscription_select!("WHERE sub_key = $1");
-/// One subscription by key, row-locked until the transaction ends (PostgreSQL).
-pub(super) const SELECT_SUBSCRIPTION_FOR_UPDATE: &str =
-    subscription_select!("WHERE sub_key = $1 FOR UPDATE");
+/// Subscriptions; the caller adds the condition.
+pub(super) const SELECT_SUBSCRIPTIONS: &str = subscription_select!("");
 /// Every subscription.
 pub(super) const SELECT_ALL_SUBSCRIPTIONS: &str = subscription_select!("ORDER BY sub_key");
 
@@ -89,50 +86,119 @@ pub(super) fn subscription_from_row(row: &AnyRow) -> Result<Subscription, StoreE
     })
 }
 
-/// Writes every ledger field of `sub` back to its (locked) row.
-pub(super) async fn update_subscription(
+/// `rows` parenthesised groups of `width` placeholders, numbered from `$start` for PostgreSQL
+/// (`tuples(Postgres, 2, 2, 1)` is `($1, $2), ($3, $4)`) and anonymous `?` for SQLite, whose
+/// lookup of numbered parameters by name is linear per parameter and so quadratic per bulk
+/// statement. Only placeholders are generated; values are always bound.
+pub(super) fn tuples(backend: Backend, rows: usize, width: usize, start: usize) -> String {
+    let mut out = String::with_capacity(rows * width * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..width {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            match backend {
+                Backend::Postgres => {
+                    out.push('$');
+                    out.push_str(&(start + r * width + c).to_string());
+                }
+                Backend::Sqlite => out.push('?'),
+            }
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Columns written by [`write_subscriptions`], in bind order.
+const WRITE_COLUMNS: [&str; 21] = [
+    "sub_key",
+    "product_code",
+    "customer_identifier",
+    "customer_aws_account_id",
+    "agreement_id",
+    "license_arn",
+    "license_id",
+    "previous_agreement_id",
+    "state",
+    "state_time",
+    "state_rank",
+    "state_fact",
+    "first_active_time",
+    "first_active_rank",
+    "first_active_fact",
+    "handed_over_time",
+    "handed_over_rank",
+    "handed_over_fact",
+    "last_event_time",
+    "version",
+    "updated_at",
+];
+
+/// Writes every ledger field of `subs` back to their (locked) rows in one statement.
+pub(super) async fn write_subscriptions(
+    backend: Backend,
     tx: &mut Transaction<'static, Any>,
-    sub: &Subscription,
+    subs: &[&Subscription],
     now: i64,
 ) -> Result<(), StoreError> {
+    let updates: Vec<String> = WRITE_COLUMNS[1..]
+        .iter()
+        .map(|c| match *c {
+            "version" => "version = mplink_subscriptions.version + 1".to_string(),
+            c => format!("{c} = excluded.{c}"),
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO mplink_subscriptions ({}) VALUES {} ON CONFLICT (sub_key) DO UPDATE SET {}",
+        WRITE_COLUMNS.join(", "),
+        tuples(backend, subs.len(), WRITE_COLUMNS.len(), 1),
+        updates.join(", ")
+    );
     let parts = |s: &Option<Stamp>| match s {
         Some(s) => (Some(s.time_ms), Some(s.rank), Some(s.fact_key.clone())),
         None => (None, None, None),
     };
-    let (st, sr, sf) = parts(&sub.state_stamp);
-    let (ft, fr, ff) = parts(&sub.first_active);
-    let (ht, hr, hf) = parts(&sub.handed_over);
-    sqlx::query(
-        "UPDATE mplink_subscriptions SET product_code = $1, customer_identifier = $2, \
-         customer_aws_account_id = $3, agreement_id = $4, license_arn = $5, license_id = $6, \
-         previous_agreement_id = $7, state = $8, state_time = $9, state_rank = $10, state_fact = $11, \
-         first_active_time = $12, first_active_rank = $13, first_active_fact = $14, \
-         handed_over_time = $15, handed_over_rank = $16, handed_over_fact = $17, last_event_time = $18, \
-         version = version + 1, updated_at = $19 WHERE sub_key = $20",
-    )
-    .bind(&sub.product_code)
-    .bind(&sub.customer_identifier)
-    .bind(&sub.customer_aws_account_id)
-    .bind(&sub.agreement_id)
-    .bind(&sub.license_arn)
-    .bind(sub.license_arn.as_deref().map(|l| license_id(l).to_string()))
-    .bind(&sub.previous_agreement_id)
-    .bind(sub.state.as_str())
-    .bind(st)
-    .bind(sr)
-    .bind(sf)
-    .bind(ft)
-    .bind(fr)
-    .bind(ff)
-    .bind(ht)
-    .bind(hr)
-    .bind(hf)
-    .bind(sub.last_event_time_ms)
-    .bind(now)
-    .bind(&sub.key)
-    .execute(&mut **tx)
-    .await
-    .map_err(q("updating a subscription"))?;
+    let mut query = sqlx::query(&sql);
+    for sub in subs {
+        let (st, sr, sf) = parts(&sub.state_stamp);
+        let (ft, fr, ff) = parts(&sub.first_active);
+        let (ht, hr, hf) = parts(&sub.handed_over);
+        query = query
+            .bind(&sub.key)
+            .bind(&sub.product_code)
+            .bind(&sub.customer_identifier)
+            .bind(&sub.customer_aws_account_id)
+            .bind(&sub.agreement_id)
+            .bind(&sub.license_arn)
+            .bind(
+                sub.license_arn
+                    .as_deref()
+                    .map(|l| license_id(l).to_string()),
+            )
+            .bind(&sub.previous_agreement_id)
+            .bind(sub.state.as_str())
+            .bind(st)
+            .bind(sr)
+            .bind(sf)
+            .bind(ft)
+            .bind(fr)
+            .bind(ff)
+            .bind(ht)
+            .bind(hr)
+            .bind(hf)
+            .bind(sub.last_event_time_ms)
+            .bind(1i64)
+            .bind(now);
+    }
+    query
+        .execute(&mut **tx)
+        .await
+        .map_err(q("updating subscriptions"))?;
     Ok(())
 }
 
