@@ -808,18 +808,25 @@ mod tests {
         })
     }
 
+    /// A deterministic shuffle driven by proptest's seed.
+    fn shuffled(mut events: Vec<Event>, seed: u64) -> Vec<Event> {
+        let mut rng = seed;
+        for i in (1..events.len()).rev() {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            events.swap(i, (rng >> 33) as usize % (i + 1));
+        }
+        events
+    }
+
     proptest! {
         #[test]
         fn agreement_events_in_any_order_with_both_copies_match_the_model(
             history in arb_agreement_history(),
             seed in any::<u64>(),
         ) {
-            let mut delivered = history.clone();
-            let mut rng = seed;
-            for i in (1..delivered.len()).rev() {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                delivered.swap(i, (rng >> 33) as usize % (i + 1));
-            }
+            let delivered = shuffled(history.clone(), seed);
             let sub = fold(&delivered);
             let (state, link_state) = model(&history);
             prop_assert_eq!(sub.state, state);
@@ -837,12 +844,7 @@ mod tests {
             for pick in dup_picks {
                 delivered.push(pick.get(&history).clone());
             }
-            // Deterministic shuffle driven by proptest's seed.
-            let mut rng = seed;
-            for i in (1..delivered.len()).rev() {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                delivered.swap(i, (rng >> 33) as usize % (i + 1));
-            }
+            let delivered = shuffled(delivered, seed);
             let sub = fold(&delivered);
             let (state, link_state) = model(&history);
             prop_assert_eq!(sub.state, state);

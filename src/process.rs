@@ -29,13 +29,6 @@ pub enum Processed {
     Retry(Transient),
 }
 
-impl Processed {
-    /// True when the message may be deleted from the queue.
-    pub fn is_done(&self) -> bool {
-        matches!(self, Processed::Done(_))
-    }
-}
-
 /// A failure that may go away by itself.
 #[derive(Debug, Error)]
 pub enum Transient {

@@ -304,11 +304,6 @@ impl Verifier {
         }
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &VerifyConfig {
-        &self.config
-    }
-
     /// How many certificate requests were made (tests assert refused URLs make none).
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)

@@ -195,11 +195,6 @@ impl Store {
         Ok(())
     }
 
-    /// The SQL dialect in use.
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     /// The pool, for tests and health checks.
     pub fn pool(&self) -> &AnyPool {
         &self.pool

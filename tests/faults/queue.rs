@@ -213,6 +213,13 @@ async fn receive_all(stack: &Stack, url: &str, n: usize, within: Duration) -> Ve
     bodies
 }
 
+/// True once every id in `ids` has an event-log record.
+async fn all_logged(store: &mplink::store::Store, ids: &HashSet<&str>) -> bool {
+    let log = store.event_log().await.expect("log");
+    let logged: HashSet<&str> = log.iter().map(|e| e.message_id.as_str()).collect();
+    ids.iter().all(|id| logged.contains(id))
+}
+
 async fn queue_total(stack: &Stack, url: &str) -> u64 {
     let (visible, hidden) = stack.depth(url).await;
     visible + hidden
@@ -357,15 +364,11 @@ async fn queue_outage() {
     eventually(
         Duration::from_secs(60),
         "every event after the outage",
-        || async {
-            let log = db.store.event_log().await.expect("log");
-            let ids: HashSet<&str> = log.iter().map(|e| e.message_id.as_str()).collect();
-            all_ids.iter().all(|id| ids.contains(id))
-        },
+        || all_logged(&db.store, &all_ids),
     )
     .await;
     let recovery = restored.elapsed();
-    let recovered_ms = chrono_now_ms();
+    let recovered_ms = mplink::store::now_ms();
     eventually(Duration::from_secs(20), "the queue to drain", || async {
         queue_total(&stack, &stack.queue.queue_url).await == 0
     })
@@ -521,10 +524,6 @@ fn print_failures(failures: &[&Failure]) {
     }
 }
 
-fn chrono_now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 // ---------------------------------------------------------------------------------------------
 // 6. Slow handler
 // ---------------------------------------------------------------------------------------------
@@ -640,11 +639,7 @@ async fn slow_handler() {
     eventually(
         LOCK_HELD,
         "the other messages to be applied while one is blocked",
-        || async {
-            let log = db.store.event_log().await.expect("log");
-            let ids: HashSet<&str> = log.iter().map(|e| e.message_id.as_str()).collect();
-            other_ids.iter().all(|id| ids.contains(id))
-        },
+        || all_logged(&db.store, &other_ids),
     )
     .await;
     let others_done = taken.elapsed();
