@@ -711,13 +711,35 @@ async fn apply(store: &Store, args: ApplyArgs) -> Result<ExitCode, CliError> {
     let pipeline = args.verify.pipeline(store)?;
     let mut summary = ApplySummary::default();
     let mut pending: Vec<(usize, InboundMessage)> = Vec::new();
-    for (index, line) in reader.lines().enumerate() {
-        let line = line.map_err(read_err)?;
+    for (index, line) in reader.split(b'\n').enumerate() {
+        let mut bytes = line.map_err(read_err)?;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let line_no = index + 1;
+        // One line that is not UTF-8 is one rejected line, not the end of the run.
+        let line = match String::from_utf8(bytes) {
+            Ok(line) => line,
+            Err(e) => {
+                let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                let msg = inbound_from_line(&lossy, line_no);
+                let detail = format!("line {line_no} is not UTF-8: {}", e.utf8_error());
+                summary.total += 1;
+                match pipeline.refuse(&msg, "not_utf8", detail.clone()).await {
+                    Processed::Retry(e) => return Err(CliError::Transient(e)),
+                    _ => {
+                        eprintln!("line {line_no}: rejected: {detail}");
+                        summary.count(Outcome::Rejected);
+                    }
+                }
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
         summary.total += 1;
-        pending.push((index + 1, inbound_from_line(&line, index + 1)));
+        pending.push((line_no, inbound_from_line(&line, line_no)));
         if pending.len() >= args.batch_size as usize {
             flush(&pipeline, &mut pending, &mut summary).await?;
         }

@@ -2,14 +2,14 @@
 //! same [`Pipeline`] as the worker; this module has no apply path of its own.
 
 use crate::aws::error_text;
+use crate::event::{self, SubjectKey};
+use crate::ledger::Outcome;
+use crate::process::{Pipeline, Processed};
 use crate::redrive::{
     Claim, RedriveKey, ORIGINAL_MESSAGE_ID_ATTRIBUTE, ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE,
     SIGNATURE_ATTRIBUTE,
 };
 use crate::sqs::{Received, SQS_MAX_BATCH};
-use crate::event::{self, SubjectKey};
-use crate::ledger::Outcome;
-use crate::process::{Pipeline, Processed};
 use crate::store::Store;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
@@ -640,10 +640,7 @@ fn portable_entry(
     SendMessageBatchRequestEntry::builder()
         .id(index.to_string())
         .message_body(&inbound.body)
-        .message_attributes(
-            ORIGINAL_MESSAGE_ID_ATTRIBUTE,
-            attribute(&claim.message_id)?,
-        )
+        .message_attributes(ORIGINAL_MESSAGE_ID_ATTRIBUTE, attribute(&claim.message_id)?)
         .message_attributes(
             ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE,
             attribute(&claim.sent_timestamp_ms.to_string())?,

@@ -803,7 +803,11 @@ mod tests {
         let renewed_last = held(
             "agmt-1",
             "l-1",
-            &[history[0].clone(), ended(EndStatus::Cancelled, "agmt-1", 15, "e4"), history[1].clone()],
+            &[
+                history[0].clone(),
+                ended(EndStatus::Cancelled, "agmt-1", 15, "e4"),
+                history[1].clone(),
+            ],
         );
         assert!(renewed_last.is_handed_over());
         assert_eq!(link_state_of(&renewed_last), LinkState::Linked);
@@ -819,9 +823,16 @@ mod tests {
                 ended(EndStatus::Cancelled, "agmt-old", 50, "o2"),
             ],
         );
-        let active = held("agmt-live", "l-live", &[created(Intent::New, "agmt-live", 20, "l1")]);
-        let newer_active =
-            held("agmt-new", "l-new", &[created(Intent::New, "agmt-new", 30, "n1")]);
+        let active = held(
+            "agmt-live",
+            "l-live",
+            &[created(Intent::New, "agmt-live", 20, "l1")],
+        );
+        let newer_active = held(
+            "agmt-new",
+            "l-new",
+            &[created(Intent::New, "agmt-new", 30, "n1")],
+        );
         let link = account_link();
         for subs in [
             vec![cancelled.clone(), active.clone()],

@@ -178,7 +178,13 @@ mod tests {
     fn a_signed_claim_is_believed_and_every_alteration_is_not() {
         let k = key("0123456789abcdef-operator");
         let sig = k.sign(&claim(), "body");
-        let ok = believe(Some(&k), Some("orig-1"), Some("1788125763000"), Some(&sig), "body");
+        let ok = believe(
+            Some(&k),
+            Some("orig-1"),
+            Some("1788125763000"),
+            Some(&sig),
+            "body",
+        );
         assert_eq!(ok, Ok(Some(claim())));
         for (id, sent, body) in [
             ("orig-2", "1788125763000", "body"),
@@ -193,11 +199,23 @@ mod tests {
         }
         let other = key("another-key-of-16-bytes");
         assert_eq!(
-            believe(Some(&other), Some("orig-1"), Some("1788125763000"), Some(&sig), "body"),
+            believe(
+                Some(&other),
+                Some("orig-1"),
+                Some("1788125763000"),
+                Some(&sig),
+                "body"
+            ),
             Err(RedriveError::BadSignature)
         );
         assert_eq!(
-            believe(None, Some("orig-1"), Some("1788125763000"), Some(&sig), "body"),
+            believe(
+                None,
+                Some("orig-1"),
+                Some("1788125763000"),
+                Some(&sig),
+                "body"
+            ),
             Err(RedriveError::NoKey)
         );
     }

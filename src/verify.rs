@@ -620,7 +620,10 @@ impl Verifier {
 #[error("cannot build the certificate HTTP client: {0}")]
 pub struct VerifierSetupError(String);
 
-async fn fetch_certificate(client: &reqwest::Client, url: &url::Url) -> Result<CachedKey, VerifyError> {
+async fn fetch_certificate(
+    client: &reqwest::Client,
+    url: &url::Url,
+) -> Result<CachedKey, VerifyError> {
     let fetch_err = |detail: String| VerifyError::CertFetch {
         url: url.to_string(),
         detail,

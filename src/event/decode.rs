@@ -351,7 +351,8 @@ impl<'a> Cx<'a> {
     fn req_document<'v>(&self, root: &'v Object, path: &[&str]) -> Result<&'v str, DecodeError> {
         match self.lookup(root, path)? {
             Some(Value::String(s))
-                if s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
+                if s.chars()
+                    .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
             {
                 Err(DecodeError::ControlCharacter {
                     message_id: self.message_id.to_owned(),
