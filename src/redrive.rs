@@ -65,12 +65,12 @@ impl RedriveKey {
 
     /// The signature attribute's value for `claim` on a message with this body.
     pub fn sign(&self, claim: &Claim, body: &str) -> String {
-        hex(&self.mac(claim, body).finalize().into_bytes())
+        hex::encode(self.mac(claim, body).finalize().into_bytes())
     }
 
     /// Checks `signature` (hex) in constant time.
     pub fn verify(&self, claim: &Claim, body: &str, signature: &str) -> Result<(), RedriveError> {
-        let bytes = unhex(signature).ok_or(RedriveError::BadSignature)?;
+        let bytes = hex::decode(signature).map_err(|_| RedriveError::BadSignature)?;
         self.mac(claim, body)
             .verify_slice(&bytes)
             .map_err(|_| RedriveError::BadSignature)
@@ -143,20 +143,6 @@ pub fn believe(
     let key = key.ok_or(RedriveError::NoKey)?;
     key.verify(&claim, body, signature)?;
     Ok(Some(claim))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -1393,7 +1393,9 @@ fn bad_body(
 ) -> String {
     let with_cert_url = |body: String, prefix: &str| {
         let mut v: Value = serde_json::from_str(&body).expect("envelope");
-        v["SigningCertURL"] = Value::String(format!("{prefix}SimpleNotificationService-{i}.pem"));
+        // One URL for all of a kind, as when a certificate goes missing for everyone.
+        v["SigningCertURL"] =
+            Value::String(format!("{prefix}SimpleNotificationService-nonexistent.pem"));
         v.to_string()
     };
     match kind {
