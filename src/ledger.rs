@@ -8,8 +8,11 @@
 //! subscription's life wins) and then by the fact key's byte order, so any arrival order of the
 //! same events gives the same final state.
 
-use crate::event::{license_id, Action, Event, SubjectKey};
-use serde::Serialize;
+use crate::event::{
+    license_id, Action, BillingAdjustmentStatus, CancellationRequestStatus, Event, Notice,
+    SubjectKey,
+};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The life of one AWS subscription (legacy customer or EventBridge agreement).
@@ -68,6 +71,8 @@ pub enum Effect {
     HandOver,
     /// Adds identifiers only (entitlement and license updates, amendments).
     Inform,
+    /// An informational agreement event: kept as a detail, recorded as `noted`.
+    Note,
 }
 
 /// The effect of each action.
@@ -86,6 +91,7 @@ pub fn effect(action: &Action) -> Effect {
         Action::EntitlementUpdated | Action::AgreementAmended { .. } | Action::LicenseUpdated => {
             Effect::Inform
         }
+        Action::AgreementNotice { .. } => Effect::Note,
     }
 }
 
@@ -101,7 +107,7 @@ pub fn rank(target: SubState) -> i64 {
 }
 
 /// Total order of state-changing facts: event time, then rank, then fact key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     /// Event time, epoch ms.
     pub time_ms: i64,
@@ -149,6 +155,155 @@ pub struct Subscription {
     pub handed_over: Option<Stamp>,
     /// Greatest event time seen, epoch ms.
     pub last_event_time_ms: Option<i64>,
+    /// What AWS said about the agreement besides its state, newest value of each.
+    pub details: SubscriptionDetails,
+}
+
+/// A value with the stamp of the event that said it: a newer stamp replaces it, an older never.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dated<T> {
+    /// The value.
+    pub value: T,
+    /// Who said it, when.
+    pub stamp: Stamp,
+}
+
+/// The advisory AWS last raised or cleared on an agreement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Advisory {
+    /// Purchase Agreement Advisory Issued.
+    Issued,
+    /// Purchase Agreement Advisory Resolved.
+    Resolved,
+}
+
+/// The subscription's details, each decided by event time on its own (an event that does not
+/// mention a detail leaves it alone), so they commute like the state does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubscriptionDetails {
+    /// Offer id: a replacement offer re-sends `subscribe-success` with a new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offer_id: Option<Dated<String>>,
+    /// Free trial (SNS `isFreeTrialTermPresent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_trial: Option<Dated<bool>>,
+    /// Agreement start, epoch ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement_start_ms: Option<Dated<i64>>,
+    /// Agreement end, epoch ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement_end_ms: Option<Dated<i64>>,
+    /// When the buyer accepted the agreement, epoch ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acceptance_ms: Option<Dated<i64>>,
+    /// Auto-renewal on or off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_renewal: Option<Dated<bool>>,
+    /// The proposer's AWS account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposer_account_id: Option<Dated<String>>,
+    /// Resale authorization of a channel-partner sale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resale_authorization_id: Option<Dated<String>>,
+    /// The product's id (`prod-…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<Dated<String>>,
+    /// The newest Purchase Agreement Ending notice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ending_notice: Option<Stamp>,
+    /// The newest Renewal Upcoming notice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewal_upcoming: Option<Stamp>,
+    /// The newest Renewal Terms Finalized notice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewal_terms_finalized: Option<Stamp>,
+    /// The newest advisory event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advisory: Option<Dated<Advisory>>,
+    /// The newest cancellation-request status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancellation_request: Option<Dated<CancellationRequestStatus>>,
+    /// The newest billing-adjustment status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billing_adjustment: Option<Dated<BillingAdjustmentStatus>>,
+}
+
+impl SubscriptionDetails {
+    /// Takes what `event` says where it is newer than what is known; true when anything changed.
+    fn merge(&mut self, event: &Event) -> bool {
+        let d = &event.details;
+        let stamp = Stamp::of(event, 0);
+        let mut changed = false;
+        changed |= newer(&mut self.offer_id, event.ids.offer_id.clone(), &stamp);
+        changed |= newer(&mut self.free_trial, d.free_trial, &stamp);
+        changed |= newer(&mut self.agreement_start_ms, d.agreement_start_ms, &stamp);
+        changed |= newer(&mut self.agreement_end_ms, d.agreement_end_ms, &stamp);
+        changed |= newer(&mut self.acceptance_ms, d.acceptance_ms, &stamp);
+        changed |= newer(&mut self.auto_renewal, d.auto_renewal, &stamp);
+        changed |= newer(
+            &mut self.proposer_account_id,
+            d.proposer_account_id.clone(),
+            &stamp,
+        );
+        changed |= newer(
+            &mut self.resale_authorization_id,
+            d.resale_authorization_id.clone(),
+            &stamp,
+        );
+        changed |= newer(&mut self.product_id, d.product_id.clone(), &stamp);
+        if let Action::AgreementNotice { notice, .. } = event.action {
+            changed |= match notice {
+                Notice::Ending => newer_stamp(&mut self.ending_notice, &stamp),
+                Notice::RenewalUpcoming => newer_stamp(&mut self.renewal_upcoming, &stamp),
+                Notice::RenewalTermsFinalized => {
+                    newer_stamp(&mut self.renewal_terms_finalized, &stamp)
+                }
+                Notice::AdvisoryIssued => newer(&mut self.advisory, Some(Advisory::Issued), &stamp),
+                Notice::AdvisoryResolved => {
+                    newer(&mut self.advisory, Some(Advisory::Resolved), &stamp)
+                }
+                // At equal times a request's later step wins, as the state's tie rule does.
+                Notice::CancellationRequest(status) => {
+                    let rank = i64::from(status != CancellationRequestStatus::PendingApproval);
+                    newer(
+                        &mut self.cancellation_request,
+                        Some(status),
+                        &Stamp::of(event, rank),
+                    )
+                }
+                Notice::BillingAdjustment(status) => {
+                    newer(&mut self.billing_adjustment, Some(status), &stamp)
+                }
+            };
+        }
+        changed
+    }
+}
+
+fn newer<T: PartialEq>(slot: &mut Option<Dated<T>>, value: Option<T>, stamp: &Stamp) -> bool {
+    let Some(value) = value else { return false };
+    match slot {
+        Some(existing) if existing.stamp >= *stamp => false,
+        _ => {
+            *slot = Some(Dated {
+                value,
+                stamp: stamp.clone(),
+            });
+            true
+        }
+    }
+}
+
+fn newer_stamp(slot: &mut Option<Stamp>, stamp: &Stamp) -> bool {
+    match slot {
+        Some(existing) if *existing >= *stamp => false,
+        _ => {
+            *slot = Some(stamp.clone());
+            true
+        }
+    }
 }
 
 impl Subscription {
@@ -167,6 +322,7 @@ impl Subscription {
             first_active: None,
             handed_over: None,
             last_event_time_ms: None,
+            details: SubscriptionDetails::default(),
         };
         match subject {
             SubjectKey::Customer {
@@ -204,6 +360,12 @@ pub enum Outcome {
     Duplicate,
     /// Could not be decoded or was refused; no effect.
     Rejected,
+    /// An informational event (ending, renewal, cancellation request, …): kept as a detail of
+    /// its subscription, no state change.
+    Noted,
+    /// A detail-type mplink does not know, from an accepted source, acknowledged by choice
+    /// (`--unrecognised-detail-types acknowledge`); no effect.
+    Unrecognised,
 }
 
 impl Outcome {
@@ -214,6 +376,8 @@ impl Outcome {
             Outcome::Stale => "stale",
             Outcome::Duplicate => "duplicate",
             Outcome::Rejected => "rejected",
+            Outcome::Noted => "noted",
+            Outcome::Unrecognised => "unrecognised",
         }
     }
 }
@@ -240,6 +404,7 @@ pub struct Decision {
 pub fn apply(current: &Subscription, event: &Event) -> Decision {
     let mut next = current.clone();
     let mut learned = merge_identifiers(&mut next, event);
+    learned |= next.details.merge(event);
     next.last_event_time_ms = Some(
         next.last_event_time_ms
             .map_or(event.time_ms, |t| t.max(event.time_ms)),
@@ -272,6 +437,7 @@ pub fn apply(current: &Subscription, event: &Event) -> Decision {
             }
         }
         Effect::Inform => Outcome::Applied,
+        Effect::Note => Outcome::Noted,
     };
     Decision { next, outcome }
 }
@@ -485,7 +651,7 @@ pub fn resolve_link<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> LinkVie
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Delivery, EndStatus, Identifiers, Intent, Party};
+    use crate::event::{Delivery, Details, EndStatus, Identifiers, Intent, Party};
     use proptest::prelude::*;
 
     fn legacy(action: Action, time_ms: i64, id: &str) -> Event {
@@ -505,6 +671,7 @@ mod tests {
                 customer_identifier: Some("cust".into()),
                 ..Identifiers::default()
             },
+            details: Details::default(),
             topic_arn: None,
             source: None,
         }
@@ -625,6 +792,7 @@ mod tests {
                 customer_aws_account_id: Some("111122223333".into()),
                 ..Identifiers::default()
             },
+            details: Details::default(),
             topic_arn: None,
             source: Some(crate::event::EVENTBRIDGE_SOURCE.into()),
         }

@@ -2,7 +2,7 @@
 //! dead-letter tools and `mplink apply` all go through a [`Pipeline`]; none has an apply path
 //! of its own.
 
-use crate::event::{self, Event, InboundMessage, SubjectKey};
+use crate::event::{self, DecodeError, Event, InboundMessage, SubjectKey};
 use crate::ledger::Outcome;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Incoming, Store, StoreError};
@@ -40,6 +40,18 @@ pub enum Transient {
     Certificate(VerifyError),
 }
 
+/// What to do with an EventBridge event from an accepted source whose detail-type mplink does
+/// not know (one AWS added since this version was built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UnrecognisedPolicy {
+    /// Record it as `unrecognised`, count it by name, log it and delete it: AWS adds
+    /// informational events over time, and none of them should page anyone.
+    #[default]
+    Acknowledge,
+    /// Reject it like any undecodable message, so the redrive policy dead-letters it.
+    DeadLetter,
+}
+
 /// Decode, verify, apply and record, with the metrics that count it.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -51,6 +63,8 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// Decide but change nothing: no rejection recorded, the apply rolled back.
     pub dry_run: bool,
+    /// Unknown detail-types from an accepted source: acknowledge or dead-letter.
+    pub unrecognised: UnrecognisedPolicy,
 }
 
 /// A message that passed decoding and verification, ready to apply.
@@ -67,7 +81,14 @@ impl Pipeline {
             verifier,
             metrics,
             dry_run: false,
+            unrecognised: UnrecognisedPolicy::default(),
         }
+    }
+
+    /// The same pipeline, treating unknown detail-types as `policy` says.
+    pub fn unrecognised_detail_types(mut self, policy: UnrecognisedPolicy) -> Pipeline {
+        self.unrecognised = policy;
+        self
     }
 
     /// The same pipeline, deciding without changing anything.
@@ -177,6 +198,18 @@ impl Pipeline {
         );
         let event = match event::decode(msg) {
             Ok(event) => event,
+            Err(DecodeError::UnknownDetailType {
+                detail_type,
+                event_id,
+                event_source,
+                ..
+            }) if self.unrecognised == UnrecognisedPolicy::Acknowledge
+                && self.verifier.accepts_source(event_source.as_deref()) =>
+            {
+                return Err(self
+                    .acknowledge(msg, &span, &detail_type, event_id.as_deref())
+                    .await)
+            }
             Err(e) => return Err(self.reject(msg, &span, e.reason(), e.to_string()).await),
         };
         record_event_fields(&span, &event);
@@ -192,6 +225,33 @@ impl Pipeline {
                 Err(Processed::Retry(Transient::Certificate(e)))
             }
             Err(e) => Err(self.reject(msg, &span, e.reason(), e.to_string()).await),
+        }
+    }
+
+    /// Records, counts and logs an unrecognised detail-type; the message may then be deleted.
+    async fn acknowledge(
+        &self,
+        msg: &InboundMessage,
+        span: &tracing::Span,
+        detail_type: &str,
+        event_id: Option<&str>,
+    ) -> Processed {
+        span.in_scope(|| tracing::warn!(detail_type, "unrecognised detail-type acknowledged"));
+        self.metrics.unrecognised(detail_type);
+        if self.dry_run {
+            return Processed::Done(Outcome::Unrecognised);
+        }
+        match self
+            .store
+            .record_unrecognised(msg, event_id, detail_type)
+            .await
+        {
+            Ok(()) => Processed::Done(Outcome::Unrecognised),
+            Err(e) if e.is_transient() => Processed::Retry(Transient::Store(Arc::new(e))),
+            Err(e) => {
+                self.reject(msg, span, "store_error", e.to_string())
+                    .await
+            }
         }
     }
 
