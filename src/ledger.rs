@@ -988,7 +988,64 @@ mod tests {
         events
     }
 
+    /// Agreement events that carry details: creations with an offer and an end time, and the
+    /// informational notices, at few distinct times so that ties happen.
+    fn arb_detail_history() -> impl Strategy<Value = Vec<Event>> {
+        let notice = prop_oneof![
+            Just(Notice::Ending),
+            Just(Notice::RenewalUpcoming),
+            Just(Notice::AdvisoryIssued),
+            Just(Notice::AdvisoryResolved),
+            Just(Notice::CancellationRequest(CancellationRequestStatus::PendingApproval)),
+            Just(Notice::CancellationRequest(CancellationRequestStatus::Approved)),
+            Just(Notice::CancellationRequest(CancellationRequestStatus::Rejected)),
+            Just(Notice::BillingAdjustment(BillingAdjustmentStatus::Completed)),
+        ];
+        let one = (prop::option::of(notice), 0i64..4, 0u8..3, 0i64..3);
+        prop::collection::vec(one, 1..10).prop_map(|raw| {
+            raw.into_iter()
+                .enumerate()
+                .map(|(i, (notice, t, offer, end))| {
+                    let action = match notice {
+                        Some(notice) => Action::AgreementNotice {
+                            party: Party::Proposer,
+                            notice,
+                        },
+                        None => Action::AgreementCreated {
+                            party: Party::Proposer,
+                            intent: Intent::New,
+                        },
+                    };
+                    let mut e = agreement(action, "agmt-d", t * 1000, &format!("d{i}"));
+                    e.fact_key = format!("eb:{}:agmt-d:{}:{i}", action.name(), t * 1000);
+                    e.ids.offer_id = (offer > 0).then(|| format!("offer-{offer}"));
+                    e.details.agreement_end_ms = (end > 0).then_some(end * 1_000_000);
+                    e
+                })
+                .collect()
+        })
+    }
+
     proptest! {
+        #[test]
+        fn details_in_any_order_are_the_newest_of_each(
+            history in arb_detail_history(),
+            seed in any::<u64>(),
+        ) {
+            let sub = fold(&shuffled(history.clone(), seed));
+            prop_assert_eq!(&sub.details, &fold(&history).details);
+            // The offer id is the one of the greatest (time, fact key) that names one.
+            let newest_offer = history
+                .iter()
+                .filter(|e| e.ids.offer_id.is_some())
+                .max_by(|a, b| (a.time_ms, &a.fact_key).cmp(&(b.time_ms, &b.fact_key)))
+                .and_then(|e| e.ids.offer_id.clone());
+            prop_assert_eq!(sub.details.offer_id.map(|d| d.value), newest_offer);
+            // Notices never move the state.
+            let created = history.iter().any(|e| matches!(e.action, Action::AgreementCreated { .. }));
+            prop_assert_eq!(sub.state == SubState::Active, created);
+        }
+
         #[test]
         fn agreement_events_in_any_order_with_both_copies_match_the_model(
             history in arb_agreement_history(),
