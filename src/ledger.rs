@@ -996,10 +996,18 @@ mod tests {
             Just(Notice::RenewalUpcoming),
             Just(Notice::AdvisoryIssued),
             Just(Notice::AdvisoryResolved),
-            Just(Notice::CancellationRequest(CancellationRequestStatus::PendingApproval)),
-            Just(Notice::CancellationRequest(CancellationRequestStatus::Approved)),
-            Just(Notice::CancellationRequest(CancellationRequestStatus::Rejected)),
-            Just(Notice::BillingAdjustment(BillingAdjustmentStatus::Completed)),
+            Just(Notice::CancellationRequest(
+                CancellationRequestStatus::PendingApproval
+            )),
+            Just(Notice::CancellationRequest(
+                CancellationRequestStatus::Approved
+            )),
+            Just(Notice::CancellationRequest(
+                CancellationRequestStatus::Rejected
+            )),
+            Just(Notice::BillingAdjustment(
+                BillingAdjustmentStatus::Completed
+            )),
         ];
         let one = (prop::option::of(notice), 0i64..4, 0u8..3, 0i64..3);
         prop::collection::vec(one, 1..10).prop_map(|raw| {

@@ -248,10 +248,7 @@ impl Pipeline {
         {
             Ok(()) => Processed::Done(Outcome::Unrecognised),
             Err(e) if e.is_transient() => Processed::Retry(Transient::Store(Arc::new(e))),
-            Err(e) => {
-                self.reject(msg, span, "store_error", e.to_string())
-                    .await
-            }
+            Err(e) => self.reject(msg, span, "store_error", e.to_string()).await,
         }
     }
 

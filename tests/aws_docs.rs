@@ -5,9 +5,7 @@
 mod common;
 
 use common::*;
-use mplink::event::{
-    decode, handled_detail_types, Action, InboundMessage, Party,
-};
+use mplink::event::{decode, handled_detail_types, Action, InboundMessage, Party};
 use mplink::ledger::{effect, Effect, LinkRequest, LinkState, Outcome, SubState};
 use mplink::metrics::{Metrics, MAX_UNRECOGNISED_LABELS, OTHER_LABEL};
 use mplink::process::{Pipeline, Processed, UnrecognisedPolicy};
@@ -94,7 +92,9 @@ fn every_documented_example_decodes_to_its_intended_event() {
     let entries = manifest();
     assert!(entries.len() >= 30, "{} examples", entries.len());
     for entry in &entries {
-        assert!(entry.source.starts_with("https://docs.aws.amazon.com/marketplace/"));
+        assert!(entry
+            .source
+            .starts_with("https://docs.aws.amazon.com/marketplace/"));
         assert!(!entry.section.is_empty());
         assert!(
             ["recorded", "reconstructed"].contains(&entry.provenance.as_str()),
@@ -170,7 +170,10 @@ fn license_link(org: &str) -> LinkRequest {
     }
 }
 
-fn link_state(row: &StatusRow) -> (SubState, Option<LinkState>) {
+/// A subscription's state and its organization's link state.
+type View = (SubState, Option<LinkState>);
+
+fn link_state(row: &StatusRow) -> View {
     (row.subscription_state, row.link_state)
 }
 
@@ -190,7 +193,7 @@ async fn create_license_amend_end_deprovision(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = &db.store;
     s.link(&license_link("org-1")).await.expect("link");
-    let steps: [(&str, Outcome, (SubState, Option<LinkState>)); 5] = [
+    let steps: [(&str, Outcome, View); 5] = [
         (
             "purchase-agreement-created-proposer.json",
             Outcome::Applied,
@@ -280,8 +283,18 @@ async fn renewal_with_previous_agreement_id(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = &db.store;
     s.link(&license_link("org-1")).await.expect("link");
-    apply(s, "sqs-1", example("purchase-agreement-created-proposer.json").to_string()).await;
-    apply(s, "sqs-2", example("license-updated-manufacturer.json").to_string()).await;
+    apply(
+        s,
+        "sqs-1",
+        example("purchase-agreement-created-proposer.json").to_string(),
+    )
+    .await;
+    apply(
+        s,
+        "sqs-2",
+        example("license-updated-manufacturer.json").to_string(),
+    )
+    .await;
     let renewed = edited("purchase-agreement-ended-proposer.json", |v| {
         v["detail"]["agreement"]["status"] = json!("RENEWED");
     });
@@ -295,7 +308,9 @@ async fn renewal_with_previous_agreement_id(backend: Backend) {
     let renewal = edited("purchase-agreement-created-proposer.json", |v| {
         v["id"] = json!("01234567-0123-0123-0123-100000000001");
         v["time"] = json!("2025-05-30T21:36:04Z");
-        v["resources"] = json!([format!("arn:aws:aws-marketplace::aws:agreement:{successor}")]);
+        v["resources"] = json!([format!(
+            "arn:aws:aws-marketplace::aws:agreement:{successor}"
+        )]);
         let agreement = &mut v["detail"]["agreement"];
         agreement["id"] = json!(successor);
         agreement["intent"] = json!("RENEW");
@@ -306,7 +321,10 @@ async fn renewal_with_previous_agreement_id(backend: Backend) {
     assert_eq!(apply(s, "sqs-4", renewal).await, Outcome::Applied);
     let row = org_row(s, "org-1").await;
     assert_eq!(row.agreement_id.as_deref(), Some(successor));
-    assert_eq!(link_state(&row), (SubState::Active, Some(LinkState::Linked)));
+    assert_eq!(
+        link_state(&row),
+        (SubState::Active, Some(LinkState::Linked))
+    );
     assert_eq!(
         row.details.agreement_end_time.as_deref(),
         Some("2026-05-30T21:36:03.000Z")
@@ -337,13 +355,26 @@ async fn cancellation_request_pending_approved_ended(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = &db.store;
     s.link(&license_link("org-1")).await.expect("link");
-    apply(s, "sqs-1", example("purchase-agreement-created-proposer.json").to_string()).await;
-    apply(s, "sqs-2", example("license-updated-manufacturer.json").to_string()).await;
+    apply(
+        s,
+        "sqs-1",
+        example("purchase-agreement-created-proposer.json").to_string(),
+    )
+    .await;
+    apply(
+        s,
+        "sqs-2",
+        example("license-updated-manufacturer.json").to_string(),
+    )
+    .await;
 
     let pending = example("agreement-cancellation-request-pending-approval-proposer.json");
     assert_eq!(apply(s, "sqs-3", pending.to_string()).await, Outcome::Noted);
     let row = org_row(s, "org-1").await;
-    assert_eq!(link_state(&row), (SubState::Active, Some(LinkState::Linked)));
+    assert_eq!(
+        link_state(&row),
+        (SubState::Active, Some(LinkState::Linked))
+    );
     assert!(row.notes().contains(&"cancellation requested".to_string()));
     assert_eq!(
         serde_json::to_value(&row).expect("json")["cancellation_request"],
@@ -351,7 +382,10 @@ async fn cancellation_request_pending_approved_ended(backend: Backend) {
     );
 
     let approved = example("agreement-cancellation-request-approved-proposer.json");
-    assert_eq!(apply(s, "sqs-4", approved.to_string()).await, Outcome::Noted);
+    assert_eq!(
+        apply(s, "sqs-4", approved.to_string()).await,
+        Outcome::Noted
+    );
     // The pending request again (a redelivery through another SQS message) is a duplicate, and
     // an older copy of it under a new event id is noted but cannot undo the approval.
     assert_eq!(
@@ -455,7 +489,11 @@ async fn sns_examples_match_the_resolve_customer_identifier(backend: Backend) {
     let success = example("sns-subscribe-success.json").to_string();
     assert_eq!(apply(s, "sqs-1", success).await, Outcome::Applied);
     let rows = s.status(&StatusFilter::default()).await.expect("status");
-    assert_eq!(rows.len(), 1, "no orphan subscription beside the link: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        1,
+        "no orphan subscription beside the link: {rows:?}"
+    );
     let row = &rows[0];
     assert_eq!(row.org_id.as_deref(), Some("org-1"));
     assert_eq!(row.customer_identifier.as_deref(), Some("X01EXAMPLEX"));
@@ -522,7 +560,10 @@ async fn a_duplicate_never_creates_a_subscription_row(backend: Backend) {
     .execute(s.pool())
     .await
     .expect("insert");
-    assert_eq!(untouched_rows(s).await, vec!["agmt:agmt-handmade".to_string()]);
+    assert_eq!(
+        untouched_rows(s).await,
+        vec!["agmt:agmt-handmade".to_string()]
+    );
     db.cleanup().await;
 }
 
@@ -554,7 +595,11 @@ async fn unknown_detail_types_are_acknowledged_or_dead_lettered_as_configured(ba
     let db = TestDb::new(backend).await;
     let s = &db.store;
     let (ack, metrics) = pipeline(s, UnrecognisedPolicy::Acknowledge);
-    let msg = unknown("Purchase Agreement Paused - Proposer", "new-1", "aws.agreement-marketplace");
+    let msg = unknown(
+        "Purchase Agreement Paused - Proposer",
+        "new-1",
+        "aws.agreement-marketplace",
+    );
     assert!(matches!(
         ack.process(&msg).await,
         Processed::Done(Outcome::Unrecognised)
@@ -597,7 +642,11 @@ async fn unknown_detail_types_are_acknowledged_or_dead_lettered_as_configured(ba
 
     // A sender inventing names cannot grow the metric without bound.
     for i in 0..(MAX_UNRECOGNISED_LABELS + 10) {
-        let m = unknown(&format!("Invented {i}"), &format!("inv-{i}"), "aws.agreement-marketplace");
+        let m = unknown(
+            &format!("Invented {i}"),
+            &format!("inv-{i}"),
+            "aws.agreement-marketplace",
+        );
         assert!(matches!(ack.process(&m).await, Processed::Done(_)));
     }
     let labels = metrics
@@ -605,7 +654,11 @@ async fn unknown_detail_types_are_acknowledged_or_dead_lettered_as_configured(ba
         .lines()
         .filter(|l| l.starts_with("mplink_unrecognised_events_total{"))
         .count();
-    assert_eq!(labels, MAX_UNRECOGNISED_LABELS + 1, "the names, then {OTHER_LABEL}");
+    assert_eq!(
+        labels,
+        MAX_UNRECOGNISED_LABELS + 1,
+        "the names, then {OTHER_LABEL}"
+    );
     assert_eq!(
         metrics
             .unrecognised_detail_types
@@ -615,7 +668,11 @@ async fn unknown_detail_types_are_acknowledged_or_dead_lettered_as_configured(ba
     );
 
     let (dead_letter, _) = pipeline(s, UnrecognisedPolicy::DeadLetter);
-    let msg = unknown("Purchase Agreement Paused - Proposer", "new-3", "aws.agreement-marketplace");
+    let msg = unknown(
+        "Purchase Agreement Paused - Proposer",
+        "new-3",
+        "aws.agreement-marketplace",
+    );
     assert!(matches!(
         dead_letter.process(&msg).await,
         Processed::Rejected {

@@ -280,7 +280,13 @@ async fn aws_examples_through_apply(backend: Backend) {
     }
     let out = ok(&mplink(
         &db,
-        &["apply", "--accept-raw-delivery", "--verify-signatures", "false", "-"],
+        &[
+            "apply",
+            "--accept-raw-delivery",
+            "--verify-signatures",
+            "false",
+            "-",
+        ],
         Some(&lines),
     ));
     assert!(out.contains(", rejected 0, noted "), "{out}");

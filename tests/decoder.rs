@@ -610,7 +610,10 @@ fn details_are_decoded_from_the_fixtures() {
             .free_trial,
         Some(false)
     );
-    assert_eq!(decode_fixture("sns_unsubscribe_pending.json").details, Details::default());
+    assert_eq!(
+        decode_fixture("sns_unsubscribe_pending.json").details,
+        Details::default()
+    );
     assert_eq!(
         decode_fixture("eb_created_renew_proposer.json").details,
         Details {
@@ -629,7 +632,10 @@ fn details_are_decoded_from_the_fixtures() {
         manufacturer.resale_authorization_id.as_deref(),
         Some("resaleauthz-yaxjqxiskysxa")
     );
-    assert_eq!(manufacturer.agreement_end_ms, Some(ms("9999-01-01T00:00:00Z")));
+    assert_eq!(
+        manufacturer.agreement_end_ms,
+        Some(ms("9999-01-01T00:00:00Z"))
+    );
     assert_eq!(manufacturer.auto_renewal, None);
 }
 
@@ -684,7 +690,11 @@ fn identifiers_lose_surrounding_whitespace_and_blank_ones_are_absent() {
     let event = decode_ok(
         "padded agreement",
         edited("eb_license_updated.json", |v| {
-            set(v, "/detail/agreement/id", json!(" agmt-4mwg1nevbokzw95eca5797ixs "));
+            set(
+                v,
+                "/detail/agreement/id",
+                json!(" agmt-4mwg1nevbokzw95eca5797ixs "),
+            );
             set(v, "/detail/license/arn", json!(format!(" {FULL_ARN}\n")));
         }),
     );

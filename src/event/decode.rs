@@ -169,9 +169,9 @@ enum DetailType {
 /// Every `aws.agreement-marketplace` detail-type mplink handles, with what it is: the one list
 /// the decoder, the EventBridge rule (`provision`, `deploy/`) and the README's table follow.
 const DETAIL_TYPES: &[(&str, DetailType)] = {
+    use super::Notice as N;
     use BillingAdjustmentStatus as B;
     use CancellationRequestStatus as C;
-    use super::Notice as N;
     use DetailType::*;
     use Party::{Manufacturer as M, Proposer as P};
     &[
@@ -183,23 +183,71 @@ const DETAIL_TYPES: &[(&str, DetailType)] = {
         ("Purchase Agreement Ended - Manufacturer", Ended(M)),
         ("License Updated - Manufacturer", LicenseUpdated),
         ("License Deprovisioned - Manufacturer", LicenseDeprovisioned),
-        ("Purchase Agreement Advisory Issued - Proposer", Note(P, N::AdvisoryIssued)),
-        ("Purchase Agreement Advisory Issued - Manufacturer", Note(M, N::AdvisoryIssued)),
-        ("Purchase Agreement Advisory Resolved - Proposer", Note(P, N::AdvisoryResolved)),
-        ("Purchase Agreement Advisory Resolved - Manufacturer", Note(M, N::AdvisoryResolved)),
+        (
+            "Purchase Agreement Advisory Issued - Proposer",
+            Note(P, N::AdvisoryIssued),
+        ),
+        (
+            "Purchase Agreement Advisory Issued - Manufacturer",
+            Note(M, N::AdvisoryIssued),
+        ),
+        (
+            "Purchase Agreement Advisory Resolved - Proposer",
+            Note(P, N::AdvisoryResolved),
+        ),
+        (
+            "Purchase Agreement Advisory Resolved - Manufacturer",
+            Note(M, N::AdvisoryResolved),
+        ),
         ("Purchase Agreement Ending - Proposer", Note(P, N::Ending)),
-        ("Purchase Agreement Ending - Manufacturer", Note(M, N::Ending)),
-        ("Purchase Agreement Renewal Terms Finalized - Proposer", Note(P, N::RenewalTermsFinalized)),
-        ("Purchase Agreement Renewal Terms Finalized - Manufacturer", Note(M, N::RenewalTermsFinalized)),
-        ("Purchase Agreement Renewal Upcoming - Proposer", Note(P, N::RenewalUpcoming)),
-        ("Purchase Agreement Renewal Upcoming - Manufacturer", Note(M, N::RenewalUpcoming)),
-        ("Agreement Cancellation Request Pending Approval - Proposer", Note(P, N::CancellationRequest(C::PendingApproval))),
-        ("Agreement Cancellation Request Approved - Proposer", Note(P, N::CancellationRequest(C::Approved))),
-        ("Agreement Cancellation Request Rejected - Proposer", Note(P, N::CancellationRequest(C::Rejected))),
-        ("Agreement Cancellation Request Cancelled - Proposer", Note(P, N::CancellationRequest(C::Cancelled))),
-        ("Agreement Cancellation Request Validation Failed - Proposer", Note(P, N::CancellationRequest(C::ValidationFailed))),
-        ("Purchase Agreement Billing Adjustment Completed - Proposer", Note(P, N::BillingAdjustment(B::Completed))),
-        ("Purchase Agreement Billing Adjustment Validation Failed - Proposer", Note(P, N::BillingAdjustment(B::ValidationFailed))),
+        (
+            "Purchase Agreement Ending - Manufacturer",
+            Note(M, N::Ending),
+        ),
+        (
+            "Purchase Agreement Renewal Terms Finalized - Proposer",
+            Note(P, N::RenewalTermsFinalized),
+        ),
+        (
+            "Purchase Agreement Renewal Terms Finalized - Manufacturer",
+            Note(M, N::RenewalTermsFinalized),
+        ),
+        (
+            "Purchase Agreement Renewal Upcoming - Proposer",
+            Note(P, N::RenewalUpcoming),
+        ),
+        (
+            "Purchase Agreement Renewal Upcoming - Manufacturer",
+            Note(M, N::RenewalUpcoming),
+        ),
+        (
+            "Agreement Cancellation Request Pending Approval - Proposer",
+            Note(P, N::CancellationRequest(C::PendingApproval)),
+        ),
+        (
+            "Agreement Cancellation Request Approved - Proposer",
+            Note(P, N::CancellationRequest(C::Approved)),
+        ),
+        (
+            "Agreement Cancellation Request Rejected - Proposer",
+            Note(P, N::CancellationRequest(C::Rejected)),
+        ),
+        (
+            "Agreement Cancellation Request Cancelled - Proposer",
+            Note(P, N::CancellationRequest(C::Cancelled)),
+        ),
+        (
+            "Agreement Cancellation Request Validation Failed - Proposer",
+            Note(P, N::CancellationRequest(C::ValidationFailed)),
+        ),
+        (
+            "Purchase Agreement Billing Adjustment Completed - Proposer",
+            Note(P, N::BillingAdjustment(B::Completed)),
+        ),
+        (
+            "Purchase Agreement Billing Adjustment Validation Failed - Proposer",
+            Note(P, N::BillingAdjustment(B::ValidationFailed)),
+        ),
     ]
 };
 
@@ -312,7 +360,10 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
 
 /// `detail.agreement.id`, or failing that the id at the end of the agreement ARN in `resources`.
 fn agreement_id<'v>(cx: &Cx, event: &'v Object) -> Result<&'v str, DecodeError> {
-    if let Some(id) = cx.opt_str(event, AGREEMENT_ID)?.and_then(normalize_identifier) {
+    if let Some(id) = cx
+        .opt_str(event, AGREEMENT_ID)?
+        .and_then(normalize_identifier)
+    {
         return Ok(id);
     }
     let from_resources = match event.get("resources") {
@@ -434,7 +485,12 @@ impl<'a> Cx<'a> {
     }
 
     /// A required top-level identifier under its current key or, failing that, its old one.
-    fn req_id_either(&self, root: &Object, key: &str, old_key: &str) -> Result<String, DecodeError> {
+    fn req_id_either(
+        &self,
+        root: &Object,
+        key: &str,
+        old_key: &str,
+    ) -> Result<String, DecodeError> {
         match self.opt_id(root, &[key])? {
             Some(s) => Ok(s),
             None => self

@@ -192,7 +192,9 @@ impl Notice {
             Notice::RenewalTermsFinalized => "agreement-renewal-terms-finalized",
             Notice::RenewalUpcoming => "agreement-renewal-upcoming",
             Notice::CancellationRequest(status) => match status {
-                CancellationRequestStatus::PendingApproval => "cancellation-request-pending-approval",
+                CancellationRequestStatus::PendingApproval => {
+                    "cancellation-request-pending-approval"
+                }
                 CancellationRequestStatus::Approved => "cancellation-request-approved",
                 CancellationRequestStatus::Rejected => "cancellation-request-rejected",
                 CancellationRequestStatus::Cancelled => "cancellation-request-cancelled",
@@ -209,7 +211,9 @@ impl Notice {
 }
 
 /// Status of a seller's request to cancel an agreement (AWS's `statusCode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CancellationRequestStatus {
     /// The buyer has 7 days to approve or reject; silence approves.
@@ -238,7 +242,9 @@ impl CancellationRequestStatus {
 }
 
 /// Status of a billing adjustment (refund) request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BillingAdjustmentStatus {
     /// The refund was processed.
