@@ -236,17 +236,21 @@ impl Pipeline {
         detail_type: &str,
         event_id: Option<&str>,
     ) -> Processed {
-        span.in_scope(|| tracing::warn!(detail_type, "unrecognised detail-type acknowledged"));
-        self.metrics.unrecognised(detail_type);
+        // The name is the sender's text: no control character reaches a log line.
+        let detail_type: String = detail_type.chars().filter(|c| !c.is_control()).collect();
+        span.in_scope(|| tracing::warn!(%detail_type, "unrecognised detail-type acknowledged"));
         if self.dry_run {
             return Processed::Done(Outcome::Unrecognised);
         }
         match self
             .store
-            .record_unrecognised(msg, event_id, detail_type)
+            .record_unrecognised(msg, event_id, &detail_type)
             .await
         {
-            Ok(()) => Processed::Done(Outcome::Unrecognised),
+            Ok(()) => {
+                self.metrics.unrecognised(&detail_type);
+                Processed::Done(Outcome::Unrecognised)
+            }
             Err(e) if e.is_transient() => Processed::Retry(Transient::Store(Arc::new(e))),
             Err(e) => self.reject(msg, span, "store_error", e.to_string()).await,
         }

@@ -100,9 +100,17 @@ fn details_from_column(text: Option<String>) -> Result<SubscriptionDetails, Stor
     }
 }
 
-fn details_to_column(details: &SubscriptionDetails) -> Option<String> {
-    (*details != SubscriptionDetails::default())
-        .then(|| serde_json::to_string(details).expect("details serialise"))
+fn details_to_column(details: &SubscriptionDetails) -> Result<Option<String>, StoreError> {
+    if *details == SubscriptionDetails::default() {
+        return Ok(None);
+    }
+    serde_json::to_string(details)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            table: "mplink_subscriptions",
+            column: "details",
+            value: e.to_string(),
+        })
 }
 
 /// `rows` parenthesised groups of `width` placeholders, numbered from `$start` for PostgreSQL
@@ -212,7 +220,7 @@ pub(super) async fn write_subscriptions(
             .bind(hr)
             .bind(hf)
             .bind(sub.last_event_time_ms)
-            .bind(details_to_column(&sub.details))
+            .bind(details_to_column(&sub.details)?)
             .bind(1i64)
             .bind(now);
     }
