@@ -290,9 +290,18 @@ for t in ['$topic1', '$topic2']:
 rule_name="${rule_arn##*/}"
 aws events describe-rule --name "$rule_name" >"$tmp/rule.json"
 aws events list-targets-by-rule --rule "$rule_name" >"$tmp/targets.json"
-check "EventBridge: enabled rule on the default bus for aws.agreement-marketplace, one target: the queue" "
+# The detail-types the template lists (tests/deploy_rule.rs keeps them equal to the decoder's).
+"$python" - "$template" >"$tmp/detail-types.json" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read()
+block = text.split("detail-type:", 1)[1].split("State:", 1)[0]
+print(json.dumps(re.findall(r'^\s*- "([^"]+)"', block, re.M)))
+EOF
+check "EventBridge: enabled rule on the default bus for aws.agreement-marketplace and exactly the handled detail-types, one target: the queue" "
 r = load('rule.json')
-if json.loads(r['EventPattern']) != {'source': ['aws.agreement-marketplace']}: fail(f'pattern {r[\"EventPattern\"]}')
+handled = load('detail-types.json')
+if len(handled) < 8: fail(f'only {len(handled)} detail-types found in the template')
+if json.loads(r['EventPattern']) != {'source': ['aws.agreement-marketplace'], 'detail-type': handled}: fail(f'pattern {r[\"EventPattern\"]}')
 if r.get('State') != 'ENABLED': fail(f'state {r.get(\"State\")}')
 if r.get('EventBusName', 'default') != 'default': fail(f'bus {r.get(\"EventBusName\")}')
 t = load('targets.json')['Targets']
@@ -346,14 +355,15 @@ aws sns publish --topic-arn "$topic2" \
     --message "{\"action\":\"entitlement-updated\",\"customer-identifier\":\"$marker\",\"product-code\":\"$product\"}" \
     >/dev/null || die "could not publish to $topic2"
 # The detail names this run, so events other tests put on the default bus (which this stack's
-# rule also catches) are told apart. The rule matches on source alone; the detail-type is one
-# mplink does not know, so a worker whose rule also catches this event (scripts/demo.sh uses
-# the default bus) rejects it instead of recording a made-up subscription.
+# rule also catches) are told apart. One event has a detail-type the rule lists (an
+# informational one: a worker whose rule also catches it, as scripts/demo.sh's does, only notes
+# it); the other has one it does not list and must never arrive.
 "$python" - >"$tmp/entries.json" <<EOF
 import json
 detail = {"requestId": "$marker", "agreement": {"id": "agmt-$marker"}, "product": {"code": "$product"}}
-print(json.dumps([{"Source": "aws.agreement-marketplace", "DetailType": "mplink deploy check",
-                   "Detail": json.dumps(detail), "Resources": []}]))
+print(json.dumps([{"Source": "aws.agreement-marketplace", "DetailType": dt,
+                   "Detail": json.dumps(detail), "Resources": []}
+                  for dt in ("Purchase Agreement Renewal Upcoming - Proposer", "mplink deploy check")]))
 EOF
 aws events put-events --entries "file://$tmp/entries.json" >"$tmp/put.json" || die "put-events failed"
 check "put-events accepted the event" "
@@ -398,8 +408,11 @@ for line in open(seen):
             kinds.add("sns-entitlement")
     if (body.get("source") == "aws.agreement-marketplace"
             and body.get("detail", {}).get("requestId") == "$marker"
-            and body.get("detail-type") == "mplink deploy check"):
+            and body.get("detail-type") == "Purchase Agreement Renewal Upcoming - Proposer"):
         kinds.add("eventbridge")
+    if (body.get("detail", {}).get("requestId") == "$marker"
+            and body.get("detail-type") == "mplink deploy check"):
+        kinds.add("unlisted")
 print(" ".join(sorted(kinds)))
 EOF
 )"
@@ -411,6 +424,8 @@ case " $found " in *" sns-entitlement "*) say "ok: a message published to $topic
     *) die "the message published to the entitlement topic did not arrive in $queue_url within 20 s" ;; esac
 case " $found " in *" eventbridge "*) say "ok: an aws.agreement-marketplace event put on the default bus arrived in the queue (bare event)" ;;
     *) die "the EventBridge event did not arrive in $queue_url within 20 s" ;; esac
+case " $found " in *" unlisted "*) die "an event whose detail-type the rule does not list arrived in $queue_url" ;;
+    *) say "ok: the event whose detail-type the rule does not list did not arrive (sent with the listed one)" ;; esac
 
 # --- 4. an EventBridge-only listing: no topic at all ---------------------------------------------
 deploy_stack "$stack2" "QueueName=$queue_name2" "CreateDeadLetterAlarm=$alarm"

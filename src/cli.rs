@@ -1,7 +1,7 @@
 //! Command-line interface: argument definitions and one function per command.
 
 use crate::config::{DatabaseUrl, DATABASE_URL_ENV, DEFAULT_DATABASE_URL};
-use crate::event::{InboundMessage, SENT_TIMESTAMP_ATTRIBUTE};
+use crate::event::{normalize_identifier, InboundMessage, SENT_TIMESTAMP_ATTRIBUTE};
 use crate::ledger::{LinkRequest, Outcome};
 use crate::process::Processed;
 use crate::store::{now_ms, StatusFilter, StatusRow, Store, StoreError};
@@ -251,6 +251,16 @@ pub struct VerifyArgs {
     /// bytes). Without it, a message carrying such attributes is refused.
     #[arg(long, env = "MPLINK_REDRIVE_KEY", hide_env_values = true, value_parser = parse_redrive_key)]
     pub redrive_key: Option<crate::redrive::RedriveKey>,
+    /// An EventBridge detail-type mplink does not know, from an accepted source: `acknowledge`
+    /// records it as unrecognised, counts and logs it and deletes it; `dead-letter` rejects it
+    /// so it reaches the dead-letter queue.
+    #[arg(
+        long,
+        env = "MPLINK_UNRECOGNISED_DETAIL_TYPES",
+        value_enum,
+        default_value_t = crate::process::UnrecognisedPolicy::Acknowledge
+    )]
+    pub unrecognised_detail_types: crate::process::UnrecognisedPolicy,
 }
 
 impl VerifyArgs {
@@ -276,7 +286,8 @@ impl VerifyArgs {
             store.clone(),
             std::sync::Arc::new(verifier),
             std::sync::Arc::new(crate::metrics::Metrics::new()),
-        ))
+        )
+        .unrecognised_detail_types(self.unrecognised_detail_types))
     }
 }
 
@@ -379,6 +390,9 @@ pub enum CliError {
         /// How many lines were read.
         total: usize,
     },
+    /// `link --product-code` is empty once surrounding whitespace is removed.
+    #[error("--product-code is empty")]
+    EmptyProductCode,
 }
 
 impl Cli {
@@ -654,12 +668,18 @@ async fn dlq_export(args: DlqExportArgs) -> Result<ExitCode, CliError> {
 }
 
 async fn link(store: &Store, args: LinkArgs) -> Result<ExitCode, CliError> {
+    // Registrations are normalised exactly as the decoder normalises what AWS sends.
+    let id = |raw: Option<String>| {
+        raw.as_deref()
+            .and_then(normalize_identifier)
+            .map(str::to_owned)
+    };
     let request = LinkRequest {
         org_id: args.org,
-        product_code: args.product_code,
-        customer_identifier: args.customer_identifier,
-        customer_aws_account_id: args.customer_account_id,
-        license_arn: args.license_arn,
+        product_code: id(Some(args.product_code)).ok_or(CliError::EmptyProductCode)?,
+        customer_identifier: id(args.customer_identifier),
+        customer_aws_account_id: id(args.customer_account_id),
+        license_arn: id(args.license_arn),
         requested_at_ms: now_ms(),
     };
     let outcome = store.link(&request).await?;
@@ -683,6 +703,10 @@ pub struct ApplySummary {
     pub duplicate: usize,
     /// Rejected lines.
     pub rejected: usize,
+    /// Informational events kept as details.
+    pub noted: usize,
+    /// Unrecognised detail-types acknowledged.
+    pub unrecognised: usize,
 }
 
 impl ApplySummary {
@@ -692,6 +716,8 @@ impl ApplySummary {
             Outcome::Stale => self.stale += 1,
             Outcome::Duplicate => self.duplicate += 1,
             Outcome::Rejected => self.rejected += 1,
+            Outcome::Noted => self.noted += 1,
+            Outcome::Unrecognised => self.unrecognised += 1,
         }
     }
 }
@@ -746,8 +772,13 @@ async fn apply(store: &Store, args: ApplyArgs) -> Result<ExitCode, CliError> {
     }
     flush(&pipeline, &mut pending, &mut summary).await?;
     println!(
-        "applied {}, stale {}, duplicate {}, rejected {}",
-        summary.applied, summary.stale, summary.duplicate, summary.rejected
+        "applied {}, stale {}, duplicate {}, rejected {}, noted {}, unrecognised {}",
+        summary.applied,
+        summary.stale,
+        summary.duplicate,
+        summary.rejected,
+        summary.noted,
+        summary.unrecognised
     );
     if summary.rejected > 0 {
         return Err(CliError::Rejected {
@@ -846,9 +877,10 @@ pub fn render_table(rows: &[StatusRow]) -> String {
         "LINK",
         "PAYMENT METHOD",
         "LAST EVENT",
+        "NOTES",
     ];
     let dash = || "-".to_string();
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -865,6 +897,9 @@ pub fn render_table(rows: &[StatusRow]) -> String {
                     (Some(_), None) => "(none)".to_string(),
                 },
                 r.last_event_time.clone().unwrap_or_else(dash),
+                Some(r.notes().join("; "))
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(dash),
             ]
         })
         .collect();

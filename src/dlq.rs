@@ -327,6 +327,10 @@ pub struct ReplaySummary {
     pub duplicate: u64,
     /// Older than the current state (deleted).
     pub stale: u64,
+    /// Informational events kept as details (deleted).
+    pub noted: u64,
+    /// Unrecognised detail-types acknowledged (deleted).
+    pub unrecognised: u64,
     /// Still failing, by reason (left in the dead-letter queue).
     pub still_failing: BTreeMap<String, u64>,
     /// Done but not deleted (they will be duplicates next time).
@@ -343,11 +347,13 @@ impl ReplaySummary {
             .map(|(r, n)| format!("{r}: {n}"))
             .collect();
         format!(
-            "seen {}, applied {}, duplicate {}, stale {}, still failing {}{}",
+            "seen {}, applied {}, duplicate {}, stale {}, noted {}, unrecognised {}, still failing {}{}",
             self.seen,
             self.applied,
             self.duplicate,
             self.stale,
+            self.noted,
+            self.unrecognised,
             failing,
             if reasons.is_empty() {
                 String::new()
@@ -400,6 +406,8 @@ pub async fn replay(
                         Outcome::Applied => summary.applied += 1,
                         Outcome::Duplicate => summary.duplicate += 1,
                         Outcome::Stale => summary.stale += 1,
+                        Outcome::Noted => summary.noted += 1,
+                        Outcome::Unrecognised => summary.unrecognised += 1,
                         Outcome::Rejected => {}
                     }
                     done.push(l);

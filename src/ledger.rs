@@ -8,8 +8,11 @@
 //! subscription's life wins) and then by the fact key's byte order, so any arrival order of the
 //! same events gives the same final state.
 
-use crate::event::{license_id, Action, Event, SubjectKey};
-use serde::Serialize;
+use crate::event::{
+    license_id, Action, BillingAdjustmentStatus, CancellationRequestStatus, Event, Notice,
+    SubjectKey,
+};
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -69,6 +72,8 @@ pub enum Effect {
     HandOver,
     /// Adds identifiers only (entitlement and license updates, amendments).
     Inform,
+    /// An informational agreement event: kept as a detail, recorded as `noted`.
+    Note,
 }
 
 /// The effect of each action.
@@ -87,6 +92,7 @@ pub fn effect(action: &Action) -> Effect {
         Action::EntitlementUpdated | Action::AgreementAmended { .. } | Action::LicenseUpdated => {
             Effect::Inform
         }
+        Action::AgreementNotice { .. } => Effect::Note,
     }
 }
 
@@ -102,7 +108,7 @@ pub fn rank(target: SubState) -> i64 {
 }
 
 /// Total order of state-changing facts: event time, then rank, then fact key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     /// Event time, epoch ms.
     pub time_ms: i64,
@@ -150,6 +156,155 @@ pub struct Subscription {
     pub handed_over: Option<Stamp>,
     /// Greatest event time seen, epoch ms.
     pub last_event_time_ms: Option<i64>,
+    /// What AWS said about the agreement besides its state, newest value of each.
+    pub details: SubscriptionDetails,
+}
+
+/// A value with the stamp of the event that said it: a newer stamp replaces it, an older never.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dated<T> {
+    /// The value.
+    pub value: T,
+    /// Who said it, when.
+    pub stamp: Stamp,
+}
+
+/// The advisory AWS last raised or cleared on an agreement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Advisory {
+    /// Purchase Agreement Advisory Issued.
+    Issued,
+    /// Purchase Agreement Advisory Resolved.
+    Resolved,
+}
+
+/// The subscription's details, each decided by event time on its own (an event that does not
+/// mention a detail leaves it alone), so they commute like the state does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubscriptionDetails {
+    /// Offer id: a replacement offer re-sends `subscribe-success` with a new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offer_id: Option<Dated<String>>,
+    /// Free trial (SNS `isFreeTrialTermPresent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_trial: Option<Dated<bool>>,
+    /// Agreement start, epoch ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement_start_ms: Option<Dated<i64>>,
+    /// Agreement end, epoch ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement_end_ms: Option<Dated<i64>>,
+    /// When the buyer accepted the agreement, epoch ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acceptance_ms: Option<Dated<i64>>,
+    /// Auto-renewal on or off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_renewal: Option<Dated<bool>>,
+    /// The proposer's AWS account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposer_account_id: Option<Dated<String>>,
+    /// Resale authorization of a channel-partner sale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resale_authorization_id: Option<Dated<String>>,
+    /// The product's id (`prod-…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<Dated<String>>,
+    /// The newest Purchase Agreement Ending notice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ending_notice: Option<Stamp>,
+    /// The newest Renewal Upcoming notice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewal_upcoming: Option<Stamp>,
+    /// The newest Renewal Terms Finalized notice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewal_terms_finalized: Option<Stamp>,
+    /// The newest advisory event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advisory: Option<Dated<Advisory>>,
+    /// The newest cancellation-request status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancellation_request: Option<Dated<CancellationRequestStatus>>,
+    /// The newest billing-adjustment status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billing_adjustment: Option<Dated<BillingAdjustmentStatus>>,
+}
+
+impl SubscriptionDetails {
+    /// Takes what `event` says where it is newer than what is known; true when anything changed.
+    fn merge(&mut self, event: &Event) -> bool {
+        let d = &event.details;
+        let stamp = Stamp::of(event, 0);
+        let mut changed = false;
+        changed |= newer(&mut self.offer_id, event.ids.offer_id.clone(), &stamp);
+        changed |= newer(&mut self.free_trial, d.free_trial, &stamp);
+        changed |= newer(&mut self.agreement_start_ms, d.agreement_start_ms, &stamp);
+        changed |= newer(&mut self.agreement_end_ms, d.agreement_end_ms, &stamp);
+        changed |= newer(&mut self.acceptance_ms, d.acceptance_ms, &stamp);
+        changed |= newer(&mut self.auto_renewal, d.auto_renewal, &stamp);
+        changed |= newer(
+            &mut self.proposer_account_id,
+            d.proposer_account_id.clone(),
+            &stamp,
+        );
+        changed |= newer(
+            &mut self.resale_authorization_id,
+            d.resale_authorization_id.clone(),
+            &stamp,
+        );
+        changed |= newer(&mut self.product_id, d.product_id.clone(), &stamp);
+        if let Action::AgreementNotice { notice, .. } = event.action {
+            changed |= match notice {
+                Notice::Ending => newer_stamp(&mut self.ending_notice, &stamp),
+                Notice::RenewalUpcoming => newer_stamp(&mut self.renewal_upcoming, &stamp),
+                Notice::RenewalTermsFinalized => {
+                    newer_stamp(&mut self.renewal_terms_finalized, &stamp)
+                }
+                Notice::AdvisoryIssued => newer(&mut self.advisory, Some(Advisory::Issued), &stamp),
+                Notice::AdvisoryResolved => {
+                    newer(&mut self.advisory, Some(Advisory::Resolved), &stamp)
+                }
+                // At equal times a request's later step wins, as the state's tie rule does.
+                Notice::CancellationRequest(status) => {
+                    let rank = i64::from(status != CancellationRequestStatus::PendingApproval);
+                    newer(
+                        &mut self.cancellation_request,
+                        Some(status),
+                        &Stamp::of(event, rank),
+                    )
+                }
+                Notice::BillingAdjustment(status) => {
+                    newer(&mut self.billing_adjustment, Some(status), &stamp)
+                }
+            };
+        }
+        changed
+    }
+}
+
+fn newer<T: PartialEq>(slot: &mut Option<Dated<T>>, value: Option<T>, stamp: &Stamp) -> bool {
+    let Some(value) = value else { return false };
+    match slot {
+        Some(existing) if existing.stamp >= *stamp => false,
+        _ => {
+            *slot = Some(Dated {
+                value,
+                stamp: stamp.clone(),
+            });
+            true
+        }
+    }
+}
+
+fn newer_stamp(slot: &mut Option<Stamp>, stamp: &Stamp) -> bool {
+    match slot {
+        Some(existing) if *existing >= *stamp => false,
+        _ => {
+            *slot = Some(stamp.clone());
+            true
+        }
+    }
 }
 
 impl Subscription {
@@ -168,6 +323,7 @@ impl Subscription {
             first_active: None,
             handed_over: None,
             last_event_time_ms: None,
+            details: SubscriptionDetails::default(),
         };
         match subject {
             SubjectKey::Customer {
@@ -222,6 +378,12 @@ pub enum Outcome {
     Duplicate,
     /// Could not be decoded or was refused; no effect.
     Rejected,
+    /// An informational event (ending, renewal, cancellation request, …): kept as a detail of
+    /// its subscription, no state change.
+    Noted,
+    /// A detail-type mplink does not know, from an accepted source, acknowledged by choice
+    /// (`--unrecognised-detail-types acknowledge`); no effect.
+    Unrecognised,
 }
 
 impl Outcome {
@@ -232,6 +394,8 @@ impl Outcome {
             Outcome::Stale => "stale",
             Outcome::Duplicate => "duplicate",
             Outcome::Rejected => "rejected",
+            Outcome::Noted => "noted",
+            Outcome::Unrecognised => "unrecognised",
         }
     }
 }
@@ -258,6 +422,7 @@ pub struct Decision {
 pub fn apply(current: &Subscription, event: &Event) -> Decision {
     let mut next = current.clone();
     let mut learned = merge_identifiers(&mut next, event);
+    learned |= next.details.merge(event);
     next.last_event_time_ms = Some(
         next.last_event_time_ms
             .map_or(event.time_ms, |t| t.max(event.time_ms)),
@@ -290,6 +455,7 @@ pub fn apply(current: &Subscription, event: &Event) -> Decision {
             }
         }
         Effect::Inform => Outcome::Applied,
+        Effect::Note => Outcome::Noted,
     };
     Decision { next, outcome }
 }
@@ -543,7 +709,7 @@ pub fn resolve_link_among<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Delivery, EndStatus, Identifiers, Intent, Party};
+    use crate::event::{Delivery, Details, EndStatus, Identifiers, Intent, Party};
     use proptest::prelude::*;
 
     fn legacy(action: Action, time_ms: i64, id: &str) -> Event {
@@ -563,6 +729,7 @@ mod tests {
                 customer_identifier: Some("cust".into()),
                 ..Identifiers::default()
             },
+            details: Details::default(),
             topic_arn: None,
             source: None,
         }
@@ -683,6 +850,7 @@ mod tests {
                 customer_aws_account_id: Some("111122223333".into()),
                 ..Identifiers::default()
             },
+            details: Details::default(),
             topic_arn: None,
             source: Some(crate::event::EVENTBRIDGE_SOURCE.into()),
         }
@@ -1086,7 +1254,72 @@ mod tests {
         by_key.into_values().collect()
     }
 
+    /// Agreement events that carry details: creations with an offer and an end time, and the
+    /// informational notices, at few distinct times so that ties happen.
+    fn arb_detail_history() -> impl Strategy<Value = Vec<Event>> {
+        let notice = prop_oneof![
+            Just(Notice::Ending),
+            Just(Notice::RenewalUpcoming),
+            Just(Notice::AdvisoryIssued),
+            Just(Notice::AdvisoryResolved),
+            Just(Notice::CancellationRequest(
+                CancellationRequestStatus::PendingApproval
+            )),
+            Just(Notice::CancellationRequest(
+                CancellationRequestStatus::Approved
+            )),
+            Just(Notice::CancellationRequest(
+                CancellationRequestStatus::Rejected
+            )),
+            Just(Notice::BillingAdjustment(
+                BillingAdjustmentStatus::Completed
+            )),
+        ];
+        let one = (prop::option::of(notice), 0i64..4, 0u8..3, 0i64..3);
+        prop::collection::vec(one, 1..10).prop_map(|raw| {
+            raw.into_iter()
+                .enumerate()
+                .map(|(i, (notice, t, offer, end))| {
+                    let action = match notice {
+                        Some(notice) => Action::AgreementNotice {
+                            party: Party::Proposer,
+                            notice,
+                        },
+                        None => Action::AgreementCreated {
+                            party: Party::Proposer,
+                            intent: Intent::New,
+                        },
+                    };
+                    let mut e = agreement(action, "agmt-d", t * 1000, &format!("d{i}"));
+                    e.fact_key = format!("eb:{}:agmt-d:{}:{i}", action.name(), t * 1000);
+                    e.ids.offer_id = (offer > 0).then(|| format!("offer-{offer}"));
+                    e.details.agreement_end_ms = (end > 0).then_some(end * 1_000_000);
+                    e
+                })
+                .collect()
+        })
+    }
+
     proptest! {
+        #[test]
+        fn details_in_any_order_are_the_newest_of_each(
+            history in arb_detail_history(),
+            seed in any::<u64>(),
+        ) {
+            let sub = fold(&shuffled(history.clone(), seed));
+            prop_assert_eq!(&sub.details, &fold(&history).details);
+            // The offer id is the one of the greatest (time, fact key) that names one.
+            let newest_offer = history
+                .iter()
+                .filter(|e| e.ids.offer_id.is_some())
+                .max_by(|a, b| (a.time_ms, &a.fact_key).cmp(&(b.time_ms, &b.fact_key)))
+                .and_then(|e| e.ids.offer_id.clone());
+            prop_assert_eq!(sub.details.offer_id.map(|d| d.value), newest_offer);
+            // Notices never move the state.
+            let created = history.iter().any(|e| matches!(e.action, Action::AgreementCreated { .. }));
+            prop_assert_eq!(sub.state == SubState::Active, created);
+        }
+
         #[test]
         fn agreement_events_in_any_order_with_both_copies_match_the_model(
             history in arb_agreement_history(),

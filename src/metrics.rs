@@ -1,6 +1,9 @@
 //! Prometheus metrics of the worker, served as text on `/metrics`.
 
 use crate::ledger::Outcome;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -30,7 +33,19 @@ pub struct Metrics {
     pub event_age_seconds: Histogram,
     /// Messages being worked on.
     pub in_flight: IntGauge,
+    /// Acknowledged events of unknown detail-types, by detail-type (bounded, see
+    /// [`Metrics::unrecognised`]).
+    pub unrecognised_detail_types: IntCounterVec,
+    unrecognised_labels: Arc<Mutex<HashSet<String>>>,
 }
+
+/// Distinct detail-type labels `mplink_unrecognised_events_total` takes before counting the
+/// rest as `other`: a sender can invent names, a metric must not grow without bound.
+pub const MAX_UNRECOGNISED_LABELS: usize = 20;
+/// The label that stands for every detail-type past [`MAX_UNRECOGNISED_LABELS`].
+pub const OTHER_LABEL: &str = "other";
+/// Longest detail-type kept in a label.
+const MAX_LABEL_CHARS: usize = 64;
 
 impl Metrics {
     /// Creates and registers every metric.
@@ -94,6 +109,14 @@ impl Metrics {
         .expect("valid metric");
         let in_flight =
             IntGauge::new("mplink_in_flight", "Messages being worked on").expect("valid metric");
+        let unrecognised_detail_types = IntCounterVec::new(
+            Opts::new(
+                "mplink_unrecognised_events_total",
+                "Acknowledged EventBridge events of a detail-type mplink does not know, by detail-type",
+            ),
+            &["detail_type"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(received.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(outcomes.clone()),
@@ -105,6 +128,7 @@ impl Metrics {
             Box::new(apply_seconds.clone()),
             Box::new(event_age_seconds.clone()),
             Box::new(in_flight.clone()),
+            Box::new(unrecognised_detail_types.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -114,6 +138,8 @@ impl Metrics {
             Outcome::Stale,
             Outcome::Duplicate,
             Outcome::Rejected,
+            Outcome::Noted,
+            Outcome::Unrecognised,
         ] {
             outcomes.with_label_values(&[o.as_str()]);
         }
@@ -129,7 +155,34 @@ impl Metrics {
             apply_seconds,
             event_age_seconds,
             in_flight,
+            unrecognised_detail_types,
+            unrecognised_labels: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// Counts one acknowledged event of an unknown detail-type under its (truncated) name, or
+    /// under `other` once [`MAX_UNRECOGNISED_LABELS`] names have been seen.
+    pub fn unrecognised(&self, detail_type: &str) {
+        let name: String = detail_type
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_LABEL_CHARS)
+            .collect();
+        let label = {
+            let mut seen = self
+                .unrecognised_labels
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if seen.contains(&name) || seen.len() < MAX_UNRECOGNISED_LABELS {
+                seen.insert(name.clone());
+                name
+            } else {
+                OTHER_LABEL.to_string()
+            }
+        };
+        self.unrecognised_detail_types
+            .with_label_values(&[&label])
+            .inc();
     }
 
     /// Counts one decided message.

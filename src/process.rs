@@ -2,7 +2,7 @@
 //! dead-letter tools and `mplink apply` all go through a [`Pipeline`]; none has an apply path
 //! of its own.
 
-use crate::event::{self, Event, InboundMessage, SubjectKey};
+use crate::event::{self, DecodeError, Event, InboundMessage, SubjectKey};
 use crate::ledger::Outcome;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Incoming, Store, StoreError};
@@ -39,6 +39,18 @@ pub enum Transient {
     Store(Arc<StoreError>),
 }
 
+/// What to do with an EventBridge event from an accepted source whose detail-type mplink does
+/// not know (one AWS added since this version was built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UnrecognisedPolicy {
+    /// Record it as `unrecognised`, count it by name, log it and delete it: AWS adds
+    /// informational events over time, and none of them should page anyone.
+    #[default]
+    Acknowledge,
+    /// Reject it like any undecodable message, so the redrive policy dead-letters it.
+    DeadLetter,
+}
+
 /// Decode, verify, apply and record, with the metrics that count it.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -50,6 +62,8 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// Decide but change nothing: no rejection recorded, the apply rolled back.
     pub dry_run: bool,
+    /// Unknown detail-types from an accepted source: acknowledge or dead-letter.
+    pub unrecognised: UnrecognisedPolicy,
 }
 
 /// A message that passed decoding and verification, ready to apply.
@@ -66,7 +80,14 @@ impl Pipeline {
             verifier,
             metrics,
             dry_run: false,
+            unrecognised: UnrecognisedPolicy::default(),
         }
+    }
+
+    /// The same pipeline, treating unknown detail-types as `policy` says.
+    pub fn unrecognised_detail_types(mut self, policy: UnrecognisedPolicy) -> Pipeline {
+        self.unrecognised = policy;
+        self
     }
 
     /// The same pipeline, deciding without changing anything.
@@ -238,6 +259,18 @@ impl Pipeline {
         );
         let event = match event::decode(msg) {
             Ok(event) => event,
+            Err(DecodeError::UnknownDetailType {
+                detail_type,
+                event_id,
+                event_source,
+                ..
+            }) if self.unrecognised == UnrecognisedPolicy::Acknowledge
+                && self.verifier.accepts_source(event_source.as_deref()) =>
+            {
+                return Err(self
+                    .acknowledge(msg, &span, &detail_type, event_id.as_deref())
+                    .await)
+            }
             Err(e) => return Err(self.reject(msg, &span, e.reason(), e.to_string()).await),
         };
         match self
@@ -255,6 +288,34 @@ impl Pipeline {
             // held: it returns after its visibility timeout, so its receive count advances and
             // an unfetchable certificate ends in the dead-letter queue, not in a stalled worker.
             Err(e) => Err(self.reject(msg, &span, e.reason(), e.to_string()).await),
+        }
+    }
+
+    /// Records, counts and logs an unrecognised detail-type; the message may then be deleted.
+    async fn acknowledge(
+        &self,
+        msg: &InboundMessage,
+        span: &tracing::Span,
+        detail_type: &str,
+        event_id: Option<&str>,
+    ) -> Processed {
+        // The name is the sender's text: no control character reaches a log line.
+        let detail_type: String = detail_type.chars().filter(|c| !c.is_control()).collect();
+        span.in_scope(|| tracing::warn!(%detail_type, "unrecognised detail-type acknowledged"));
+        if self.dry_run {
+            return Processed::Done(Outcome::Unrecognised);
+        }
+        match self
+            .store
+            .record_unrecognised(msg, event_id, &detail_type)
+            .await
+        {
+            Ok(()) => {
+                self.metrics.unrecognised(&detail_type);
+                Processed::Done(Outcome::Unrecognised)
+            }
+            Err(e) if e.is_transient() => Processed::Retry(Transient::Store(Arc::new(e))),
+            Err(e) => self.reject(msg, span, "store_error", e.to_string()).await,
         }
     }
 

@@ -3,7 +3,6 @@
 //! local use and tests; production uses the deploy templates.
 
 use crate::aws::error_text;
-use crate::event::EVENTBRIDGE_SOURCE;
 use aws_config::SdkConfig;
 use aws_sdk_sqs::types::QueueAttributeName;
 use std::collections::HashMap;
@@ -119,7 +118,7 @@ pub async fn provision(
     let rule_arn = match &spec.eventbridge_rule {
         Some(rule) => {
             let events = aws_sdk_eventbridge::Client::new(sdk);
-            let pattern = serde_json::json!({ "source": [EVENTBRIDGE_SOURCE] }).to_string();
+            let pattern = crate::event::eventbridge_rule_pattern().to_string();
             let out = events
                 .put_rule()
                 .set_event_bus_name(spec.event_bus.clone())

@@ -428,6 +428,14 @@ impl Verifier {
         self.fetches.load(Ordering::Relaxed)
     }
 
+    /// True when EventBridge events from `source` are accepted.
+    pub fn accepts_source(&self, source: Option<&str>) -> bool {
+        self.config
+            .allowed_sources
+            .iter()
+            .any(|allowed| Some(allowed.as_str()) == source)
+    }
+
     /// Accepts or refuses `event`, decoded from `msg`.
     pub async fn verify(&self, msg: &InboundMessage, event: &Event) -> Result<(), VerifyError> {
         self.check_time(msg, event, crate::store::now_ms())?;
@@ -437,8 +445,8 @@ impl Verifier {
             }
             Delivery::Raw => {}
             Delivery::EventBridge => {
-                let event_source = event.source.clone().unwrap_or_default();
-                if !self.config.allowed_sources.contains(&event_source) {
+                if !self.accepts_source(event.source.as_deref()) {
+                    let event_source = event.source.clone().unwrap_or_default();
                     return Err(VerifyError::ForeignSource { event_source });
                 }
             }

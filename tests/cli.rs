@@ -159,29 +159,53 @@ async fn seed_story(backend: Backend) {
     assert_eq!(row["product_code"], PRODUCT);
     assert_eq!(row["customer_identifier"], CUSTOMER);
     assert_eq!(row["last_event_time"], iso_ms(T0 + 3_600_000));
-    let keys: Vec<&str> = row
+    // The contract: the original keys, in their order, then the appended detail keys.
+    let line = ok(&mplink(&db, &["status", "--org", "org-1", "--json"], None));
+    let expected = [
+        "org_id",
+        "product_code",
+        "customer_identifier",
+        "customer_aws_account_id",
+        "agreement_id",
+        "license_arn",
+        "subscription_state",
+        "link_state",
+        "payment_method",
+        "last_event_time",
+        "offer_id",
+        "free_trial",
+        "product_id",
+        "agreement_start_time",
+        "agreement_end_time",
+        "agreement_acceptance_time",
+        "auto_renewal",
+        "proposer_account_id",
+        "resale_authorization_id",
+        "ending_notice_time",
+        "renewal_upcoming_time",
+        "renewal_terms_finalized_time",
+        "advisory",
+        "cancellation_request",
+        "cancellation_request_time",
+        "billing_adjustment",
+    ];
+    let mut keys: Vec<&str> = row
         .as_object()
         .expect("object")
         .keys()
         .map(String::as_str)
         .collect();
-    let mut keys_sorted = keys.clone();
-    keys_sorted.sort();
-    assert_eq!(
-        keys_sorted,
-        vec![
-            "agreement_id",
-            "customer_aws_account_id",
-            "customer_identifier",
-            "last_event_time",
-            "license_arn",
-            "link_state",
-            "org_id",
-            "payment_method",
-            "product_code",
-            "subscription_state"
-        ]
-    );
+    keys.sort();
+    let mut expected_sorted = expected.to_vec();
+    expected_sorted.sort();
+    assert_eq!(keys, expected_sorted);
+    let positions: Vec<usize> = expected
+        .iter()
+        .map(|k| line.find(&format!("\"{k}\":")).expect("key in line"))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
+    assert_eq!(row["offer_id"], "offer-abcexample123");
+    assert_eq!(row["free_trial"], false);
     // The organization's data is exactly as it was.
     assert_eq!(clusters(&db).await, before);
 
@@ -328,9 +352,71 @@ async fn a_non_utf8_line_is_one_rejected_line(backend: Backend) {
     db.cleanup().await;
 }
 
+/// Every example on AWS's pages fed to `mplink apply` as printed (SNS messages as raw
+/// deliveries with their SQS send time): nothing is rejected, and `status` shows the notices.
+async fn aws_examples_through_apply(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aws-docs");
+    let manifest: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest JSON");
+    let mut lines = String::new();
+    for (i, entry) in manifest.iter().enumerate() {
+        let file = entry["file"].as_str().expect("file");
+        let body: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(file)).expect("example"))
+                .expect("example JSON");
+        let line = serde_json::json!({
+            "MessageId": format!("sqs-{i}"),
+            "Body": body.to_string(),
+            "Attributes": { "SentTimestamp": (1_725_053_763_000i64 + i as i64).to_string() },
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    let out = ok(&mplink(
+        &db,
+        &[
+            "apply",
+            "--accept-raw-delivery",
+            "--verify-signatures",
+            "false",
+            "-",
+        ],
+        Some(&lines),
+    ));
+    assert!(out.contains(", rejected 0, noted "), "{out}");
+    assert!(out.contains("unrecognised 0"), "{out}");
+    // A registration typed with stray blanks is the registration ResolveCustomer returned.
+    ok(&mplink(
+        &db,
+        &[
+            "link",
+            "--org",
+            "org-1",
+            "--product-code",
+            PRODUCT,
+            "--customer-identifier",
+            " X01EXAMPLEX ",
+        ],
+        None,
+    ));
+    // It found the subscription the examples made (the last of them, unsubscribe-success).
+    let row = status_json(&db, "org-1");
+    assert_eq!(row["customer_identifier"], CUSTOMER);
+    assert_eq!(row["subscription_state"], "cancelled");
+    assert_eq!(row["link_state"], "unlinked");
+    let table = ok(&mplink(&db, &["status"], None));
+    assert!(table.contains("NOTES"), "{table}");
+    assert!(table.contains("ends on 2025-05-30"), "{table}");
+    db.cleanup().await;
+}
+
 both_backends! {
     seed_story_through_the_cli => seed_story;
     errors_are_one_clear_line => errors_are_one_clear_line;
     double_application_is_measurable => double_application_is_measurable;
     a_non_utf8_line_is_one_rejected_line => a_non_utf8_line_is_one_rejected_line;
+    aws_examples_through_apply => aws_examples_through_apply;
 }

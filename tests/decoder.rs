@@ -6,8 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use mplink::event::{
-    decode, Action, DecodeError, Delivery, EndStatus, Event, Identifiers, InboundMessage, Intent,
-    Party, SubjectKey, EVENTBRIDGE_SOURCE, MAX_BODY_BYTES,
+    decode, Action, DecodeError, Delivery, Details, EndStatus, Event, Identifiers, InboundMessage,
+    Intent, Party, SubjectKey, EVENTBRIDGE_SOURCE, MAX_BODY_BYTES,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -181,6 +181,7 @@ fn sns_event(
         action,
         subject: customer(customer_identifier),
         ids: legacy_ids(customer_identifier, offer),
+        details: Details::default(),
         topic_arn: Some(topic.to_owned()),
         source: None,
     }
@@ -196,6 +197,7 @@ fn raw_event(action: Action, customer_identifier: &str, offer: Option<&str>) -> 
         action,
         subject: customer(customer_identifier),
         ids: legacy_ids(customer_identifier, offer),
+        details: Details::default(),
         topic_arn: None,
         source: None,
     }
@@ -236,6 +238,7 @@ fn eb_event(
             agreement_id: ids.agreement_id.clone().expect("agreement id"),
         },
         ids,
+        details: Details::default(),
         topic_arn: None,
         source: Some(EVENTBRIDGE_SOURCE.to_owned()),
     }
@@ -541,9 +544,15 @@ fn all_cases() -> Vec<(&'static str, Event)> {
     .concat()
 }
 
+/// The cases above describe everything but the agreement details, which
+/// `details_are_decoded_from_the_fixtures` checks on their own.
 fn assert_cases(cases: Vec<(&'static str, Event)>) {
     for (name, expected) in cases {
-        assert_eq!(decode_fixture(name), expected, "{name}");
+        let decoded = Event {
+            details: Details::default(),
+            ..decode_fixture(name)
+        };
+        assert_eq!(decoded, expected, "{name}");
     }
 }
 
@@ -578,6 +587,130 @@ fn agreement_ended_decodes_exactly() {
 #[test]
 fn license_events_decode_exactly() {
     assert_cases(license_cases());
+}
+
+fn ms(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .expect("time")
+        .timestamp_millis()
+}
+
+#[test]
+fn details_are_decoded_from_the_fixtures() {
+    assert_eq!(
+        decode_fixture("sns_subscribe_success.json").details,
+        Details {
+            free_trial: Some(true),
+            ..Details::default()
+        }
+    );
+    assert_eq!(
+        decode_fixture("sns_entitlement_updated.json")
+            .details
+            .free_trial,
+        Some(false)
+    );
+    assert_eq!(
+        decode_fixture("sns_unsubscribe_pending.json").details,
+        Details::default()
+    );
+    assert_eq!(
+        decode_fixture("eb_created_renew_proposer.json").details,
+        Details {
+            free_trial: None,
+            agreement_start_ms: Some(ms("2027-08-30T21:36:03Z")),
+            agreement_end_ms: Some(ms("2028-08-30T21:36:03Z")),
+            acceptance_ms: Some(ms("2027-08-30T21:36:01Z")),
+            auto_renewal: Some(true),
+            proposer_account_id: Some("123456512334".to_owned()),
+            resale_authorization_id: None,
+            product_id: Some("prod-qtwveEXAMPLE".to_owned()),
+        }
+    );
+    let manufacturer = decode_fixture("eb_created_new_manufacturer.json").details;
+    assert_eq!(
+        manufacturer.resale_authorization_id.as_deref(),
+        Some("resaleauthz-yaxjqxiskysxa")
+    );
+    assert_eq!(
+        manufacturer.agreement_end_ms,
+        Some(ms("9999-01-01T00:00:00Z"))
+    );
+    assert_eq!(manufacturer.auto_renewal, None);
+}
+
+#[test]
+fn free_trial_and_auto_renewal_take_booleans_or_their_strings_and_nothing_else() {
+    for (text, expected) in [
+        (json!("true"), Some(true)),
+        (json!("false"), Some(false)),
+        (json!(true), Some(true)),
+        (json!(""), None),
+    ] {
+        let event = decode_ok(
+            "flag",
+            edited_message("sns_subscribe_success.json", |m| {
+                set(m, "/isFreeTrialTermPresent", text.clone())
+            }),
+        );
+        assert_eq!(event.details.free_trial, expected, "{text}");
+    }
+    assert_eq!(
+        decode_err(edited_message("sns_subscribe_success.json", |m| {
+            set(m, "/isFreeTrialTermPresent", json!("yes"))
+        })),
+        invalid("Message.isFreeTrialTermPresent", "yes")
+    );
+    assert_eq!(
+        decode_err(edited("eb_created_renew_proposer.json", |v| {
+            set(v, "/detail/agreement/autoRenewalEnabled", json!(1))
+        })),
+        wrong_type("detail.agreement.autoRenewalEnabled", "boolean")
+    );
+    assert_eq!(
+        decode_err(edited("eb_created_renew_proposer.json", |v| {
+            set(v, "/detail/agreement/endTime", json!("next year"))
+        })),
+        invalid("detail.agreement.endTime", "next year")
+    );
+}
+
+#[test]
+fn identifiers_lose_surrounding_whitespace_and_blank_ones_are_absent() {
+    let event = decode_ok(
+        "padded identifiers",
+        edited_message("sns_subscribe_success.json", |m| {
+            set(m, "/customer-identifier", json!(" X01EXAMPLEX"));
+            set(m, "/product-code", json!("n0123EXAMPLEXXXXXXXXXXXX\t"));
+            set(m, "/offer-identifier", json!("  "));
+        }),
+    );
+    assert_eq!(event.subject, customer("X01EXAMPLEX"));
+    assert_eq!(event.ids, legacy_ids("X01EXAMPLEX", None));
+    let event = decode_ok(
+        "padded agreement",
+        edited("eb_license_updated.json", |v| {
+            set(
+                v,
+                "/detail/agreement/id",
+                json!(" agmt-4mwg1nevbokzw95eca5797ixs "),
+            );
+            set(v, "/detail/license/arn", json!(format!(" {FULL_ARN}\n")));
+        }),
+    );
+    assert_eq!(
+        event.subject,
+        SubjectKey::Agreement {
+            agreement_id: AG1.to_owned()
+        }
+    );
+    assert_eq!(event.ids.license_arn.as_deref(), Some(FULL_ARN));
+    assert_eq!(
+        decode_err(edited_message("sns_subscribe_success.json", |m| {
+            set(m, "/customer-identifier", json!("   "))
+        })),
+        missing("Message.customer-identifier")
+    );
 }
 
 #[test]
@@ -996,6 +1129,8 @@ fn unknown_detail_type_is_reported() {
             DecodeError::UnknownDetailType {
                 message_id: SQS_ID.to_owned(),
                 detail_type: detail_type.to_owned(),
+                event_id: Some("d5a3f8e1-6b2c-4d9e-a7f0-1c3b5e7d9a2f".to_owned()),
+                event_source: Some(EVENTBRIDGE_SOURCE.to_owned()),
             }
         );
     }
@@ -1395,4 +1530,41 @@ proptest! {
         let prefix: String = body.chars().take(cut.index(body.chars().count() + 1)).collect();
         check_total(prefix, Some(SENT_MS))?;
     }
+}
+
+#[test]
+fn control_characters_in_text_fields_are_refused_with_the_field_named() {
+    let nul_customer = edited_message("sns_subscribe_success.json", |m| {
+        set(m, "/customer-identifier", json!("X01\u{0}EXAMPLEX"));
+    });
+    match decode_err(nul_customer) {
+        e @ DecodeError::ControlCharacter { .. } => {
+            assert_eq!(e.reason(), "control_character");
+            assert!(e.to_string().contains("Message.customer-identifier"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let nul_agreement = edited("eb_created_new_proposer.json", |v| {
+        set(v, "/detail/agreement/id", json!("agmt-\u{7}1"));
+    });
+    assert!(matches!(
+        decode_err(nul_agreement),
+        DecodeError::ControlCharacter { field, .. } if field == "detail.agreement.id"
+    ));
+    // The SNS Message is itself a document: its own newlines are whitespace, but a NUL in it
+    // is refused before it is parsed.
+    let mut envelope: Value =
+        serde_json::from_str(&fixture("sns_subscribe_success.json")).expect("fixture");
+    let message = envelope["Message"].as_str().expect("Message").to_string();
+    set(
+        &mut envelope,
+        "/Message",
+        json!(message.replace(',', ",\n")),
+    );
+    decode_ok("pretty-printed Message", envelope.to_string());
+    set(&mut envelope, "/Message", json!(format!("{message}\u{0}")));
+    assert!(matches!(
+        decode_err(envelope.to_string()),
+        DecodeError::ControlCharacter { field, .. } if field == "Message"
+    ));
 }

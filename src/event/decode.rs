@@ -6,7 +6,8 @@ use chrono::DateTime;
 use serde_json::{Map, Value};
 
 use super::{
-    Action, DecodeError, Delivery, EndStatus, Event, Identifiers, InboundMessage, Intent, Party,
+    normalize_identifier, Action, BillingAdjustmentStatus, CancellationRequestStatus, DecodeError,
+    Delivery, Details, EndStatus, Event, Identifiers, InboundMessage, Intent, Notice, Party,
     SubjectKey, ENTITLEMENT_UPDATED, MAX_BODY_BYTES, SUBSCRIBE_FAIL, SUBSCRIBE_SUCCESS,
     UNSUBSCRIBE_PENDING, UNSUBSCRIBE_SUCCESS,
 };
@@ -22,6 +23,17 @@ const ACCEPTOR_ACCOUNT_ID: &[&str] = &["detail", "acceptor", "accountId"];
 const OFFER_ID: &[&str] = &["detail", "offer", "id"];
 const PRODUCT_CODE: &[&str] = &["detail", "product", "code"];
 const LICENSE_ARN: &[&str] = &["detail", "license", "arn"];
+const AGREEMENT_START: &[&str] = &["detail", "agreement", "startTime"];
+const AGREEMENT_END: &[&str] = &["detail", "agreement", "endTime"];
+const AGREEMENT_ACCEPTANCE: &[&str] = &["detail", "agreement", "acceptanceTime"];
+const AUTO_RENEWAL: &[&str] = &["detail", "agreement", "autoRenewalEnabled"];
+const PROPOSER_ACCOUNT_ID: &[&str] = &["detail", "proposer", "accountId"];
+const RESALE_AUTHORIZATION_ID: &[&str] = &["detail", "resaleAuthorization", "id"];
+const PRODUCT_ID: &[&str] = &["detail", "product", "id"];
+// The cancellation and billing-adjustment events name these inside `agreement`.
+const AGREEMENT_OFFER_ID: &[&str] = &["detail", "agreement", "offerId"];
+const AGREEMENT_PROPOSER_ID: &[&str] = &["detail", "agreement", "proposerId"];
+const AGREEMENT_PRODUCT_ID: &[&str] = &["detail", "agreement", "productId"];
 
 type Object = Map<String, Value>;
 
@@ -64,7 +76,8 @@ fn sns_envelope(msg: &InboundMessage, envelope: &Object) -> Result<Event, Decode
     let topic_arn = cx.req_str(envelope, &["TopicArn"])?;
     let time_ms = cx.req_time_ms(envelope, &["Timestamp"])?;
     let message = cx.parse_object(cx.req_document(envelope, &["Message"])?, "Message")?;
-    let (action, subject, ids) = marketplace(&Cx::new(&msg.message_id, "Message."), &message)?;
+    let (action, subject, ids, details) =
+        marketplace(&Cx::new(&msg.message_id, "Message."), &message)?;
     Ok(Event {
         sqs_message_id: msg.message_id.clone(),
         event_id: sns_message_id.to_owned(),
@@ -74,6 +87,7 @@ fn sns_envelope(msg: &InboundMessage, envelope: &Object) -> Result<Event, Decode
         action,
         subject,
         ids,
+        details,
         topic_arn: Some(topic_arn.to_owned()),
         source: None,
     })
@@ -86,7 +100,7 @@ fn raw_delivery(msg: &InboundMessage, message: &Object) -> Result<Event, DecodeE
         .ok_or_else(|| DecodeError::MissingSentTimestamp {
             message_id: msg.message_id.clone(),
         })?;
-    let (action, subject, ids) = marketplace(&Cx::new(&msg.message_id, ""), message)?;
+    let (action, subject, ids, details) = marketplace(&Cx::new(&msg.message_id, ""), message)?;
     Ok(Event {
         sqs_message_id: msg.message_id.clone(),
         event_id: msg.message_id.clone(),
@@ -96,6 +110,7 @@ fn raw_delivery(msg: &InboundMessage, message: &Object) -> Result<Event, DecodeE
         action,
         subject,
         ids,
+        details,
         topic_arn: None,
         source: None,
     })
@@ -105,7 +120,7 @@ fn raw_delivery(msg: &InboundMessage, message: &Object) -> Result<Event, DecodeE
 fn marketplace(
     cx: &Cx,
     message: &Object,
-) -> Result<(Action, SubjectKey, Identifiers), DecodeError> {
+) -> Result<(Action, SubjectKey, Identifiers, Details), DecodeError> {
     let action = match cx.req_str(message, &["action"])? {
         SUBSCRIBE_SUCCESS => Action::SubscribeSuccess,
         SUBSCRIBE_FAIL => Action::SubscribeFail,
@@ -121,21 +136,23 @@ fn marketplace(
     };
     // Older documentation spells these keys in CamelCase; both spellings are still seen.
     let customer_identifier =
-        cx.req_str_either(message, "customer-identifier", "CustomerIdentifier")?;
-    let product_code = cx.req_str_either(message, "product-code", "ProductCode")?;
+        cx.req_id_either(message, "customer-identifier", "CustomerIdentifier")?;
+    let product_code = cx.req_id_either(message, "product-code", "ProductCode")?;
     let ids = Identifiers {
-        product_code: Some(product_code.to_owned()),
-        customer_identifier: Some(customer_identifier.to_owned()),
-        offer_id: cx
-            .opt_str(message, &["offer-identifier"])?
-            .map(str::to_owned),
+        product_code: Some(product_code.clone()),
+        customer_identifier: Some(customer_identifier.clone()),
+        offer_id: cx.opt_id(message, &["offer-identifier"])?,
         ..Identifiers::default()
     };
-    let subject = SubjectKey::Customer {
-        product_code: product_code.to_owned(),
-        customer_identifier: customer_identifier.to_owned(),
+    let details = Details {
+        free_trial: cx.opt_bool(message, &["isFreeTrialTermPresent"])?,
+        ..Details::default()
     };
-    Ok((action, subject, ids))
+    let subject = SubjectKey::Customer {
+        product_code,
+        customer_identifier,
+    };
+    Ok((action, subject, ids, details))
 }
 
 /// What a `detail-type` announces.
@@ -146,33 +163,118 @@ enum DetailType {
     Ended(Party),
     LicenseUpdated,
     LicenseDeprovisioned,
+    Note(Party, Notice),
 }
 
-fn detail_type(text: &str) -> Option<DetailType> {
+/// Every `aws.agreement-marketplace` detail-type mplink handles, with what it is: the one list
+/// the decoder, the EventBridge rule (`provision`, `deploy/`) and the README's table follow.
+const DETAIL_TYPES: &[(&str, DetailType)] = {
+    use super::Notice as N;
+    use BillingAdjustmentStatus as B;
+    use CancellationRequestStatus as C;
     use DetailType::*;
-    Some(match text {
-        "Purchase Agreement Created - Proposer" => Created(Party::Proposer),
-        "Purchase Agreement Created - Manufacturer" => Created(Party::Manufacturer),
-        "Purchase Agreement Amended - Proposer" => Amended(Party::Proposer),
-        "Purchase Agreement Amended - Manufacturer" => Amended(Party::Manufacturer),
-        "Purchase Agreement Ended - Proposer" => Ended(Party::Proposer),
-        "Purchase Agreement Ended - Manufacturer" => Ended(Party::Manufacturer),
-        "License Updated - Manufacturer" => LicenseUpdated,
-        "License Deprovisioned - Manufacturer" => LicenseDeprovisioned,
-        _ => return None,
-    })
+    use Party::{Manufacturer as M, Proposer as P};
+    &[
+        ("Purchase Agreement Created - Proposer", Created(P)),
+        ("Purchase Agreement Created - Manufacturer", Created(M)),
+        ("Purchase Agreement Amended - Proposer", Amended(P)),
+        ("Purchase Agreement Amended - Manufacturer", Amended(M)),
+        ("Purchase Agreement Ended - Proposer", Ended(P)),
+        ("Purchase Agreement Ended - Manufacturer", Ended(M)),
+        ("License Updated - Manufacturer", LicenseUpdated),
+        ("License Deprovisioned - Manufacturer", LicenseDeprovisioned),
+        (
+            "Purchase Agreement Advisory Issued - Proposer",
+            Note(P, N::AdvisoryIssued),
+        ),
+        (
+            "Purchase Agreement Advisory Issued - Manufacturer",
+            Note(M, N::AdvisoryIssued),
+        ),
+        (
+            "Purchase Agreement Advisory Resolved - Proposer",
+            Note(P, N::AdvisoryResolved),
+        ),
+        (
+            "Purchase Agreement Advisory Resolved - Manufacturer",
+            Note(M, N::AdvisoryResolved),
+        ),
+        ("Purchase Agreement Ending - Proposer", Note(P, N::Ending)),
+        (
+            "Purchase Agreement Ending - Manufacturer",
+            Note(M, N::Ending),
+        ),
+        (
+            "Purchase Agreement Renewal Terms Finalized - Proposer",
+            Note(P, N::RenewalTermsFinalized),
+        ),
+        (
+            "Purchase Agreement Renewal Terms Finalized - Manufacturer",
+            Note(M, N::RenewalTermsFinalized),
+        ),
+        (
+            "Purchase Agreement Renewal Upcoming - Proposer",
+            Note(P, N::RenewalUpcoming),
+        ),
+        (
+            "Purchase Agreement Renewal Upcoming - Manufacturer",
+            Note(M, N::RenewalUpcoming),
+        ),
+        (
+            "Agreement Cancellation Request Pending Approval - Proposer",
+            Note(P, N::CancellationRequest(C::PendingApproval)),
+        ),
+        (
+            "Agreement Cancellation Request Approved - Proposer",
+            Note(P, N::CancellationRequest(C::Approved)),
+        ),
+        (
+            "Agreement Cancellation Request Rejected - Proposer",
+            Note(P, N::CancellationRequest(C::Rejected)),
+        ),
+        (
+            "Agreement Cancellation Request Cancelled - Proposer",
+            Note(P, N::CancellationRequest(C::Cancelled)),
+        ),
+        (
+            "Agreement Cancellation Request Validation Failed - Proposer",
+            Note(P, N::CancellationRequest(C::ValidationFailed)),
+        ),
+        (
+            "Purchase Agreement Billing Adjustment Completed - Proposer",
+            Note(P, N::BillingAdjustment(B::Completed)),
+        ),
+        (
+            "Purchase Agreement Billing Adjustment Validation Failed - Proposer",
+            Note(P, N::BillingAdjustment(B::ValidationFailed)),
+        ),
+    ]
+};
+
+fn detail_type(text: &str) -> Option<DetailType> {
+    DETAIL_TYPES
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, kind)| *kind)
+}
+
+/// The detail-types mplink handles, in the order of its table.
+pub fn handled_detail_types() -> impl Iterator<Item = &'static str> {
+    DETAIL_TYPES.iter().map(|(name, _)| *name)
 }
 
 fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeError> {
     let cx = Cx::new(&msg.message_id, "");
     let event_id = cx.req_str(event, &["id"])?;
     let detail_text = cx.req_str(event, &["detail-type"])?;
+    let source = cx.opt_str(event, &["source"])?;
     let kind = detail_type(detail_text).ok_or_else(|| DecodeError::UnknownDetailType {
         message_id: msg.message_id.clone(),
         detail_type: truncate(detail_text),
+        event_id: Some(truncate(event_id)),
+        event_source: source.map(truncate),
     })?;
     let time_ms = cx.req_time_ms(event, &["time"])?;
-    let source = cx.opt_str(event, &["source"])?;
     match event.get("detail") {
         Some(Value::Object(_)) => {}
         None | Some(Value::Null) => return Err(cx.missing(&["detail"])),
@@ -181,10 +283,20 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
     let agreement_id = agreement_id(&cx, event)?;
     let mut ids = Identifiers {
         agreement_id: Some(agreement_id.to_owned()),
-        customer_aws_account_id: cx.opt_str(event, ACCEPTOR_ACCOUNT_ID)?.map(str::to_owned),
-        previous_agreement_id: cx.opt_str(event, PREVIOUS_AGREEMENT_ID)?.map(str::to_owned),
-        offer_id: cx.opt_str(event, OFFER_ID)?.map(str::to_owned),
+        customer_aws_account_id: cx.opt_id(event, ACCEPTOR_ACCOUNT_ID)?,
+        previous_agreement_id: cx.opt_id(event, PREVIOUS_AGREEMENT_ID)?,
+        offer_id: cx.first_id(event, &[OFFER_ID, AGREEMENT_OFFER_ID])?,
         ..Identifiers::default()
+    };
+    let details = Details {
+        free_trial: None,
+        agreement_start_ms: cx.opt_time_ms(event, AGREEMENT_START)?,
+        agreement_end_ms: cx.opt_time_ms(event, AGREEMENT_END)?,
+        acceptance_ms: cx.opt_time_ms(event, AGREEMENT_ACCEPTANCE)?,
+        auto_renewal: cx.opt_bool(event, AUTO_RENEWAL)?,
+        proposer_account_id: cx.first_id(event, &[PROPOSER_ACCOUNT_ID, AGREEMENT_PROPOSER_ID])?,
+        resale_authorization_id: cx.opt_id(event, RESALE_AUTHORIZATION_ID)?,
+        product_id: cx.first_id(event, &[PRODUCT_ID, AGREEMENT_PRODUCT_ID])?,
     };
     // The Proposer and Manufacturer copies of one fact have different event ids but the same
     // agreement, time and qualifier, so the fact key leaves the party out.
@@ -216,13 +328,17 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
             (Action::AgreementEnded { party, status }, key)
         }
         DetailType::LicenseUpdated | DetailType::LicenseDeprovisioned => {
-            ids.product_code = Some(cx.req_str(event, PRODUCT_CODE)?.to_owned());
-            ids.license_arn = Some(cx.req_str(event, LICENSE_ARN)?.to_owned());
+            ids.product_code = Some(cx.req_id(event, PRODUCT_CODE)?);
+            ids.license_arn = Some(cx.req_id(event, LICENSE_ARN)?);
             let (action, name) = match kind {
                 DetailType::LicenseUpdated => (Action::LicenseUpdated, "license-updated"),
                 _ => (Action::LicenseDeprovisioned, "license-deprovisioned"),
             };
             (action, format!("eb:{name}:{agreement_id}:{time_ms}"))
+        }
+        DetailType::Note(party, notice) => {
+            let key = format!("eb:{}:{agreement_id}:{time_ms}", notice.name());
+            (Action::AgreementNotice { party, notice }, key)
         }
     };
     Ok(Event {
@@ -236,6 +352,7 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
             agreement_id: agreement_id.to_owned(),
         },
         ids,
+        details,
         topic_arn: None,
         source: source.map(str::to_owned),
     })
@@ -243,7 +360,10 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
 
 /// `detail.agreement.id`, or failing that the id at the end of the agreement ARN in `resources`.
 fn agreement_id<'v>(cx: &Cx, event: &'v Object) -> Result<&'v str, DecodeError> {
-    if let Some(id) = cx.opt_str(event, AGREEMENT_ID)? {
+    if let Some(id) = cx
+        .opt_str(event, AGREEMENT_ID)?
+        .and_then(normalize_identifier)
+    {
         return Ok(id);
     }
     let from_resources = match event.get("resources") {
@@ -253,7 +373,7 @@ fn agreement_id<'v>(cx: &Cx, event: &'v Object) -> Result<&'v str, DecodeError> 
             .filter_map(Value::as_str)
             .find(|arn| arn.contains(":agreement:"))
             .and_then(|arn| arn.rsplit("agreement:").next())
-            .filter(|id| !id.is_empty()),
+            .and_then(normalize_identifier),
         Some(_) => return Err(cx.wrong_type(&["resources"], "array")),
     };
     from_resources.ok_or_else(|| cx.missing(AGREEMENT_ID))
@@ -335,7 +455,8 @@ impl<'a> Cx<'a> {
         match self.lookup(root, path)? {
             None => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            // Surrounding whitespace (a tab, a newline) is trimmed from identifiers instead.
+            Some(Value::String(s)) if s.trim().chars().any(char::is_control) => {
                 Err(DecodeError::ControlCharacter {
                     message_id: self.message_id.to_owned(),
                     field: self.field(path),
@@ -369,18 +490,64 @@ impl<'a> Cx<'a> {
         self.opt_str(root, path)?.ok_or_else(|| self.missing(path))
     }
 
-    /// A required top-level string under its current key or, failing that, its old one.
-    fn req_str_either<'v>(
+    /// An optional identifier, normalised by [`normalize_identifier`].
+    fn opt_id(&self, root: &Object, path: &[&str]) -> Result<Option<String>, DecodeError> {
+        Ok(self
+            .opt_str(root, path)?
+            .and_then(normalize_identifier)
+            .map(str::to_owned))
+    }
+
+    fn req_id(&self, root: &Object, path: &[&str]) -> Result<String, DecodeError> {
+        self.opt_id(root, path)?.ok_or_else(|| self.missing(path))
+    }
+
+    /// The first of several places AWS puts the same identifier.
+    fn first_id(&self, root: &Object, paths: &[&[&str]]) -> Result<Option<String>, DecodeError> {
+        for path in paths {
+            if let Some(id) = self.opt_id(root, path)? {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A required top-level identifier under its current key or, failing that, its old one.
+    fn req_id_either(
         &self,
-        root: &'v Object,
+        root: &Object,
         key: &str,
         old_key: &str,
-    ) -> Result<&'v str, DecodeError> {
-        match self.opt_str(root, &[key])? {
+    ) -> Result<String, DecodeError> {
+        match self.opt_id(root, &[key])? {
             Some(s) => Ok(s),
             None => self
-                .opt_str(root, &[old_key])?
+                .opt_id(root, &[old_key])?
                 .ok_or_else(|| self.missing(&[key])),
+        }
+    }
+
+    /// An optional flag: a JSON boolean, or the strings "true"/"false" SNS messages use.
+    fn opt_bool(&self, root: &Object, path: &[&str]) -> Result<Option<bool>, DecodeError> {
+        match self.lookup(root, path)? {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) => match s.trim() {
+                "" => Ok(None),
+                t if t.eq_ignore_ascii_case("true") => Ok(Some(true)),
+                t if t.eq_ignore_ascii_case("false") => Ok(Some(false)),
+                _ => Err(self.invalid(path, s)),
+            },
+            Some(_) => Err(self.wrong_type(path, "boolean")),
+        }
+    }
+
+    fn opt_time_ms(&self, root: &Object, path: &[&str]) -> Result<Option<i64>, DecodeError> {
+        match self.opt_str(root, path)? {
+            None => Ok(None),
+            Some(text) => rfc3339_ms(text)
+                .map(Some)
+                .ok_or_else(|| self.invalid(path, text)),
         }
     }
 

@@ -68,13 +68,18 @@ pub enum DecodeError {
         /// The action as sent, truncated.
         action: String,
     },
-    /// An EventBridge `detail-type` we do not know.
+    /// An EventBridge `detail-type` we do not know (perhaps one AWS added since). Carries what
+    /// the pipeline needs to acknowledge it as unrecognised instead of dead-lettering it.
     #[error("message {message_id}: unknown detail-type {detail_type:?}")]
     UnknownDetailType {
         /// SQS message id.
         message_id: String,
         /// The detail-type as sent, truncated.
         detail_type: String,
+        /// The event's `id`, when it has one (truncated).
+        event_id: Option<String>,
+        /// The event's `source`, when it has one (truncated).
+        event_source: Option<String>,
     },
     /// An SNS envelope whose `Type` is not `Notification`.
     #[error("message {message_id}: SNS envelope Type {kind:?} is not Notification")]

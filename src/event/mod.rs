@@ -6,7 +6,7 @@
 mod decode;
 mod error;
 
-pub use decode::decode;
+pub use decode::{decode, handled_detail_types};
 pub use error::DecodeError;
 
 use serde::Serialize;
@@ -134,6 +134,13 @@ pub enum Action {
     LicenseUpdated,
     /// License Deprovisioned - Manufacturer.
     LicenseDeprovisioned,
+    /// An informational agreement event: recorded and shown, changes no state.
+    AgreementNotice {
+        /// Which copy.
+        party: Party,
+        /// What it announces.
+        notice: Notice,
+    },
 }
 
 impl Action {
@@ -150,6 +157,108 @@ impl Action {
             Action::AgreementEnded { .. } => "agreement-ended",
             Action::LicenseUpdated => "license-updated",
             Action::LicenseDeprovisioned => "license-deprovisioned",
+            Action::AgreementNotice { notice, .. } => notice.name(),
+        }
+    }
+}
+
+/// What an informational agreement event announces. None of these changes the subscription's
+/// state; each is kept as a detail of the subscription, decided by event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Notice {
+    /// Purchase Agreement Advisory Issued: AWS flags something about the agreement.
+    AdvisoryIssued,
+    /// Purchase Agreement Advisory Resolved.
+    AdvisoryResolved,
+    /// Purchase Agreement Ending: sent 180, 120, 90, 60 and 30 days before the end time.
+    Ending,
+    /// Purchase Agreement Renewal Terms Finalized: the renewal price is final.
+    RenewalTermsFinalized,
+    /// Purchase Agreement Renewal Upcoming.
+    RenewalUpcoming,
+    /// An Agreement Cancellation Request event, in the request's new status.
+    CancellationRequest(CancellationRequestStatus),
+    /// A Purchase Agreement Billing Adjustment event (a refund), in its new status.
+    BillingAdjustment(BillingAdjustmentStatus),
+}
+
+impl Notice {
+    /// Stable short name used in logs, metrics and the event log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Notice::AdvisoryIssued => "agreement-advisory-issued",
+            Notice::AdvisoryResolved => "agreement-advisory-resolved",
+            Notice::Ending => "agreement-ending",
+            Notice::RenewalTermsFinalized => "agreement-renewal-terms-finalized",
+            Notice::RenewalUpcoming => "agreement-renewal-upcoming",
+            Notice::CancellationRequest(status) => match status {
+                CancellationRequestStatus::PendingApproval => {
+                    "cancellation-request-pending-approval"
+                }
+                CancellationRequestStatus::Approved => "cancellation-request-approved",
+                CancellationRequestStatus::Rejected => "cancellation-request-rejected",
+                CancellationRequestStatus::Cancelled => "cancellation-request-cancelled",
+                CancellationRequestStatus::ValidationFailed => {
+                    "cancellation-request-validation-failed"
+                }
+            },
+            Notice::BillingAdjustment(status) => match status {
+                BillingAdjustmentStatus::Completed => "billing-adjustment-completed",
+                BillingAdjustmentStatus::ValidationFailed => "billing-adjustment-validation-failed",
+            },
+        }
+    }
+}
+
+/// Status of a seller's request to cancel an agreement (AWS's `statusCode`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CancellationRequestStatus {
+    /// The buyer has 7 days to approve or reject; silence approves.
+    PendingApproval,
+    /// Approved by the buyer or automatically: the agreement will end.
+    Approved,
+    /// The buyer rejected it.
+    Rejected,
+    /// The seller withdrew it.
+    Cancelled,
+    /// AWS refused the request.
+    ValidationFailed,
+}
+
+impl CancellationRequestStatus {
+    /// Stable name shown by `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancellationRequestStatus::PendingApproval => "pending_approval",
+            CancellationRequestStatus::Approved => "approved",
+            CancellationRequestStatus::Rejected => "rejected",
+            CancellationRequestStatus::Cancelled => "cancelled",
+            CancellationRequestStatus::ValidationFailed => "validation_failed",
+        }
+    }
+}
+
+/// Status of a billing adjustment (refund) request.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingAdjustmentStatus {
+    /// The refund was processed.
+    Completed,
+    /// AWS refused the adjustment.
+    ValidationFailed,
+}
+
+impl BillingAdjustmentStatus {
+    /// Stable name shown by `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingAdjustmentStatus::Completed => "completed",
+            BillingAdjustmentStatus::ValidationFailed => "validation_failed",
         }
     }
 }
@@ -211,8 +320,30 @@ pub struct Identifiers {
     pub license_arn: Option<String>,
     /// `agreement.previousAgreementId` on renewals.
     pub previous_agreement_id: Option<String>,
-    /// Offer id, informational.
+    /// Offer id (`offer-identifier` on SNS, `offer.id` on EventBridge).
     pub offer_id: Option<String>,
+}
+
+/// What an event tells about the agreement besides identifiers: the subscription keeps the
+/// newest value of each (by event time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Details {
+    /// `isFreeTrialTermPresent` (SNS `subscribe-success`; a string "true"/"false" on the wire).
+    pub free_trial: Option<bool>,
+    /// `agreement.startTime`, epoch ms.
+    pub agreement_start_ms: Option<i64>,
+    /// `agreement.endTime`, epoch ms.
+    pub agreement_end_ms: Option<i64>,
+    /// `agreement.acceptanceTime`, epoch ms.
+    pub acceptance_ms: Option<i64>,
+    /// `agreement.autoRenewalEnabled`.
+    pub auto_renewal: Option<bool>,
+    /// The proposer's account (`proposer.accountId`, or `agreement.proposerId`).
+    pub proposer_account_id: Option<String>,
+    /// `resaleAuthorization.id`: set on channel-partner sales.
+    pub resale_authorization_id: Option<String>,
+    /// The product's id (`product.id` or `agreement.productId`; not the product code).
+    pub product_id: Option<String>,
 }
 
 /// A decoded marketplace event.
@@ -235,10 +366,30 @@ pub struct Event {
     pub subject: SubjectKey,
     /// Everything else it tells about the subscription.
     pub ids: Identifiers,
+    /// What it tells about the agreement besides identifiers.
+    pub details: Details,
     /// SNS `TopicArn` (enveloped SNS only).
     pub topic_arn: Option<String>,
     /// EventBridge `source` (EventBridge only).
     pub source: Option<String>,
+}
+
+/// The EventBridge rule pattern that delivers exactly what mplink handles: its source and every
+/// detail-type in the decoder's table (`deploy/cloudformation.yaml` lists the same, a test
+/// checks it).
+pub fn eventbridge_rule_pattern() -> serde_json::Value {
+    serde_json::json!({
+        "source": [EVENTBRIDGE_SOURCE],
+        "detail-type": handled_detail_types().collect::<Vec<_>>(),
+    })
+}
+
+/// The one normalisation of an identifier from AWS or from a registration: surrounding
+/// whitespace goes (AWS's own SNS examples spell `" X01EXAMPLEX"`), and what is left empty is no
+/// identifier at all. License ARNs are further compared by [`license_id`].
+pub fn normalize_identifier(raw: &str) -> Option<&str> {
+    let trimmed = raw.trim();
+    (!trimmed.is_empty()).then_some(trimmed)
 }
 
 /// The `l-…` id of a license ARN, which is how licenses are compared (AWS's own examples

@@ -13,13 +13,13 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use thiserror::Error;
 
-pub use rows::{StatusFilter, StatusRow};
+pub use rows::{StatusDetails, StatusFilter, StatusRow};
 
 /// The embedded, versioned migrations in `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Rows per bulk statement: keeps every statement far below the bind-parameter limits of both
-/// backends (SQLite 32766, PostgreSQL 65535) at up to 21 parameters a row.
+/// backends (SQLite 32766, PostgreSQL 65535) at up to 22 parameters a row.
 const BULK_ROWS: usize = 500;
 
 /// How often a batch is retried after a deadlock, serialization failure or busy database.
@@ -278,7 +278,7 @@ impl Store {
     /// make sure every subscription row exists, lock them all in key order (so concurrent
     /// batches cannot deadlock each other), look every delivery and fact up in the event log at
     /// once, decide in memory with the pure ledger, then write the log rows and the changed
-    /// subscriptions in bulk. Because the rows are locked before the log is read, two copies of
+    /// subscriptions in bulk, and remove the rows no event touched (all duplicates). Because the rows are locked before the log is read, two copies of
     /// one delivery or fact in concurrent transactions are serialized on their subscription.
     async fn try_batch(
         &self,
@@ -294,13 +294,15 @@ impl Store {
             .collect();
         let mut tx = self.begin().await?;
 
+        // The rows this transaction creates, so that those no event touches can go again.
+        let mut created: HashSet<String> = HashSet::new();
         for chunk in keys.chunks(BULK_ROWS) {
             let sql = format!(
                 "INSERT INTO mplink_subscriptions (sub_key, state, version, updated_at) VALUES {} \
-                 ON CONFLICT (sub_key) DO NOTHING",
+                 ON CONFLICT (sub_key) DO NOTHING RETURNING sub_key",
                 rows::tuples(self.backend, chunk.len(), 4, 1)
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
             for key in chunk {
                 query = query
                     .bind(key)
@@ -308,10 +310,12 @@ impl Store {
                     .bind(0i64)
                     .bind(now);
             }
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(q("creating subscription rows"))?;
+            created.extend(
+                query
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(q("creating subscription rows"))?,
+            );
         }
 
         let mut current: HashMap<String, Subscription> = HashMap::with_capacity(keys.len());
@@ -481,6 +485,27 @@ impl Store {
             rows::write_subscriptions(self.backend, &mut tx, chunk, now).await?;
         }
 
+        // A row this transaction created only to lock it (every event for it a duplicate) goes
+        // again before anyone can see it; the lock still serialized the concurrent copies.
+        let untouched: Vec<&String> = keys
+            .iter()
+            .filter(|k| created.contains(*k) && before.get(*k) == current.get(*k))
+            .collect();
+        for chunk in untouched.chunks(BULK_ROWS) {
+            let sql = format!(
+                "DELETE FROM mplink_subscriptions WHERE sub_key IN {}",
+                rows::tuples(self.backend, 1, chunk.len(), 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(q("removing unused subscription rows"))?;
+        }
+
         if commit {
             tx.commit().await.map_err(q("committing applied events"))?;
         } else {
@@ -497,22 +522,50 @@ impl Store {
         reason: &str,
     ) -> Result<(), StoreError> {
         let body_hash = sha256_hex(&msg.body);
+        let id = format!("rejected:{}:{}", msg.message_id, &body_hash[..16]);
+        self.record_undecoded(msg, &id, Outcome::Rejected, reason)
+            .await
+            .map_err(q("recording a rejection"))
+    }
+
+    /// Records an EventBridge event whose detail-type mplink does not know and acknowledges.
+    /// Keyed by the event's own id (else the SQS message id), so a redelivery is recorded once.
+    pub async fn record_unrecognised(
+        &self,
+        msg: &InboundMessage,
+        event_id: Option<&str>,
+        detail_type: &str,
+    ) -> Result<(), StoreError> {
+        let id = format!("unrecognised:{}", event_id.unwrap_or(&msg.message_id));
+        let reason = format!("unrecognised detail-type {detail_type:?}");
+        self.record_undecoded(msg, &id, Outcome::Unrecognised, &reason)
+            .await
+            .map_err(q("recording an unrecognised event"))
+    }
+
+    async fn record_undecoded(
+        &self,
+        msg: &InboundMessage,
+        log_id: &str,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO mplink_event_log \
              (message_id, sqs_message_id, fact_key, sub_key, action, event_time, outcome, reason, body, body_sha256, body_bytes, recorded_at) \
-             VALUES ($1, $2, NULL, NULL, NULL, $3, 'rejected', $4, $5, $6, $7, $8) ON CONFLICT (message_id) DO NOTHING",
+             VALUES ($1, $2, NULL, NULL, NULL, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (message_id) DO NOTHING",
         )
-        .bind(format!("rejected:{}:{}", msg.message_id, &body_hash[..16]))
+        .bind(log_id)
         .bind(&msg.message_id)
         .bind(msg.sent_timestamp_ms)
+        .bind(outcome.as_str())
         .bind(storable_text(reason, REJECTED_BODY_LIMIT))
         .bind(storable_text(&msg.body, REJECTED_BODY_LIMIT))
-        .bind(&body_hash)
+        .bind(sha256_hex(&msg.body))
         .bind(msg.body.len() as i64)
         .bind(now_ms())
         .execute(&self.pool)
-        .await
-        .map_err(q("recording a rejection"))?;
+        .await?;
         Ok(())
     }
 

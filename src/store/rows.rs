@@ -1,9 +1,10 @@
 //! Mapping between ledger types and database rows, and the `status` view built from them.
 
 use super::{q, Backend, StoreError};
-use crate::event::license_id;
+use crate::event::{license_id, BillingAdjustmentStatus, CancellationRequestStatus};
 use crate::ledger::{
-    resolve_link_among, LinkRequest, LinkState, PaymentMethod, Stamp, SubState, Subscription,
+    resolve_link_among, Advisory, Dated, LinkRequest, LinkState, PaymentMethod, Stamp, SubState,
+    Subscription, SubscriptionDetails,
 };
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -15,7 +16,7 @@ macro_rules! subscription_select {
             "SELECT sub_key, product_code, customer_identifier, customer_aws_account_id, ",
             "agreement_id, license_arn, previous_agreement_id, state, state_time, state_rank, state_fact, ",
             "first_active_time, first_active_rank, first_active_fact, handed_over_time, handed_over_rank, ",
-            "handed_over_fact, last_event_time FROM mplink_subscriptions ",
+            "handed_over_fact, last_event_time, details FROM mplink_subscriptions ",
             $tail
         )
     };
@@ -83,7 +84,33 @@ pub(super) fn subscription_from_row(row: &AnyRow) -> Result<Subscription, StoreE
             "handed_over_fact",
         )?,
         last_event_time_ms: get(row, "last_event_time")?,
+        details: details_from_column(get(row, "details")?)?,
     })
+}
+
+/// The `details` column: the ledger's [`SubscriptionDetails`] as JSON, NULL when empty.
+fn details_from_column(text: Option<String>) -> Result<SubscriptionDetails, StoreError> {
+    match text {
+        None => Ok(SubscriptionDetails::default()),
+        Some(text) => serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+            table: "mplink_subscriptions",
+            column: "details",
+            value: text.chars().take(100).collect(),
+        }),
+    }
+}
+
+fn details_to_column(details: &SubscriptionDetails) -> Result<Option<String>, StoreError> {
+    if *details == SubscriptionDetails::default() {
+        return Ok(None);
+    }
+    serde_json::to_string(details)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            table: "mplink_subscriptions",
+            column: "details",
+            value: e.to_string(),
+        })
 }
 
 /// `rows` parenthesised groups of `width` placeholders, numbered from `$start` for PostgreSQL
@@ -115,7 +142,7 @@ pub(super) fn tuples(backend: Backend, rows: usize, width: usize, start: usize) 
 }
 
 /// Columns written by [`write_subscriptions`], in bind order.
-const WRITE_COLUMNS: [&str; 21] = [
+const WRITE_COLUMNS: [&str; 22] = [
     "sub_key",
     "product_code",
     "customer_identifier",
@@ -135,6 +162,7 @@ const WRITE_COLUMNS: [&str; 21] = [
     "handed_over_rank",
     "handed_over_fact",
     "last_event_time",
+    "details",
     "version",
     "updated_at",
 ];
@@ -192,6 +220,7 @@ pub(super) async fn write_subscriptions(
             .bind(hr)
             .bind(hf)
             .bind(sub.last_event_time_ms)
+            .bind(details_to_column(&sub.details)?)
             .bind(1i64)
             .bind(now);
     }
@@ -247,6 +276,96 @@ pub struct StatusRow {
     pub payment_method: Option<PaymentMethod>,
     /// Time of the newest event applied to the subscription (RFC 3339, UTC), or null.
     pub last_event_time: Option<String>,
+    /// The subscription's details: keys appended after `last_event_time`, null when unknown.
+    #[serde(flatten)]
+    pub details: StatusDetails,
+}
+
+/// The keys `status --json` gained with the subscription's details (appended after the
+/// original ones, which never change).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatusDetails {
+    /// Offer id, the newest by event time.
+    pub offer_id: Option<String>,
+    /// Free trial (SNS `isFreeTrialTermPresent`).
+    pub free_trial: Option<bool>,
+    /// Product id (`prod-…`, not the product code).
+    pub product_id: Option<String>,
+    /// Agreement start (RFC 3339).
+    pub agreement_start_time: Option<String>,
+    /// Agreement end (RFC 3339).
+    pub agreement_end_time: Option<String>,
+    /// When the buyer accepted the agreement (RFC 3339).
+    pub agreement_acceptance_time: Option<String>,
+    /// Auto-renewal on or off.
+    pub auto_renewal: Option<bool>,
+    /// The proposer's AWS account id.
+    pub proposer_account_id: Option<String>,
+    /// Resale authorization id (channel-partner sales).
+    pub resale_authorization_id: Option<String>,
+    /// Time of the newest Purchase Agreement Ending event (RFC 3339).
+    pub ending_notice_time: Option<String>,
+    /// Time of the newest Renewal Upcoming event (RFC 3339).
+    pub renewal_upcoming_time: Option<String>,
+    /// Time of the newest Renewal Terms Finalized event (RFC 3339).
+    pub renewal_terms_finalized_time: Option<String>,
+    /// `issued` or `resolved`: the newest advisory event.
+    pub advisory: Option<Advisory>,
+    /// The newest cancellation-request status: `pending_approval`, `approved`, `rejected`,
+    /// `cancelled`, `validation_failed`.
+    pub cancellation_request: Option<CancellationRequestStatus>,
+    /// Time of that cancellation-request event (RFC 3339).
+    pub cancellation_request_time: Option<String>,
+    /// The newest billing-adjustment status: `completed`, `validation_failed`.
+    pub billing_adjustment: Option<BillingAdjustmentStatus>,
+}
+
+impl StatusRow {
+    /// What an operator should notice about the subscription besides its state, in words
+    /// (the `NOTES` column of `status`).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.details.free_trial == Some(true) {
+            notes.push("free trial".to_string());
+        }
+        if let Some(status) = self.details.cancellation_request {
+            notes.push(
+                match status {
+                    CancellationRequestStatus::PendingApproval => "cancellation requested",
+                    CancellationRequestStatus::Approved => "cancellation approved",
+                    CancellationRequestStatus::Rejected => "cancellation rejected",
+                    CancellationRequestStatus::Cancelled => "cancellation withdrawn",
+                    CancellationRequestStatus::ValidationFailed => "cancellation request failed",
+                }
+                .to_string(),
+            );
+        }
+        // AWS writes a far-future end (9999-…) for agreements without one.
+        match self.details.agreement_end_time.as_deref() {
+            Some(end) if !end.starts_with("9999") => {
+                notes.push(format!("ends on {}", end.get(..10).unwrap_or(end)));
+            }
+            _ if self.details.ending_notice_time.is_some() => notes.push("ending".to_string()),
+            _ => {}
+        }
+        if self.details.auto_renewal == Some(false) {
+            notes.push("auto-renewal off".to_string());
+        }
+        if self.details.renewal_upcoming_time.is_some() {
+            notes.push("renewal upcoming".to_string());
+        }
+        if self.details.advisory == Some(Advisory::Issued) {
+            notes.push("advisory issued".to_string());
+        }
+        match self.details.billing_adjustment {
+            Some(BillingAdjustmentStatus::Completed) => notes.push("refund completed".to_string()),
+            Some(BillingAdjustmentStatus::ValidationFailed) => {
+                notes.push("refund failed".to_string())
+            }
+            None => {}
+        }
+        notes
+    }
 }
 
 fn rfc3339(ms: i64) -> Option<String> {
@@ -275,6 +394,35 @@ fn row_for(sub: Option<&Subscription>, link: Option<(&LinkRequest, LinkState)>) 
         link_state: link.map(|(_, state)| state),
         payment_method: link.and_then(|(_, state)| state.payment_method()),
         last_event_time: sub.and_then(|s| s.last_event_time_ms).and_then(rfc3339),
+        details: sub.map_or_else(StatusDetails::default, |s| details_columns(&s.details)),
+    }
+}
+
+/// The appended detail keys of a subscription's status row.
+fn details_columns(details: &SubscriptionDetails) -> StatusDetails {
+    let d = details.clone();
+    let time = |v: Option<Dated<i64>>| v.and_then(|d| rfc3339(d.value));
+    let stamp_time = |s: Option<Stamp>| s.and_then(|s| rfc3339(s.time_ms));
+    StatusDetails {
+        offer_id: d.offer_id.map(|v| v.value),
+        free_trial: d.free_trial.map(|v| v.value),
+        product_id: d.product_id.map(|v| v.value),
+        agreement_start_time: time(d.agreement_start_ms),
+        agreement_end_time: time(d.agreement_end_ms),
+        agreement_acceptance_time: time(d.acceptance_ms),
+        auto_renewal: d.auto_renewal.map(|v| v.value),
+        proposer_account_id: d.proposer_account_id.map(|v| v.value),
+        resale_authorization_id: d.resale_authorization_id.map(|v| v.value),
+        ending_notice_time: stamp_time(d.ending_notice),
+        renewal_upcoming_time: stamp_time(d.renewal_upcoming),
+        renewal_terms_finalized_time: stamp_time(d.renewal_terms_finalized),
+        advisory: d.advisory.map(|v| v.value),
+        cancellation_request_time: d
+            .cancellation_request
+            .as_ref()
+            .and_then(|v| rfc3339(v.stamp.time_ms)),
+        cancellation_request: d.cancellation_request.map(|v| v.value),
+        billing_adjustment: d.billing_adjustment.map(|v| v.value),
     }
 }
 
