@@ -14,6 +14,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod event;
 pub mod failpoint;
+pub mod healthcheck;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
