@@ -22,4 +22,5 @@ pub mod process;
 pub mod provision;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;
