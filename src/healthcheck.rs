@@ -137,7 +137,11 @@ mod tests {
             ("127.0.0.1:1", "127.0.0.1:1"),
         ];
         for (listen, want) in cases {
-            assert_eq!(target(listen.parse().unwrap()).to_string(), want, "{listen}");
+            assert_eq!(
+                target(listen.parse().unwrap()).to_string(),
+                want,
+                "{listen}"
+            );
         }
     }
 }
