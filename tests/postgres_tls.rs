@@ -204,6 +204,14 @@ fn append(path: &Path, text: &str) {
         .expect("append to postgresql.conf");
 }
 
+/// The error of a connection that must be refused, as the operator would read it.
+async fn refusal(url: &DatabaseUrl, why: &str) -> String {
+    match Store::connect(url).await {
+        Ok(_) => panic!("connected, but {why}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// `mplink migrate` through the binary; (exit code, stderr).
 fn migrate_via_binary(url: &DatabaseUrl) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mplink"))
@@ -260,11 +268,11 @@ async fn verify_full_connects_with_the_right_ca_only() {
     assert!(!output.contains(PASSWORD), "password in output: {output}");
 
     // The same server without TLS is refused by its pg_hba.conf: the success above was TLS.
-    let err = Store::open(&cluster.url("localhost", "sslmode=disable"))
-        .await
-        .err()
-        .expect("plaintext must be refused")
-        .to_string();
+    let err = refusal(
+        &cluster.url("localhost", "sslmode=disable"),
+        "plaintext must be refused",
+    )
+    .await;
     assert!(
         err.contains("no encryption"),
         "plaintext refused for the wrong reason: {err}"
@@ -272,11 +280,7 @@ async fn verify_full_connects_with_the_right_ca_only() {
 
     // A different CA: refused, saying it is the certificate, without the password.
     let wrong = tls("verify-full", "localhost", &other_ca);
-    let err = Store::open(&wrong)
-        .await
-        .err()
-        .expect("verify-full with a different CA must be refused")
-        .to_string();
+    let err = refusal(&wrong, "verify-full with a different CA must be refused").await;
     assert!(
         err.starts_with("cannot connect to postgres://postgres:***@localhost:")
             && err.contains("invalid peer certificate: UnknownIssuer"),
@@ -300,11 +304,11 @@ async fn verify_full_connects_with_the_right_ca_only() {
 
     // The right CA but a name the certificate does not carry (the address instead of
     // `localhost`): verify-full refuses it.
-    let err = Store::open(&tls("verify-full", "127.0.0.1", &ca))
-        .await
-        .err()
-        .expect("verify-full must refuse a host name the certificate does not carry")
-        .to_string();
+    let err = refusal(
+        &tls("verify-full", "127.0.0.1", &ca),
+        "verify-full must refuse a host name the certificate does not carry",
+    )
+    .await;
     assert!(
         err.contains("invalid peer certificate: certificate not valid for name \"127.0.0.1\""),
         "the error must say the name does not match: {err}"
@@ -321,10 +325,10 @@ async fn verify_full_connects_with_the_right_ca_only() {
     // (sqlx issue 3793: it tolerates only the older NotValidForName error). Stricter, not
     // weaker; deploy/README.md says to use verify-full. If this starts connecting, sqlx fixed
     // it: update that note.
-    let err = Store::connect(&tls("verify-ca", "127.0.0.1", &ca))
-        .await
-        .err()
-        .expect("sqlx 0.8.6's verify-ca checks the name too")
-        .to_string();
+    let err = refusal(
+        &tls("verify-ca", "127.0.0.1", &ca),
+        "sqlx 0.8.6's verify-ca checks the name too",
+    )
+    .await;
     assert!(err.contains("certificate not valid for name"), "{err}");
 }
