@@ -187,9 +187,11 @@ run_worker() {
     # --exit-when-idle: stop once the queue is drained instead of serving forever;
     # --http-addr :0 so a worker or demo elsewhere on :9090 does not get in the way.
     # SNS signatures are verified as in production; LocalStack serves its signing
-    # certificate over http from itself, which must be trusted explicitly.
+    # certificate over http from itself, which must be trusted explicitly, and its topics
+    # live in LocalStack's account rather than AWS Marketplace's, so they are listed.
     mp run --queue-url "$queue_url" --exit-when-idle --wait-time 2 --http-addr 127.0.0.1:0 \
-        --sns-cert-url-prefix "$AWS_ENDPOINT_URL/_aws/sns/"
+        --sns-cert-url-prefix "$AWS_ENDPOINT_URL/_aws/sns/" \
+        --allowed-topic-arn "$subscription_topic"
 }
 
 heading "AWS Marketplace confirms both subscriptions"

@@ -132,8 +132,16 @@ pub struct DlqRedriveArgs {
     #[arg(long)]
     pub to: Option<String>,
     /// Receive, send and delete instead of StartMessageMoveTask (emulators, special queues).
+    /// Needs the redrive key: the original identity travels signed with it.
     #[arg(long)]
     pub portable: bool,
+    /// The key that signs a portable redrive's original-identity attributes.
+    #[arg(long, env = "MPLINK_REDRIVE_KEY", hide_env_values = true, value_parser = parse_redrive_key)]
+    pub redrive_key: Option<crate::redrive::RedriveKey>,
+}
+
+fn parse_redrive_key(text: &str) -> Result<crate::redrive::RedriveKey, String> {
+    crate::redrive::RedriveKey::new(text).map_err(|e| e.to_string())
 }
 
 /// Arguments of `mplink dlq export`.
@@ -252,6 +260,14 @@ pub struct VerifyArgs {
     /// delivery (such messages carry no signature).
     #[arg(long, env = "MPLINK_ACCEPT_RAW_DELIVERY")]
     pub accept_raw_delivery: bool,
+    /// Seconds an event's own time may lie after the moment it is decided (or SQS's send time,
+    /// if later); later events are refused as `event_from_future`.
+    #[arg(long, env = "MPLINK_MAX_CLOCK_SKEW", default_value_t = crate::verify::DEFAULT_MAX_CLOCK_SKEW.as_secs())]
+    pub max_clock_skew: u64,
+    /// The key that signs a portable redrive's original-identity attributes (at least 16
+    /// bytes). Without it, a message carrying such attributes is refused.
+    #[arg(long, env = "MPLINK_REDRIVE_KEY", hide_env_values = true, value_parser = parse_redrive_key)]
+    pub redrive_key: Option<crate::redrive::RedriveKey>,
 }
 
 impl VerifyArgs {
@@ -264,16 +280,20 @@ impl VerifyArgs {
             allowed_product_codes: self.allowed_product_codes.clone(),
             allowed_sources: self.allowed_sources.clone(),
             accept_raw_delivery: self.accept_raw_delivery,
+            max_clock_skew: std::time::Duration::from_secs(self.max_clock_skew),
+            redrive_key: self.redrive_key.clone(),
         }
     }
 
     /// A pipeline over `store` trusting what these arguments say.
-    pub fn pipeline(&self, store: &Store) -> crate::process::Pipeline {
-        crate::process::Pipeline::new(
+    pub fn pipeline(&self, store: &Store) -> Result<crate::process::Pipeline, CliError> {
+        let verifier = crate::verify::Verifier::new(self.config())
+            .map_err(|e| CliError::Setup(e.to_string()))?;
+        Ok(crate::process::Pipeline::new(
             store.clone(),
-            std::sync::Arc::new(crate::verify::Verifier::new(self.config())),
+            std::sync::Arc::new(verifier),
             std::sync::Arc::new(crate::metrics::Metrics::new()),
-        )
+        ))
     }
 }
 
@@ -350,6 +370,9 @@ pub enum CliError {
     /// A dead-letter tool failed.
     #[error(transparent)]
     Dlq(#[from] crate::dlq::DlqError),
+    /// The configuration cannot work (a missing key, a client that cannot be built).
+    #[error("{0}")]
+    Setup(String),
     /// Provisioning failed.
     #[error(transparent)]
     Provision(#[from] crate::provision::ProvisionError),
@@ -476,7 +499,7 @@ async fn run_worker(store: &Store, url: &DatabaseUrl, args: RunArgs) -> Result<E
     tracing::info!(verify = ?args.verify.config(), "trusting");
     let summary = crate::app::run(
         crate::aws::worker_sqs_client(&sdk),
-        args.verify.pipeline(store),
+        args.verify.pipeline(store)?,
         config,
         listener,
         shutdown,
@@ -594,7 +617,7 @@ async fn dlq_replay(store: &Store, args: DlqReplayArgs) -> Result<ExitCode, CliE
     } else {
         crate::dlq::Progress::new("replayed")
     };
-    let pipeline = args.verify.pipeline(store);
+    let pipeline = args.verify.pipeline(store)?;
     let summary = crate::dlq::replay(
         &sqs_client().await,
         &pipeline,
@@ -627,7 +650,12 @@ async fn dlq_redrive(args: DlqRedriveArgs) -> Result<ExitCode, CliError> {
             Some(to) => to,
             None => crate::dlq::source_of(&client, &args.queue_url).await?,
         };
-        crate::dlq::redrive_portable(&client, &args.queue_url, &to, &mut progress).await?
+        let key = args.redrive_key.as_ref().ok_or_else(|| {
+            CliError::Setup(
+                "--portable needs --redrive-key (MPLINK_REDRIVE_KEY): the workers believe a redriven message's original identity only when it is signed with their key".into(),
+            )
+        })?;
+        crate::dlq::redrive_portable(&client, &args.queue_url, &to, key, &mut progress).await?
     } else {
         crate::dlq::redrive_native(&client, &args.queue_url, args.to.as_deref(), &mut progress)
             .await?
@@ -698,16 +726,38 @@ async fn apply(store: &Store, args: ApplyArgs) -> Result<ExitCode, CliError> {
             std::fs::File::open(PathBuf::from(&args.file)).map_err(read_err)?,
         ))
     };
-    let pipeline = args.verify.pipeline(store);
+    let pipeline = args.verify.pipeline(store)?;
     let mut summary = ApplySummary::default();
     let mut pending: Vec<(usize, InboundMessage)> = Vec::new();
-    for (index, line) in reader.lines().enumerate() {
-        let line = line.map_err(read_err)?;
+    for (index, line) in reader.split(b'\n').enumerate() {
+        let mut bytes = line.map_err(read_err)?;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let line_no = index + 1;
+        // One line that is not UTF-8 is one rejected line, not the end of the run.
+        let line = match String::from_utf8(bytes) {
+            Ok(line) => line,
+            Err(e) => {
+                let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                let msg = inbound_from_line(&lossy, line_no);
+                let detail = format!("line {line_no} is not UTF-8: {}", e.utf8_error());
+                summary.total += 1;
+                match pipeline.refuse(&msg, "not_utf8", detail.clone()).await {
+                    Processed::Retry(e) => return Err(CliError::Transient(e)),
+                    _ => {
+                        eprintln!("line {line_no}: rejected: {detail}");
+                        summary.count(Outcome::Rejected);
+                    }
+                }
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
         summary.total += 1;
-        pending.push((index + 1, inbound_from_line(&line, index + 1)));
+        pending.push((line_no, inbound_from_line(&line, line_no)));
         if pending.len() >= args.batch_size as usize {
             flush(&pipeline, &mut pending, &mut summary).await?;
         }

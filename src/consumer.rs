@@ -3,10 +3,10 @@
 //! [`crate::process::process`]; it is deleted only after its effect is committed.
 
 use crate::backoff::Backoff;
-use crate::event::InboundMessage;
 use crate::ledger::Outcome;
 use crate::metrics::Metrics;
-use crate::process::{Pipeline, Processed, Transient};
+use crate::process::{Pipeline, Processed};
+use crate::sqs::SQS_MAX_BATCH;
 use crate::store::now_ms;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// SQS returns at most this many messages per ReceiveMessage.
-pub const SQS_MAX_BATCH: usize = 10;
-/// How long deletes wait for companions before a batch is sent.
+/// How long a partial batch of deletes waits for companions before it is sent.
 const DELETE_LINGER: Duration = Duration::from_millis(25);
+/// DeleteMessageBatch calls in flight at once, so deletes keep up with commits.
+const MAX_CONCURRENT_DELETES: usize = 4;
 /// Attempts per DeleteMessageBatch entry before it is counted as failed.
 const DELETE_ATTEMPTS: u32 = 5;
 /// Longest wait for SQS to take back an unfinished message at shutdown.
@@ -129,16 +129,20 @@ pub struct RunSummary {
 
 /// A message being worked on: what the visibility heartbeat needs.
 struct Tracked {
-    receipt_handle: String,
+    message_id: String,
     visible_until: Instant,
 }
 
+/// Messages being worked on, by receipt handle: a message received twice (a redelivery while
+/// the first copy is still held) is two entries, and finishing one never untracks the other.
 type InFlight = Arc<Mutex<HashMap<String, Tracked>>>;
 
-/// A committed message waiting to be deleted.
+/// A committed message waiting to be deleted. It keeps its in-flight slot until the delete is
+/// done, so `--max-in-flight` bounds received-but-not-deleted messages, not just unprocessed ones.
 struct Ack {
     message_id: String,
     receipt_handle: String,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// The long-running consumer.
@@ -158,7 +162,7 @@ struct Ctx {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     in_flight: InFlight,
-    acks: mpsc::UnboundedSender<Ack>,
+    acks: mpsc::Sender<Ack>,
     released: Arc<AtomicU64>,
 }
 
@@ -198,7 +202,8 @@ impl Worker {
         let idle = CancellationToken::new();
         let abort = CancellationToken::new();
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
-        let (acks, ack_rx) = mpsc::unbounded_channel();
+        // Every ack holds an in-flight slot, so the channel never holds more than this.
+        let (acks, ack_rx) = mpsc::channel(self.config.max_in_flight.max(1));
         let delete_failures = Arc::new(AtomicU64::new(0));
         let config = Arc::new(self.config);
         let ctx = Ctx {
@@ -359,8 +364,9 @@ async fn receive_loop(
             .visibility_timeout(ctx.config.visibility_timeout.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_attribute_names(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
-            .message_attribute_names(ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE)
+            .set_message_attribute_names(Some(
+                crate::redrive::ATTRIBUTES.map(String::from).to_vec(),
+            ))
             .send();
         // Dropping the request future on shutdown cancels the open long poll at once.
         let received = tokio::select! {
@@ -419,40 +425,6 @@ async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-/// Message attribute a portable redrive sets to the message id the message first had, so a
-/// raw delivery keeps its identity (and is recognised as a duplicate) across the move.
-pub const ORIGINAL_MESSAGE_ID_ATTRIBUTE: &str = "mplink-original-message-id";
-/// Message attribute a portable redrive sets to the original SentTimestamp, so a raw delivery
-/// keeps its event time across the move.
-pub const ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE: &str = "mplink-original-sent-timestamp";
-
-/// The decoder's view of an SQS message, honouring the original identity a portable redrive
-/// carried over.
-pub fn inbound(message: &Message) -> InboundMessage {
-    let attribute = |name: &str| {
-        message
-            .message_attributes()
-            .and_then(|a| a.get(name))
-            .and_then(|v| v.string_value())
-            .map(str::to_string)
-    };
-    let sent = attribute(ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE)
-        .or_else(|| {
-            message
-                .attributes()
-                .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
-                .cloned()
-        })
-        .and_then(|s| s.parse().ok());
-    InboundMessage {
-        message_id: attribute(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
-            .or_else(|| message.message_id().map(str::to_string))
-            .unwrap_or_else(|| "unknown".to_string()),
-        body: message.body().unwrap_or_default().to_string(),
-        sent_timestamp_ms: sent,
-    }
-}
-
 async fn handle_message(
     ctx: Ctx,
     message: Message,
@@ -462,50 +434,45 @@ async fn handle_message(
 ) {
     ctx.metrics.in_flight.inc();
     let _gauge = scopeguard(&ctx.metrics);
-    let _permit = permit;
-    let msg = inbound(&message);
+    let received = crate::sqs::received(&message, ctx.pipeline.verifier.redrive_key());
+    let message_id = received.inbound.message_id.clone();
     let Some(receipt) = message.receipt_handle().map(str::to_string) else {
-        tracing::error!(message_id = %msg.message_id, "message without receipt handle; cannot acknowledge");
+        tracing::error!(%message_id, "message without receipt handle; cannot acknowledge");
         return;
     };
-    let receive_count = message
-        .attributes()
-        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-        .cloned()
-        .unwrap_or_default();
-    tracing::debug!(message_id = %msg.message_id, receive_count, "received");
-    // Tracked by the SQS id: a redriven copy may share its original id with another message.
-    let sqs_id = message.message_id().unwrap_or("unknown").to_string();
-    track(&ctx, &sqs_id, &receipt);
+    tracing::debug!(%message_id, "received");
+    track(&ctx, &message_id, &receipt);
     let mut backoff = Backoff::new(ctx.config.backoff_base, ctx.config.backoff_cap);
     loop {
         let result = tokio::select! {
-            _ = abort.cancelled() => { release(&ctx, &sqs_id, &receipt).await; return; }
-            r = ctx.pipeline.process(&msg) => r,
+            _ = abort.cancelled() => { release(&ctx, &message_id, &receipt).await; return; }
+            r = ctx.pipeline.process_received(&received) => r,
         };
         match result {
             Processed::Done(_) => {
                 ctx.health.set_database_ok(true);
-                // The deleter owns the message from here; it stays tracked (and its visibility
-                // extended) until the delete succeeds.
-                let _ = ctx.acks.send(Ack {
-                    message_id: sqs_id,
+                // The deleter owns the message (and its slot) from here; it stays tracked, and
+                // its visibility extended, until the delete is done.
+                let ack = Ack {
+                    message_id,
                     receipt_handle: receipt,
-                });
+                    _slot: permit,
+                };
+                if ctx.acks.send(ack).await.is_err() {
+                    tracing::error!("the deleter stopped before every ack was sent");
+                }
                 return;
             }
             Processed::Rejected { .. } => {
                 // Not deleted: it becomes visible again and the redrive policy moves it to the
                 // dead-letter queue after maxReceiveCount receives.
-                untrack(&ctx, &sqs_id);
+                untrack(&ctx, &receipt);
                 return;
             }
             Processed::Retry(e) => {
-                if matches!(e, Transient::Store(_)) {
-                    ctx.health.set_database_ok(false);
-                }
+                ctx.health.set_database_ok(false);
                 let delay = backoff.next_delay();
-                tracing::warn!(message_id = %msg.message_id, error = %e, delay_ms = delay.as_millis() as u64, "transient failure; retrying");
+                tracing::warn!(%message_id, error = %e, delay_ms = delay.as_millis() as u64, "transient failure; retrying");
                 let stopped = tokio::select! {
                     _ = abort.cancelled() => true,
                     _ = stop.cancelled() => true,
@@ -513,7 +480,7 @@ async fn handle_message(
                 };
                 if stopped {
                     // Give it back now rather than sit on it through the shutdown.
-                    release(&ctx, &sqs_id, &receipt).await;
+                    release(&ctx, &message_id, &receipt).await;
                     return;
                 }
             }
@@ -537,24 +504,24 @@ fn scopeguard(m: &Metrics) -> GaugeGuard<'_> {
 fn track(ctx: &Ctx, message_id: &str, receipt: &str) {
     if let Ok(mut m) = ctx.in_flight.lock() {
         m.insert(
-            message_id.to_string(),
+            receipt.to_string(),
             Tracked {
-                receipt_handle: receipt.to_string(),
+                message_id: message_id.to_string(),
                 visible_until: Instant::now() + ctx.config.visibility_timeout,
             },
         );
     }
 }
 
-fn untrack(ctx: &Ctx, message_id: &str) {
+fn untrack(ctx: &Ctx, receipt: &str) {
     if let Ok(mut m) = ctx.in_flight.lock() {
-        m.remove(message_id);
+        m.remove(receipt);
     }
 }
 
 /// Makes an unfinished message visible again at once so another replica can take it.
 async fn release(ctx: &Ctx, message_id: &str, receipt: &str) {
-    untrack(ctx, message_id);
+    untrack(ctx, receipt);
     ctx.released.fetch_add(1, Ordering::Relaxed);
     let request = ctx
         .sqs
@@ -580,34 +547,51 @@ async fn release(ctx: &Ctx, message_id: &str, receipt: &str) {
     }
 }
 
-async fn delete_loop(side: Side, mut acks: mpsc::UnboundedReceiver<Ack>, failures: Arc<AtomicU64>) {
-    let Side {
-        sqs,
-        config,
-        metrics,
-        in_flight,
-    } = side;
+/// Gathers acks into batches of up to ten (sent at once when full, after a short linger when
+/// not) and deletes them with up to [`MAX_CONCURRENT_DELETES`] calls in flight.
+async fn delete_loop(side: Side, mut acks: mpsc::Receiver<Ack>, failures: Arc<AtomicU64>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_DELETES));
+    let deletes = TaskTracker::new();
     while let Some(first) = acks.recv().await {
         let mut batch = vec![first];
-        let linger = tokio::time::sleep(DELETE_LINGER);
-        tokio::pin!(linger);
         while batch.len() < SQS_MAX_BATCH {
-            tokio::select! {
-                _ = &mut linger => break,
-                next = acks.recv() => match next { Some(a) => batch.push(a), None => break },
+            match acks.try_recv() {
+                Ok(a) => batch.push(a),
+                Err(_) => break,
             }
         }
-        let failed = delete_batch(&sqs, &config, &batch).await;
-        if !failed.is_empty() {
-            metrics.delete_failures.inc_by(failed.len() as u64);
-            failures.fetch_add(failed.len() as u64, Ordering::Relaxed);
-        }
-        if let Ok(mut m) = in_flight.lock() {
-            for ack in &batch {
-                m.remove(&ack.message_id);
+        if batch.len() < SQS_MAX_BATCH {
+            let linger = tokio::time::sleep(DELETE_LINGER);
+            tokio::pin!(linger);
+            while batch.len() < SQS_MAX_BATCH {
+                tokio::select! {
+                    _ = &mut linger => break,
+                    next = acks.recv() => match next { Some(a) => batch.push(a), None => break },
+                }
             }
         }
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let side = side.clone();
+        let failures = failures.clone();
+        deletes.spawn(async move {
+            let failed = delete_batch(&side.sqs, &side.config, &batch).await;
+            if !failed.is_empty() {
+                side.metrics.delete_failures.inc_by(failed.len() as u64);
+                failures.fetch_add(failed.len() as u64, Ordering::Relaxed);
+            }
+            if let Ok(mut m) = side.in_flight.lock() {
+                for ack in &batch {
+                    m.remove(&ack.receipt_handle);
+                }
+            }
+            // The batch's in-flight slots are freed here, with the batch.
+            drop(slot);
+        });
     }
+    deletes.close();
+    deletes.wait().await;
 }
 
 /// Deletes a batch, retrying entries that failed on AWS's side; returns the message ids that
@@ -689,7 +673,7 @@ async fn heartbeat_loop(side: Side, stop: CancellationToken) {
             Ok(m) => m
                 .iter()
                 .filter(|(_, t)| t.visible_until.saturating_duration_since(now) < visibility / 2)
-                .map(|(id, t)| (id.clone(), t.receipt_handle.clone()))
+                .map(|(receipt, t)| (t.message_id.clone(), receipt.clone()))
                 .collect(),
             Err(_) => continue,
         };
@@ -729,11 +713,11 @@ async fn heartbeat_loop(side: Side, stop: CancellationToken) {
                         );
                     }
                     if let Ok(mut m) = in_flight.lock() {
-                        for (i, (id, _)) in chunk.iter().enumerate() {
+                        for (i, (_, receipt)) in chunk.iter().enumerate() {
                             if failed.contains(&i) {
                                 continue;
                             }
-                            if let Some(t) = m.get_mut(id) {
+                            if let Some(t) = m.get_mut(receipt) {
                                 t.visible_until = extended_at + visibility;
                             }
                         }

@@ -2,12 +2,14 @@
 //! same [`Pipeline`] as the worker; this module has no apply path of its own.
 
 use crate::aws::error_text;
-use crate::consumer::{
-    inbound, ORIGINAL_MESSAGE_ID_ATTRIBUTE, ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE, SQS_MAX_BATCH,
-};
-use crate::event::{self, InboundMessage, SubjectKey};
+use crate::event::{self, SubjectKey};
 use crate::ledger::Outcome;
 use crate::process::{Pipeline, Processed};
+use crate::redrive::{
+    Claim, RedriveKey, ORIGINAL_MESSAGE_ID_ATTRIBUTE, ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE,
+    SIGNATURE_ATTRIBUTE,
+};
+use crate::sqs::{Received, SQS_MAX_BATCH};
 use crate::store::Store;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
@@ -53,6 +55,14 @@ pub enum DlqError {
     /// Output failed.
     #[error("cannot write output: {0}")]
     Write(#[from] std::io::Error),
+    /// A dead letter lacks what moving it needs (a bug or an SQS change, never skipped).
+    #[error("dead letter {message_id} cannot be moved: {why}")]
+    Unmovable {
+        /// The SQS message id.
+        message_id: String,
+        /// What is missing.
+        why: &'static str,
+    },
 }
 
 fn sqs<E: std::error::Error>(op: &'static str) -> impl FnOnce(E) -> DlqError {
@@ -65,7 +75,7 @@ fn sqs<E: std::error::Error>(op: &'static str) -> impl FnOnce(E) -> DlqError {
 /// One received dead letter.
 struct Letter {
     message: Message,
-    inbound: InboundMessage,
+    received: Received,
 }
 
 impl Letter {
@@ -91,6 +101,7 @@ async fn receive_pass(
     queue_url: &str,
     max: usize,
     seen: &mut HashSet<String>,
+    key: Option<&RedriveKey>,
 ) -> Result<Vec<Letter>, DlqError> {
     let mut out = Vec::new();
     let mut empty_receives = 0;
@@ -119,7 +130,7 @@ async fn receive_pass(
         }
         empty_receives = 0;
         out.extend(fresh.into_iter().map(|message| Letter {
-            inbound: inbound(&message),
+            received: crate::sqs::received(&message, key),
             message,
         }));
     }
@@ -253,12 +264,12 @@ pub async fn inspect(
     max: usize,
 ) -> Result<Vec<Inspected>, DlqError> {
     let mut seen = HashSet::new();
-    let letters = receive_pass(client, queue_url, max, &mut seen).await?;
+    let letters = receive_pass(client, queue_url, max, &mut seen, None).await?;
     let refs: Vec<&Letter> = letters.iter().collect();
     release(client, queue_url, &refs).await?;
     let mut out = Vec::with_capacity(letters.len());
     for l in &letters {
-        let decoded = event::decode(&l.inbound);
+        let decoded = event::decode(&l.received.inbound);
         let (action, product_code, customer, subscription, decode_error) = match &decoded {
             Ok(e) => (
                 Some(e.action.name().to_string()),
@@ -276,7 +287,7 @@ pub async fn inspect(
             Err(err) => (None, None, None, None, Some(err.to_string())),
         };
         out.push(Inspected {
-            message_id: l.inbound.message_id.clone(),
+            message_id: l.received.inbound.message_id.clone(),
             receive_count: l
                 .system(MessageSystemAttributeName::ApproximateReceiveCount)
                 .and_then(|v| v.parse().ok()),
@@ -371,7 +382,8 @@ pub async fn replay(
     let mut left: Vec<Letter> = Vec::new();
     while (summary.seen as usize) < options.max {
         let want = (options.max - summary.seen as usize).min(SQS_MAX_BATCH);
-        let letters = receive_pass(client, queue_url, want, &mut seen).await?;
+        let key = pipeline.verifier.redrive_key();
+        let letters = receive_pass(client, queue_url, want, &mut seen, key).await?;
         if letters.is_empty() {
             break;
         }
@@ -382,7 +394,7 @@ pub async fn replay(
                 tokio::time::sleep_until(due.into()).await;
             }
             summary.seen += 1;
-            match pipeline.process(&l.inbound).await {
+            match pipeline.process_received(&l.received).await {
                 Processed::Done(outcome) => {
                     match outcome {
                         Outcome::Applied => summary.applied += 1,
@@ -397,7 +409,7 @@ pub async fn replay(
                     left.push(l);
                 }
                 Processed::Retry(e) => {
-                    tracing::warn!(message_id = %l.inbound.message_id, error = %e, "transient failure; left in the queue");
+                    tracing::warn!(message_id = %l.received.inbound.message_id, error = %e, "transient failure; left in the queue");
                     *summary
                         .still_failing
                         .entry("transient".to_string())
@@ -429,7 +441,7 @@ pub async fn export(
     out: &mut dyn Write,
 ) -> Result<usize, DlqError> {
     let mut seen = HashSet::new();
-    let letters = receive_pass(client, queue_url, max, &mut seen).await?;
+    let letters = receive_pass(client, queue_url, max, &mut seen, None).await?;
     for l in &letters {
         let mut attributes = serde_json::Map::new();
         if let Some(attrs) = l.message.attributes() {
@@ -438,15 +450,15 @@ pub async fn export(
             }
         }
         // An export keeps the identity and time the message had before any redrive.
-        if let Some(sent) = l.inbound.sent_timestamp_ms {
+        if let Some(sent) = l.received.inbound.sent_timestamp_ms {
             attributes.insert(
                 "SentTimestamp".into(),
                 serde_json::Value::String(sent.to_string()),
             );
         }
         let line = serde_json::json!({
-            "MessageId": l.inbound.message_id,
-            "Body": l.inbound.body,
+            "MessageId": l.received.inbound.message_id,
+            "Body": l.received.inbound.body,
             "Attributes": attributes,
         });
         writeln!(out, "{line}")?;
@@ -548,6 +560,7 @@ pub async fn redrive_portable(
     client: &SqsClient,
     dlq_url: &str,
     to: &str,
+    key: &RedriveKey,
     progress: &mut Progress,
 ) -> Result<u64, DlqError> {
     let total = depth(client, dlq_url).await?;
@@ -555,30 +568,15 @@ pub async fn redrive_portable(
     let mut moved = 0u64;
     let mut seen = HashSet::new();
     loop {
-        let letters = receive_pass(client, dlq_url, SQS_MAX_BATCH, &mut seen).await?;
+        let letters = receive_pass(client, dlq_url, SQS_MAX_BATCH, &mut seen, Some(key)).await?;
         if letters.is_empty() {
             break;
         }
-        let entries: Vec<SendMessageBatchRequestEntry> = letters
+        let entries = letters
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| {
-                let mut entry = SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(&l.inbound.body)
-                    .message_attributes(
-                        ORIGINAL_MESSAGE_ID_ATTRIBUTE,
-                        string_attribute(&l.inbound.message_id)?,
-                    );
-                if let Some(sent) = l.inbound.sent_timestamp_ms {
-                    entry = entry.message_attributes(
-                        ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE,
-                        string_attribute(&sent.to_string())?,
-                    );
-                }
-                entry.build().ok()
-            })
-            .collect();
+            .map(|(i, l)| portable_entry(i, l, key))
+            .collect::<Result<Vec<SendMessageBatchRequestEntry>, DlqError>>()?;
         let out = client
             .send_message_batch()
             .queue_url(to)
@@ -613,12 +611,43 @@ pub async fn redrive_portable(
     Ok(moved)
 }
 
-fn string_attribute(value: &str) -> Option<MessageAttributeValue> {
-    MessageAttributeValue::builder()
-        .data_type("String")
-        .string_value(value)
+/// The message sent back for a dead letter: its body, and its original identity signed with
+/// the redrive key (a letter whose own claim was not believed travels under its SQS identity).
+fn portable_entry(
+    index: usize,
+    letter: &Letter,
+    key: &RedriveKey,
+) -> Result<SendMessageBatchRequestEntry, DlqError> {
+    let inbound = &letter.received.inbound;
+    let unmovable = |why| DlqError::Unmovable {
+        message_id: letter.sqs_id().to_string(),
+        why,
+    };
+    let claim = Claim {
+        message_id: inbound.message_id.clone(),
+        sent_timestamp_ms: inbound
+            .sent_timestamp_ms
+            .ok_or_else(|| unmovable("no SentTimestamp"))?,
+    };
+    let signature = key.sign(&claim, &inbound.body);
+    let attribute = |value: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .map_err(|_| unmovable("an attribute that does not build"))
+    };
+    SendMessageBatchRequestEntry::builder()
+        .id(index.to_string())
+        .message_body(&inbound.body)
+        .message_attributes(ORIGINAL_MESSAGE_ID_ATTRIBUTE, attribute(&claim.message_id)?)
+        .message_attributes(
+            ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE,
+            attribute(&claim.sent_timestamp_ms.to_string())?,
+        )
+        .message_attributes(SIGNATURE_ATTRIBUTE, attribute(&signature)?)
         .build()
-        .ok()
+        .map_err(|_| unmovable("a send entry that does not build"))
 }
 
 /// Progress of a long operation on stderr: a live line on a terminal, plain lines otherwise.

@@ -1,9 +1,36 @@
-//! A crash point for the fault suite: with `MPLINK_CRASH_AFTER_COMMITS=N` the process aborts
-//! (no cleanup, like `kill -9`) right after its N-th committed decision and before the message
-//! is deleted — the moment at-least-once delivery must survive. Unset, it costs one check.
+//! Switches for the fault suite, each unset in production and costing one check:
+//! - `MPLINK_CRASH_AFTER_COMMITS=N`: the process aborts (no cleanup, like `kill -9`) right after
+//!   its N-th committed decision and before the message is deleted — the moment at-least-once
+//!   delivery must survive.
+//! - `MPLINK_FAILPOINT_SKIP_DUPLICATE_CHECK=1`: a deliberately broken build that applies every
+//!   copy of an event as if it were new, so a test can show its double-application count
+//!   would see it.
 
+use crate::event::Event;
+use crate::ledger::{self, Decision, Subscription};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+
+/// Environment variable arming the broken duplicate check.
+pub const SKIP_DUPLICATE_CHECK_ENV: &str = "MPLINK_FAILPOINT_SKIP_DUPLICATE_CHECK";
+
+/// True when the duplicate check is switched off (tests only).
+pub fn skip_duplicate_check() -> bool {
+    static SKIP: OnceLock<bool> = OnceLock::new();
+    *SKIP.get_or_init(|| std::env::var(SKIP_DUPLICATE_CHECK_ENV).is_ok_and(|v| v == "1"))
+}
+
+/// The broken ledger step: the state's stamp is forgotten, so another copy of the fact that
+/// set it applies again instead of being recognised.
+pub fn apply_forgetting_ties(current: &Subscription, event: &Event) -> Decision {
+    let mut forgetful = current.clone();
+    forgetful.state_stamp = None;
+    let mut decision = ledger::apply(&forgetful, event);
+    if decision.next.state_stamp.is_none() {
+        decision.next.state_stamp = current.state_stamp.clone();
+    }
+    decision
+}
 
 /// Environment variable arming the crash point.
 pub const CRASH_AFTER_COMMITS_ENV: &str = "MPLINK_CRASH_AFTER_COMMITS";

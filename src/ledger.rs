@@ -10,6 +10,7 @@
 
 use crate::event::{license_id, Action, Event, SubjectKey};
 use serde::Serialize;
+use std::collections::HashSet;
 use std::fmt;
 
 /// The life of one AWS subscription (legacy customer or EventBridge agreement).
@@ -145,7 +146,7 @@ pub struct Subscription {
     pub state_stamp: Option<Stamp>,
     /// Smallest stamp of any confirmation seen: tells whether a failure came after activity.
     pub first_active: Option<Stamp>,
-    /// Stamp of the Ended RENEWED/REPLACED event, if any.
+    /// Stamp of the newest Ended RENEWED/REPLACED event, if any.
     pub handed_over: Option<Stamp>,
     /// Greatest event time seen, epoch ms.
     pub last_event_time_ms: Option<i64>,
@@ -181,6 +182,23 @@ impl Subscription {
             }
         }
         sub
+    }
+
+    /// True when the agreement's newest fact is a renewal or replacement: a successor takes
+    /// over. A later fact (a cancellation of the same agreement whose successor never came)
+    /// ends the hand-over.
+    pub fn is_handed_over(&self) -> bool {
+        match (&self.handed_over, &self.state_stamp) {
+            (Some(handed), Some(state)) => handed > state,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// True when the subscription bills through AWS Marketplace now (active, in its final
+    /// metering window, or handed over to a successor).
+    pub fn is_live(&self) -> bool {
+        self.is_handed_over() || matches!(self.state, SubState::Active | SubState::Cancelling)
     }
 
     /// True when a confirmation precedes the current state (in stamp order).
@@ -265,7 +283,7 @@ pub fn apply(current: &Subscription, event: &Event) -> Decision {
         }
         Effect::HandOver => {
             let stamp = Stamp::of(event, rank(SubState::Active));
-            if keep_min(&mut next.handed_over, &stamp) || learned {
+            if keep_max(&mut next.handed_over, &stamp) || learned {
                 Outcome::Applied
             } else {
                 Outcome::Duplicate
@@ -274,6 +292,16 @@ pub fn apply(current: &Subscription, event: &Event) -> Decision {
         Effect::Inform => Outcome::Applied,
     };
     Decision { next, outcome }
+}
+
+fn keep_max(slot: &mut Option<Stamp>, stamp: &Stamp) -> bool {
+    match slot {
+        Some(existing) if *existing >= *stamp => false,
+        _ => {
+            *slot = Some(stamp.clone());
+            true
+        }
+    }
 }
 
 fn keep_min(slot: &mut Option<Stamp>, stamp: &Stamp) -> bool {
@@ -412,8 +440,9 @@ impl PaymentMethod {
 
 /// The link state a subscription in this state gives its organization.
 pub fn link_state_of(sub: &Subscription) -> LinkState {
-    // A renewal or replacement never unlinks, even before its successor is known.
-    if sub.handed_over.is_some() {
+    // A renewal or replacement does not unlink, even before its successor is known, as long
+    // as nothing newer happened to the agreement.
+    if sub.is_handed_over() {
         return LinkState::Linked;
     }
     match sub.state {
@@ -435,11 +464,26 @@ pub struct LinkView<'a> {
     pub state: LinkState,
 }
 
-/// Resolves `link` against `subs` (any superset of the subscriptions it could reach).
+/// Resolves `link` against `subs` (any superset of the subscriptions it could reach), with no
+/// subscription claimed by another registration; see [`resolve_link_among`].
+pub fn resolve_link<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> LinkView<'a> {
+    resolve_link_among(link, subs, &HashSet::new())
+}
+
+/// Resolves `link` against `subs`, where `claimed_licenses` holds the license ids (`l-…`) that
+/// other registrations name by license.
 ///
 /// The registration names a subscription; renewals and replacements chain agreements through
-/// `previous_agreement_id`, and the link follows the chain to its newest agreement.
-pub fn resolve_link<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> LinkView<'a> {
+/// `previous_agreement_id`, and the link follows the chain to its newest agreement. A link by
+/// account id alone can match several agreements (concurrent agreements for one product): it
+/// takes, deterministically, the one that (1) no license-keyed registration claims, (2) is live
+/// (active, cancelling or handed over) rather than pending, failed or cancelled, (3) was
+/// confirmed last, then (4) changed last, then (5) has the greatest key.
+pub fn resolve_link_among<'a>(
+    link: &LinkRequest,
+    subs: &'a [Subscription],
+    claimed_licenses: &HashSet<&str>,
+) -> LinkView<'a> {
     let mut reached: Vec<&Subscription> = subs.iter().filter(|s| link.matches(s)).collect();
     // Follow successors, bounded by the number of subscriptions so a cycle cannot loop.
     let mut frontier = reached.clone();
@@ -467,14 +511,28 @@ pub fn resolve_link<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> LinkVie
                 .any(|r| r.previous_agreement_id.as_deref() == Some(id))
         })
     };
+    let unclaimed = |s: &Subscription| {
+        link.license_arn.is_some()
+            || !s
+                .license_arn
+                .as_deref()
+                .is_some_and(|l| claimed_licenses.contains(license_id(l)))
+    };
     let current = reached
         .iter()
         .copied()
         .filter(|s| !superseded(s))
         .max_by(|a, b| {
-            let a_key = (a.state_stamp.as_ref(), &a.key);
-            let b_key = (b.state_stamp.as_ref(), &b.key);
-            a_key.cmp(&b_key)
+            let rank = |s: &'a Subscription| {
+                (
+                    unclaimed(s),
+                    s.is_live(),
+                    s.first_active.as_ref(),
+                    s.state_stamp.as_ref(),
+                    &s.key,
+                )
+            };
+            rank(a).cmp(&rank(b))
         });
     LinkView {
         subscription: current,
@@ -686,6 +744,132 @@ mod tests {
         assert_eq!(view.subscription.unwrap().key, "agmt:agmt-2");
     }
 
+    fn ended(status: EndStatus, agmt: &str, time_ms: i64, id: &str) -> Event {
+        agreement(
+            Action::AgreementEnded {
+                party: Party::Proposer,
+                status,
+            },
+            agmt,
+            time_ms,
+            id,
+        )
+    }
+
+    fn created(intent: Intent, agmt: &str, time_ms: i64, id: &str) -> Event {
+        agreement(
+            Action::AgreementCreated {
+                party: Party::Proposer,
+                intent,
+            },
+            agmt,
+            time_ms,
+            id,
+        )
+    }
+
+    fn account_link() -> LinkRequest {
+        LinkRequest {
+            customer_identifier: None,
+            customer_aws_account_id: Some("111122223333".into()),
+            ..link()
+        }
+    }
+
+    /// An agreement of the test account for `prod`, with a license, after `events`.
+    fn held(agmt: &str, license: &str, events: &[Event]) -> Subscription {
+        let mut sub = fold(events);
+        sub.product_code = Some("prod".into());
+        sub.license_arn = Some(format!("arn:aws:license-manager::1:license:{license}"));
+        assert_eq!(sub.agreement_id.as_deref(), Some(agmt));
+        sub
+    }
+
+    #[test]
+    fn a_hand_over_ends_when_a_later_fact_of_the_same_agreement_arrives() {
+        let history = [
+            created(Intent::New, "agmt-1", 10, "e1"),
+            ended(EndStatus::Renewed, "agmt-1", 20, "e2"),
+            ended(EndStatus::Cancelled, "agmt-1", 30, "e3"),
+        ];
+        let sub = held("agmt-1", "l-1", &history);
+        assert!(!sub.is_handed_over());
+        let view = resolve_link(&account_link(), std::slice::from_ref(&sub));
+        assert_eq!(view.state, LinkState::UnlinkPending);
+        // In any arrival order.
+        let reversed: Vec<Event> = history.iter().rev().cloned().collect();
+        assert_eq!(held("agmt-1", "l-1", &reversed), sub);
+        // The renewal alone, or after an older cancellation, still hands over.
+        let renewed_last = held(
+            "agmt-1",
+            "l-1",
+            &[
+                history[0].clone(),
+                ended(EndStatus::Cancelled, "agmt-1", 15, "e4"),
+                history[1].clone(),
+            ],
+        );
+        assert!(renewed_last.is_handed_over());
+        assert_eq!(link_state_of(&renewed_last), LinkState::Linked);
+    }
+
+    #[test]
+    fn a_link_by_account_takes_the_live_unclaimed_agreement_whatever_the_order() {
+        let cancelled = held(
+            "agmt-old",
+            "l-old",
+            &[
+                created(Intent::New, "agmt-old", 10, "o1"),
+                ended(EndStatus::Cancelled, "agmt-old", 50, "o2"),
+            ],
+        );
+        let active = held(
+            "agmt-live",
+            "l-live",
+            &[created(Intent::New, "agmt-live", 20, "l1")],
+        );
+        let newer_active = held(
+            "agmt-new",
+            "l-new",
+            &[created(Intent::New, "agmt-new", 30, "n1")],
+        );
+        let link = account_link();
+        for subs in [
+            vec![cancelled.clone(), active.clone()],
+            vec![active.clone(), cancelled.clone()],
+        ] {
+            let view = resolve_link(&link, &subs);
+            assert_eq!(view.subscription.unwrap().key, "agmt:agmt-live");
+            assert_eq!(view.state, LinkState::Linked);
+        }
+        // Two live agreements: the one confirmed last, unless a license-keyed link claims it.
+        let subs = vec![newer_active.clone(), active.clone(), cancelled.clone()];
+        assert_eq!(
+            resolve_link(&link, &subs).subscription.unwrap().key,
+            "agmt:agmt-new"
+        );
+        let claimed: HashSet<&str> = ["l-new"].into_iter().collect();
+        assert_eq!(
+            resolve_link_among(&link, &subs, &claimed)
+                .subscription
+                .unwrap()
+                .key,
+            "agmt:agmt-live"
+        );
+        // A license-keyed link is never turned away by a claim: the claim is its own.
+        let by_license = LinkRequest {
+            license_arn: Some("l-new".into()),
+            ..account_link()
+        };
+        assert_eq!(
+            resolve_link_among(&by_license, &subs, &claimed)
+                .subscription
+                .unwrap()
+                .key,
+            "agmt:agmt-new"
+        );
+    }
+
     #[test]
     fn registration_without_events_is_syncing_and_matches_by_specific_key() {
         assert_eq!(resolve_link(&link(), &[]).state, LinkState::Syncing);
@@ -713,6 +897,7 @@ mod tests {
         let mut state = SubState::Pending;
         let mut ever_active = false;
         let mut failed_after_active = false;
+        let last = sorted.last().map(|(stamp, _)| stamp.clone());
         for (_, eff) in sorted {
             if let Effect::Transition(t) = eff {
                 failed_after_active = t == SubState::Failed && ever_active;
@@ -720,7 +905,17 @@ mod tests {
                 state = t;
             }
         }
-        let handed_over = events.iter().any(|e| effect(&e.action) == Effect::HandOver);
+        // A hand-over holds while it is the agreement's newest fact.
+        let newest_hand_over = events
+            .iter()
+            .filter(|e| effect(&e.action) == Effect::HandOver)
+            .map(|e| Stamp::of(e, rank(SubState::Active)))
+            .max();
+        let handed_over = match (newest_hand_over, last) {
+            (Some(h), Some(l)) => h > l,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         let link = match state {
             // A renewal or replacement never unlinks.
             _ if handed_over => LinkState::Linked,
@@ -820,6 +1015,77 @@ mod tests {
         events
     }
 
+    /// Chains `agmt-0 → agmt-1 → …` (each created with intent RENEW naming its predecessor),
+    /// with random lifecycle events on each, plus a concurrent unrelated agreement of the same
+    /// account. The model: the link follows the chain to the newest agreement whose Created
+    /// (RENEW) event was delivered; that agreement's own events decide the link state.
+    fn arb_chain() -> impl Strategy<Value = (Vec<Vec<Event>>, Vec<Event>)> {
+        let step = (0u8..4, 0i64..6);
+        let agreement_events = prop::collection::vec(step, 0..5);
+        (
+            prop::collection::vec((any::<bool>(), agreement_events), 1..4),
+            prop::collection::vec((0u8..4, 0i64..6), 0..4),
+        )
+            .prop_map(|(chain, concurrent)| {
+                let build = |agmt: &str, n: usize, k: u8, t: i64, j: usize| -> Event {
+                    let id = format!("{agmt}-{j}");
+                    let time = (n as i64) * 100 + t * 10;
+                    match k {
+                        0 => ended(EndStatus::Cancelled, agmt, time, &id),
+                        1 => ended(EndStatus::Renewed, agmt, time, &id),
+                        2 => agreement(Action::LicenseDeprovisioned, agmt, time, &id),
+                        _ => agreement(
+                            Action::AgreementAmended {
+                                party: Party::Proposer,
+                            },
+                            agmt,
+                            time,
+                            &id,
+                        ),
+                    }
+                };
+                let mut links = Vec::new();
+                for (n, (delivered_created, rest)) in chain.into_iter().enumerate() {
+                    let agmt = format!("agmt-{n}");
+                    let mut events = Vec::new();
+                    // The first agreement is always created; a successor may not be yet.
+                    if n == 0 || delivered_created {
+                        let intent = if n == 0 { Intent::New } else { Intent::Renew };
+                        let mut c = created(intent, &agmt, n as i64 * 100, &format!("{agmt}-c"));
+                        if n > 0 {
+                            c.ids.previous_agreement_id = Some(format!("agmt-{}", n - 1));
+                        }
+                        events.push(c);
+                    }
+                    for (j, (k, t)) in rest.into_iter().enumerate() {
+                        events.push(build(&agmt, n, k, t, j));
+                    }
+                    links.push(events);
+                }
+                let other = std::iter::once(created(Intent::New, "agmt-x", 5, "agmt-x-c"))
+                    .chain(
+                        concurrent
+                            .into_iter()
+                            .enumerate()
+                            .map(|(j, (k, t))| build("agmt-x", 0, k, t, j)),
+                    )
+                    .collect();
+                (links, other)
+            })
+    }
+
+    fn subs_of(events: &[Event]) -> Vec<Subscription> {
+        let mut by_key: std::collections::BTreeMap<String, Subscription> = Default::default();
+        for e in events {
+            let key = e.subject.as_key();
+            let current = by_key
+                .remove(&key)
+                .unwrap_or_else(|| Subscription::new(&e.subject));
+            by_key.insert(key, apply(&current, e).next);
+        }
+        by_key.into_values().collect()
+    }
+
     proptest! {
         #[test]
         fn agreement_events_in_any_order_with_both_copies_match_the_model(
@@ -832,6 +1098,40 @@ mod tests {
             prop_assert_eq!(sub.state, state);
             prop_assert_eq!(link_state_of(&sub), link_state);
             prop_assert_eq!(&sub, &fold(&history));
+        }
+
+        #[test]
+        fn a_license_keyed_link_follows_a_renewal_chain_in_any_order(
+            (chain, concurrent) in arb_chain(),
+            seed in any::<u64>(),
+        ) {
+            // The chain is keyed by the license of its first agreement.
+            let mut all: Vec<Event> = chain.iter().flatten().cloned().collect();
+            for e in all.iter_mut().filter(|e| e.subject.as_key() == "agmt:agmt-0") {
+                e.ids.license_arn = Some("arn:aws:license-manager::1:license:l-chain".into());
+                e.ids.product_code = Some("prod".into());
+            }
+            all.extend(concurrent.iter().cloned());
+            let delivered = shuffled(all.clone(), seed);
+            let subs = subs_of(&delivered);
+            prop_assert_eq!(&subs, &subs_of(&all));
+            let link = LinkRequest {
+                license_arn: Some("l-chain".into()),
+                customer_identifier: None,
+                ..link()
+            };
+            let view = resolve_link(&link, &subs);
+            // Model: the chain reaches as far as consecutive Created (RENEW) events name each
+            // predecessor; its newest agreement's own events decide the state.
+            let newest = chain
+                .iter()
+                .skip(1)
+                .take_while(|events| events.iter().any(|e| matches!(e.action, Action::AgreementCreated { .. })))
+                .count();
+            let agmt = format!("agmt:agmt-{newest}");
+            let own: Vec<Event> = all.iter().filter(|e| e.subject.as_key() == agmt).cloned().collect();
+            prop_assert_eq!(view.subscription.map(|s| s.key.clone()), Some(agmt));
+            prop_assert_eq!(view.state, model(&own).1);
         }
 
         #[test]

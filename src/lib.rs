@@ -20,6 +20,8 @@ pub mod ledger;
 pub mod metrics;
 pub mod process;
 pub mod provision;
+pub mod redrive;
+pub mod sqs;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

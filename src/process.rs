@@ -6,7 +6,7 @@ use crate::event::{self, Event, InboundMessage, SubjectKey};
 use crate::ledger::Outcome;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Incoming, Store, StoreError};
-use crate::verify::{Verifier, VerifyError};
+use crate::verify::Verifier;
 use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
@@ -17,8 +17,10 @@ use tracing::Instrument;
 pub enum Processed {
     /// Its effect is committed (applied, stale or duplicate): the message may be deleted.
     Done(Outcome),
-    /// It will never apply (undecodable or untrusted); recorded in the event log with `reason`.
-    /// The message must stay in the queue so the redrive policy takes it to the dead-letter queue.
+    /// It does not apply (undecodable, untrusted, or its certificate cannot be fetched now);
+    /// recorded in the event log with `reason`. The message must stay in the queue: it is tried
+    /// again after its visibility timeout, and the redrive policy takes it to the dead-letter
+    /// queue after `maxReceiveCount` receives.
     Rejected {
         /// Short stable code (metrics label).
         reason: &'static str,
@@ -29,15 +31,12 @@ pub enum Processed {
     Retry(Transient),
 }
 
-/// A failure that may go away by itself.
+/// A failure that may go away by itself while the message is held.
 #[derive(Debug, Error)]
 pub enum Transient {
     /// The database is unreachable or the transaction conflicted (shared by a failed batch).
     #[error(transparent)]
     Store(Arc<StoreError>),
-    /// The signing certificate could not be fetched.
-    #[error(transparent)]
-    Certificate(VerifyError),
 }
 
 /// Decode, verify, apply and record, with the metrics that count it.
@@ -121,15 +120,7 @@ impl Pipeline {
                         crate::failpoint::committed(outcomes.len());
                     }
                     for ((i, a), outcome) in accepted.iter().zip(outcomes) {
-                        let age = (now_ms() - a.event.time_ms).max(0) as f64 / 1000.0;
-                        self.metrics.event_age_seconds.observe(age);
-                        a.span.in_scope(|| {
-                            tracing::info!(
-                                outcome = outcome.as_str(),
-                                event_time_ms = a.event.time_ms,
-                                "message decided"
-                            )
-                        });
+                        self.decided(a, outcome);
                         results[*i] = Some(Processed::Done(outcome));
                     }
                 }
@@ -139,8 +130,15 @@ impl Pipeline {
                         results[*i] = Some(Processed::Retry(Transient::Store(e.clone())));
                     }
                 }
-                // A database that refuses these for good (a constraint, a corrupt row) must not
-                // lose them: reject them so they land in the dead-letter queue for an operator.
+                // A database that refuses a batch for good (a constraint, a corrupt row) may be
+                // refusing one member: each goes again alone, so only that one is rejected
+                // (and lands in the dead-letter queue for an operator).
+                Err(e) if accepted.len() > 1 => {
+                    tracing::warn!(error = %e, size = accepted.len(), "batch refused; applying its members one by one");
+                    for (i, a) in accepted {
+                        results[i] = Some(self.apply_alone(&msgs[i], a).await);
+                    }
+                }
                 Err(e) => {
                     for (i, a) in &accepted {
                         let r = self
@@ -165,6 +163,69 @@ impl Pipeline {
             .collect()
     }
 
+    /// One accepted message in a transaction of its own, after its batch was refused.
+    async fn apply_alone(&self, msg: &InboundMessage, accepted: Accepted) -> Processed {
+        let incoming = [Incoming {
+            event: &accepted.event,
+            body: &msg.body,
+        }];
+        let decided = if self.dry_run {
+            self.store.preview_batch(&incoming).await
+        } else {
+            self.store.apply_batch(&incoming).await
+        };
+        match decided {
+            Ok(outcomes) => {
+                let outcome = outcomes.first().copied().unwrap_or(Outcome::Duplicate);
+                self.decided(&accepted, outcome);
+                Processed::Done(outcome)
+            }
+            Err(e) if e.is_transient() => Processed::Retry(Transient::Store(Arc::new(e))),
+            Err(e) => {
+                self.reject(msg, &accepted.span, "store_error", e.to_string())
+                    .await
+            }
+        }
+    }
+
+    fn decided(&self, accepted: &Accepted, outcome: Outcome) {
+        let age = (now_ms() - accepted.event.time_ms).max(0) as f64 / 1000.0;
+        self.metrics.event_age_seconds.observe(age);
+        accepted.span.in_scope(|| {
+            tracing::info!(
+                outcome = outcome.as_str(),
+                event_time_ms = accepted.event.time_ms,
+                "message decided"
+            )
+        });
+    }
+
+    /// Processes an SQS message as mapped by [`crate::sqs::received`]: refused outright when
+    /// its redrive attributes are not believed.
+    pub async fn process_received(&self, received: &crate::sqs::Received) -> Processed {
+        match &received.untrusted_claim {
+            Some(e) => {
+                self.refuse(&received.inbound, e.reason(), e.to_string())
+                    .await
+            }
+            None => self.process(&received.inbound).await,
+        }
+    }
+
+    /// Refuses a message before it is decoded (its redrive attributes are not believed): recorded
+    /// and counted like any rejection.
+    pub async fn refuse(
+        &self,
+        msg: &InboundMessage,
+        reason: &'static str,
+        detail: String,
+    ) -> Processed {
+        let span = tracing::info_span!("message", message_id = %msg.message_id);
+        let result = self.reject(msg, &span, reason, detail).await;
+        self.count(&result, 0.0);
+        result
+    }
+
     /// Decodes and verifies; `Err` carries the final result of a message that goes no further.
     async fn accept(&self, msg: &InboundMessage) -> Result<Accepted, Processed> {
         let span = tracing::info_span!(
@@ -179,18 +240,20 @@ impl Pipeline {
             Ok(event) => event,
             Err(e) => return Err(self.reject(msg, &span, e.reason(), e.to_string()).await),
         };
-        record_event_fields(&span, &event);
         match self
             .verifier
             .verify(msg, &event)
             .instrument(span.clone())
             .await
         {
-            Ok(()) => Ok(Accepted { event, span }),
-            Err(e) if e.is_transient() => {
-                span.in_scope(|| tracing::warn!(error = %e, "cannot verify yet"));
-                Err(Processed::Retry(Transient::Certificate(e)))
+            // Only a trusted message's values reach the log.
+            Ok(()) => {
+                record_event_fields(&span, &event);
+                Ok(Accepted { event, span })
             }
+            // A certificate that cannot be fetched now is not retried while the message is
+            // held: it returns after its visibility timeout, so its receive count advances and
+            // an unfetchable certificate ends in the dead-letter queue, not in a stalled worker.
             Err(e) => Err(self.reject(msg, &span, e.reason(), e.to_string()).await),
         }
     }
@@ -232,7 +295,6 @@ impl Pipeline {
                 self.metrics.rejected.with_label_values(&[reason]).inc();
             }
             Processed::Retry(Transient::Store(_)) => self.metrics.database_errors.inc(),
-            Processed::Retry(Transient::Certificate(_)) => {}
         }
     }
 }

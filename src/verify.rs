@@ -11,23 +11,35 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Largest certificate accepted from a signing-certificate URL.
 const MAX_CERT_BYTES: usize = 16 * 1024;
 /// How long a certificate fetch may take.
 const CERT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a fetched certificate is used before it is fetched again (AWS rotates them).
+const CERT_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// How long a failed fetch is remembered, so a burst of messages naming one unreachable URL
+/// makes one request, not one each.
+const CERT_FAILURE_TTL: Duration = Duration::from_secs(15);
+/// How far in the future an event's own time may lie by default (producer clock drift).
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// The AWS account that owns the AWS Marketplace SNS topics.
+pub const AWS_MARKETPLACE_ACCOUNT: &str = "287250355862";
+/// The region of the AWS Marketplace SNS topics.
+pub const AWS_MARKETPLACE_REGION: &str = "us-east-1";
 
 /// What to trust.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct VerifyConfig {
     /// Check SNS signatures (on by default; tests that hand-craft envelopes turn it off).
     pub verify_signatures: bool,
     /// Certificate URL prefixes trusted besides `https://sns.<region>.amazonaws.com(.cn)/….pem`
     /// (LocalStack serves its certificate from `http://127.0.0.1:4566/_aws/sns/`).
     pub extra_cert_url_prefixes: Vec<String>,
-    /// SNS topic ARNs accepted; empty accepts any topic named like a marketplace topic.
+    /// SNS topic ARNs accepted besides AWS's own marketplace topics of the message's product.
     pub allowed_topic_arns: Vec<String>,
     /// Product codes accepted; empty accepts any.
     pub allowed_product_codes: Vec<String>,
@@ -35,6 +47,13 @@ pub struct VerifyConfig {
     pub allowed_sources: Vec<String>,
     /// Accept bare marketplace JSON (SNS raw message delivery), which carries no signature.
     pub accept_raw_delivery: bool,
+    /// How far after the moment of decision (or SQS's send time, if later) an event's own time
+    /// may lie; anything later is refused, so a forged or mis-clocked event cannot decide a
+    /// subscription's state ahead of every real one.
+    pub max_clock_skew: Duration,
+    /// The key that signs a portable redrive's original-identity attributes; without it, such
+    /// attributes are never believed.
+    pub redrive_key: Option<crate::redrive::RedriveKey>,
 }
 
 impl Default for VerifyConfig {
@@ -46,6 +65,8 @@ impl Default for VerifyConfig {
             allowed_product_codes: Vec::new(),
             allowed_sources: vec![EVENTBRIDGE_SOURCE.to_string()],
             accept_raw_delivery: false,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            redrive_key: None,
         }
     }
 }
@@ -94,7 +115,16 @@ pub enum VerifyError {
         /// Which rule it broke.
         why: &'static str,
     },
-    /// The certificate could not be fetched.
+    /// The certificate server answered with a status that retrying will not change (a 4xx,
+    /// a redirect).
+    #[error("fetching the signing certificate {url} failed for good: HTTP {status}")]
+    CertUnavailable {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The certificate could not be fetched (network, 5xx): it may work later.
     #[error("fetching the signing certificate {url} failed: {detail}")]
     CertFetch {
         /// The URL.
@@ -116,6 +146,14 @@ pub enum VerifyError {
     /// The signature does not match the signed fields.
     #[error("signature does not match the message")]
     SignatureMismatch,
+    /// The event's own time lies further in the future than the allowed clock skew.
+    #[error("event time {event_time_ms} ms is {ahead_ms} ms ahead of the latest plausible time (more than the allowed skew)")]
+    EventFromFuture {
+        /// The event's own time, epoch ms.
+        event_time_ms: i64,
+        /// How far past `max(now, SentTimestamp)` it lies.
+        ahead_ms: i64,
+    },
 }
 
 impl VerifyError {
@@ -129,14 +167,18 @@ impl VerifyError {
             VerifyError::EnvelopeField { .. } => "envelope_field",
             VerifyError::UnsupportedSignatureVersion { .. } => "unsupported_signature_version",
             VerifyError::CertUrlRefused { .. } => "cert_url_refused",
+            VerifyError::CertUnavailable { .. } => "cert_unavailable",
             VerifyError::CertFetch { .. } => "cert_fetch_failed",
             VerifyError::BadCertificate { .. } => "bad_certificate",
             VerifyError::SignatureEncoding => "signature_encoding",
             VerifyError::SignatureMismatch => "signature_mismatch",
+            VerifyError::EventFromFuture { .. } => "event_from_future",
         }
     }
 
-    /// True when trying again later could succeed (the certificate host was unreachable).
+    /// True when trying again later could succeed (the certificate host was unreachable or
+    /// answered 5xx). The worker retries such a message only within its current visibility
+    /// period, so its receive count still advances towards the dead-letter queue.
     pub fn is_transient(&self) -> bool {
         matches!(self, VerifyError::CertFetch { .. })
     }
@@ -253,8 +295,19 @@ fn is_sns_host(host: &str) -> bool {
     }
 }
 
-/// True when `topic` is named like a marketplace topic of `product` (the product code is the
-/// name's suffix), which ties the message's product to the topic it came from.
+/// The product of an AWS Marketplace topic owned by AWS (`arn:aws:sns:us-east-1:287250355862:
+/// aws-mp-…-<product>`); `None` for any other topic, however it is named.
+pub fn aws_marketplace_topic_product(topic: &str) -> Option<&str> {
+    let expected = format!("arn:aws:sns:{AWS_MARKETPLACE_REGION}:{AWS_MARKETPLACE_ACCOUNT}:");
+    let name = topic.strip_prefix(expected.as_str())?;
+    if name.contains(':') {
+        return None;
+    }
+    marketplace_topic_product(topic)
+}
+
+/// The product code a topic's name carries when it is named like a marketplace topic (the
+/// product code is the name's suffix), in whatever account.
 pub fn marketplace_topic_product(topic: &str) -> Option<&str> {
     let name = topic.rsplit(':').next()?;
     name.strip_prefix(crate::provision::SUBSCRIPTION_TOPIC_PREFIX)
@@ -273,35 +326,101 @@ enum Certificates {
 pub struct Verifier {
     config: VerifyConfig,
     source: Certificates,
-    cache: Mutex<HashMap<String, Arc<RsaPublicKey>>>,
+    cache: Mutex<HashMap<String, CachedKey>>,
+    failures: Mutex<HashMap<String, (Instant, VerifyError)>>,
+    /// One fetch at a time: the messages behind it then find the certificate (or the failure)
+    /// in a cache instead of fetching it again.
+    fetching: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
 }
 
+/// A certificate's key with what decides whether it may still be used.
+#[derive(Clone)]
+struct CachedKey {
+    key: Arc<RsaPublicKey>,
+    validity: Validity,
+    fetched: Instant,
+}
+
+/// A certificate's validity period, epoch seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// notBefore.
+    pub not_before: i64,
+    /// notAfter.
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// Valid at every moment (keys handed to [`Verifier::with_keys`]).
+    const ALWAYS: Validity = Validity {
+        not_before: i64::MIN,
+        not_after: i64::MAX,
+    };
+
+    /// Why the certificate may not be used at `now_s`, if it may not.
+    pub fn check(&self, now_s: i64) -> Result<(), &'static str> {
+        if now_s < self.not_before {
+            Err("certificate is not yet valid")
+        } else if now_s > self.not_after {
+            Err("certificate has expired")
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl Verifier {
-    /// A verifier that fetches certificates over the network when needed.
-    pub fn new(config: VerifyConfig) -> Verifier {
+    /// A verifier that fetches certificates over the network when needed. Fails when the HTTP
+    /// client cannot be built: a default client would follow redirects and never time out.
+    pub fn new(config: VerifyConfig) -> Result<Verifier, VerifierSetupError> {
         let client = reqwest::Client::builder()
             .timeout(CERT_FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
-        Verifier {
+            .map_err(|e| VerifierSetupError(e.to_string()))?;
+        Ok(Verifier::with_source(
             config,
-            source: Certificates::Http(client),
-            cache: Mutex::new(HashMap::new()),
-            fetches: AtomicU64::new(0),
-        }
+            Certificates::Http(client),
+            HashMap::new(),
+        ))
     }
 
     /// A verifier that knows these public keys by certificate URL and fetches nothing.
     pub fn with_keys(config: VerifyConfig, keys: HashMap<String, RsaPublicKey>) -> Verifier {
-        let cache = keys.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        let now = Instant::now();
+        let cache = keys
+            .into_iter()
+            .map(|(url, key)| {
+                let cached = CachedKey {
+                    key: Arc::new(key),
+                    validity: Validity::ALWAYS,
+                    fetched: now,
+                };
+                (url, cached)
+            })
+            .collect();
+        Verifier::with_source(config, Certificates::Fixed, cache)
+    }
+
+    fn with_source(
+        config: VerifyConfig,
+        source: Certificates,
+        cache: HashMap<String, CachedKey>,
+    ) -> Verifier {
         Verifier {
             config,
-            source: Certificates::Fixed,
+            source,
             cache: Mutex::new(cache),
+            failures: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
         }
+    }
+
+    /// The key a portable redrive's attributes must be signed with, if configured.
+    pub fn redrive_key(&self) -> Option<&crate::redrive::RedriveKey> {
+        self.config.redrive_key.as_ref()
     }
 
     /// How many certificate requests were made (tests assert refused URLs make none).
@@ -311,6 +430,7 @@ impl Verifier {
 
     /// Accepts or refuses `event`, decoded from `msg`.
     pub async fn verify(&self, msg: &InboundMessage, event: &Event) -> Result<(), VerifyError> {
+        self.check_time(msg, event, crate::store::now_ms())?;
         match event.delivery {
             Delivery::Raw if !self.config.accept_raw_delivery => {
                 return Err(VerifyError::RawDeliveryNotAccepted)
@@ -347,20 +467,35 @@ impl Verifier {
         Ok(())
     }
 
+    /// Refuses an event dated after `max(now, SentTimestamp) + max_clock_skew`.
+    pub fn check_time(
+        &self,
+        msg: &InboundMessage,
+        event: &Event,
+        now_ms: i64,
+    ) -> Result<(), VerifyError> {
+        let latest = now_ms.max(msg.sent_timestamp_ms.unwrap_or(i64::MIN));
+        let skew = i64::try_from(self.config.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+        let ahead_ms = event.time_ms.saturating_sub(latest);
+        if ahead_ms > skew {
+            return Err(VerifyError::EventFromFuture {
+                event_time_ms: event.time_ms,
+                ahead_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// AWS's own marketplace topic of the message's product, or a topic listed explicitly.
     fn check_topic(&self, topic: &str, product: Option<&str>) -> Result<(), VerifyError> {
-        let foreign = || VerifyError::ForeignTopic {
-            topic: topic.chars().take(200).collect(),
-        };
-        if !self.config.allowed_topic_arns.is_empty() {
-            if !self.config.allowed_topic_arns.iter().any(|t| t == topic) {
-                return Err(foreign());
-            }
+        if self.config.allowed_topic_arns.iter().any(|t| t == topic) {
             return Ok(());
         }
-        // Without an explicit list, a topic must be a marketplace topic of the message's product.
-        match (marketplace_topic_product(topic), product) {
+        match (aws_marketplace_topic_product(topic), product) {
             (Some(topic_product), Some(p)) if topic_product == p => Ok(()),
-            _ => Err(foreign()),
+            _ => Err(VerifyError::ForeignTopic {
+                topic: topic.chars().take(200).collect(),
+            }),
         }
     }
 
@@ -406,14 +541,11 @@ impl Verifier {
             .map_err(|_| VerifyError::SignatureMismatch)
     }
 
+    /// The certificate's key: cached while fresh and valid, else fetched (one fetch at a time;
+    /// a failure is remembered for [`CERT_FAILURE_TTL`]).
     async fn public_key(&self, url: &url::Url) -> Result<Arc<RsaPublicKey>, VerifyError> {
-        if let Some(key) = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(url.as_str()).cloned())
-        {
-            return Ok(key);
+        if let Some(known) = self.cached(url)? {
+            return Ok(known);
         }
         let client = match &self.source {
             Certificates::Http(client) => client,
@@ -424,54 +556,128 @@ impl Verifier {
                 })
             }
         };
+        let _one_at_a_time = self.fetching.lock().await;
+        // Whoever held the lock before may have fetched it (or failed to) meanwhile.
+        if let Some(known) = self.cached(url)? {
+            return Ok(known);
+        }
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let fetch_err = |detail: String| VerifyError::CertFetch {
-            url: url.to_string(),
-            detail,
+        match fetch_certificate(client, url).await {
+            Ok(cached) => {
+                let key = cached.key.clone();
+                if let Ok(mut cache) = self.cache.lock() {
+                    cache.insert(url.to_string(), cached);
+                }
+                Ok(key)
+            }
+            Err(e) => {
+                if let Ok(mut failures) = self.failures.lock() {
+                    failures.insert(url.to_string(), (Instant::now(), e.clone()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A cached key still fresh and valid now, a remembered recent failure, or neither.
+    fn cached(&self, url: &url::Url) -> Result<Option<Arc<RsaPublicKey>>, VerifyError> {
+        let now = Instant::now();
+        if let Some((at, e)) = self
+            .failures
+            .lock()
+            .ok()
+            .and_then(|f| f.get(url.as_str()).cloned())
+        {
+            if now.duration_since(at) < CERT_FAILURE_TTL {
+                return Err(e);
+            }
+        }
+        let Some(cached) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(url.as_str()).cloned())
+        else {
+            return Ok(None);
         };
-        let response = client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| fetch_err(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(fetch_err(format!("HTTP {}", response.status())));
+        let fixed = matches!(self.source, Certificates::Fixed);
+        if !fixed && now.duration_since(cached.fetched) >= CERT_CACHE_TTL {
+            return Ok(None);
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| fetch_err(e.to_string()))?;
-        if body.len() > MAX_CERT_BYTES {
-            return Err(VerifyError::BadCertificate {
+        cached
+            .validity
+            .check(chrono::Utc::now().timestamp())
+            .map_err(|why| VerifyError::BadCertificate {
                 url: url.to_string(),
-                detail: "larger than 16 KiB".into(),
-            });
-        }
-        let key =
-            Arc::new(
-                public_key_from_pem(&body).map_err(|detail| VerifyError::BadCertificate {
-                    url: url.to_string(),
-                    detail,
-                })?,
-            );
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(url.to_string(), key.clone());
-        }
-        Ok(key)
+                detail: why.into(),
+            })?;
+        Ok(Some(cached.key))
     }
 }
 
-/// The RSA public key of a PEM certificate that is currently valid.
-pub fn public_key_from_pem(pem: &[u8]) -> Result<RsaPublicKey, String> {
+/// The HTTP client for certificates could not be built.
+#[derive(Debug, Error)]
+#[error("cannot build the certificate HTTP client: {0}")]
+pub struct VerifierSetupError(String);
+
+async fn fetch_certificate(
+    client: &reqwest::Client,
+    url: &url::Url,
+) -> Result<CachedKey, VerifyError> {
+    let fetch_err = |detail: String| VerifyError::CertFetch {
+        url: url.to_string(),
+        detail,
+    };
+    let response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| fetch_err(e.to_string()))?;
+    let status = response.status();
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(fetch_err(format!("HTTP {status}")));
+    }
+    if !status.is_success() {
+        return Err(VerifyError::CertUnavailable {
+            url: url.to_string(),
+            status: status.as_u16(),
+        });
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| fetch_err(e.to_string()))?;
+    let bad = |detail: String| VerifyError::BadCertificate {
+        url: url.to_string(),
+        detail,
+    };
+    if body.len() > MAX_CERT_BYTES {
+        return Err(bad("larger than 16 KiB".into()));
+    }
+    let (key, validity) = public_key_from_pem(&body).map_err(bad)?;
+    validity
+        .check(chrono::Utc::now().timestamp())
+        .map_err(|why| bad(why.into()))?;
+    Ok(CachedKey {
+        key: Arc::new(key),
+        validity,
+        fetched: Instant::now(),
+    })
+}
+
+/// The RSA public key of a PEM certificate, with its validity period (checked on every use).
+pub fn public_key_from_pem(pem: &[u8]) -> Result<(RsaPublicKey, Validity), String> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
     let cert = pem
         .parse_x509()
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    if !cert.validity().is_valid() {
-        return Err("certificate is expired or not yet valid".into());
-    }
-    RsaPublicKey::from_public_key_der(cert.public_key().raw)
-        .map_err(|e| format!("not an RSA key: {e}"))
+    let validity = Validity {
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    };
+    let key = RsaPublicKey::from_public_key_der(cert.public_key().raw)
+        .map_err(|e| format!("not an RSA key: {e}"))?;
+    Ok((key, validity))
 }
 
 #[cfg(test)]

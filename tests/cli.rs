@@ -231,7 +231,106 @@ async fn errors_are_one_clear_line(backend: Backend) {
     db.cleanup().await;
 }
 
+/// The "double-applied" measure (facts with more than one row in `mplink_transitions`) can
+/// fail: with the duplicate check switched off, redeliveries and the second party's copy of a
+/// fact are applied again and counted; with it on, nothing is.
+async fn double_application_is_measurable(backend: Backend) {
+    let created = agreement_body(
+        "ev-p",
+        "Created",
+        "Proposer",
+        "agmt-dbl",
+        "845735284135",
+        serde_json::json!({"intent": "NEW"}),
+        T0,
+    );
+    let copy = agreement_body(
+        "ev-m",
+        "Created",
+        "Manufacturer",
+        "agmt-dbl",
+        "845735284135",
+        serde_json::json!({"intent": "NEW"}),
+        T0,
+    );
+    let confirm = sns_body("m-dbl", "subscribe-success", PRODUCT, CUSTOMER, T0);
+    let input = format!("{created}\n{copy}\n{confirm}\n{confirm}\n");
+    for (broken, expected) in [(false, 0), (true, 2)] {
+        let db = TestDb::new(backend).await;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mplink"));
+        command
+            .args(["--database-url", db.url.expose()])
+            .args(["apply", "--verify-signatures", "false", "-"])
+            .env_remove("DATABASE_URL")
+            .env_remove("MPLINK_DATABASE_URL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if broken {
+            command.env(mplink::failpoint::SKIP_DUPLICATE_CHECK_ENV, "1");
+        }
+        let mut child = command.spawn().expect("spawn mplink");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("stdin");
+        let out = child.wait_with_output().expect("output");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            db.store.double_applied_facts().await.expect("count"),
+            expected,
+            "duplicate check broken: {broken}"
+        );
+        db.cleanup().await;
+    }
+}
+
+/// A line that is not UTF-8 is one rejected line; the lines around it still apply.
+async fn a_non_utf8_line_is_one_rejected_line(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let good = sns_body("m-u1", "subscribe-success", PRODUCT, CUSTOMER, T0);
+    let mut bytes = good.clone().into_bytes();
+    bytes.extend_from_slice(b"\n{\"action\": \"\xff\xfe\"}\n");
+    let later = sns_body("m-u2", "unsubscribe-pending", PRODUCT, CUSTOMER, T0 + 1000);
+    bytes.extend_from_slice(later.as_bytes());
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("mixed.jsonl");
+    std::fs::write(&file, &bytes).expect("write");
+    let out = mplink(
+        &db,
+        &[
+            "apply",
+            "--verify-signatures",
+            "false",
+            file.to_str().expect("path"),
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "a rejected line fails the run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("applied 2, stale 0, duplicate 0, rejected 1"),
+        "{stdout}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("not UTF-8"), "{err}");
+    let log = db.store.event_log().await.expect("log");
+    assert!(log.iter().any(|e| e
+        .reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with("not_utf8:"))));
+    db.cleanup().await;
+}
+
 both_backends! {
     seed_story_through_the_cli => seed_story;
     errors_are_one_clear_line => errors_are_one_clear_line;
+    double_application_is_measurable => double_application_is_measurable;
+    a_non_utf8_line_is_one_rejected_line => a_non_utf8_line_is_one_rejected_line;
 }

@@ -500,23 +500,39 @@ async fn the_topic_check_applies_even_without_signature_checks() {
 }
 
 #[tokio::test]
-async fn with_an_allowed_topic_list_only_listed_topics_pass() {
-    let verifier = fixed_verifier(VerifyConfig {
-        allowed_topic_arns: vec![ent_topic(PRODUCT)],
+async fn only_aws_own_topics_pass_unless_another_is_listed() {
+    // A topic named exactly like the product's marketplace topic, in someone else's account
+    // (or AWS's account in another region): a genuine SNS signature proves nothing about it.
+    let lookalikes = [
+        format!("arn:aws:sns:us-east-1:123456789012:aws-mp-subscription-notification-{PRODUCT}"),
+        format!("arn:aws:sns:eu-west-1:287250355862:aws-mp-subscription-notification-{PRODUCT}"),
+        format!(
+            "arn:aws:sns:us-east-1:287250355862:extra:aws-mp-subscription-notification-{PRODUCT}"
+        ),
+    ];
+    let verifier = fixed_verifier(VerifyConfig::default());
+    for topic in &lookalikes {
+        let mut env = envelope(PRODUCT, topic, None);
+        sign(&mut env, signing_key(), "1");
+        assert_refused(
+            verdict(&verifier, &env).await,
+            VerifyError::ForeignTopic {
+                topic: topic.clone(),
+            },
+            "foreign_topic",
+        );
+    }
+    // AWS's own topic of the product passes by default.
+    assert_eq!(verdict(&verifier, &signed_envelope("1")).await, Ok(()));
+    // A listed topic passes too (LocalStack's, a test account's), and AWS's own still does.
+    let listing = fixed_verifier(VerifyConfig {
+        allowed_topic_arns: vec![lookalikes[0].clone()],
         ..VerifyConfig::default()
     });
-    // A genuine marketplace topic of the right product, but not on the list.
-    let env = signed_envelope("1");
-    assert_refused(
-        verdict(&verifier, &env).await,
-        VerifyError::ForeignTopic {
-            topic: sub_topic(PRODUCT),
-        },
-        "foreign_topic",
-    );
-    let mut listed = envelope(PRODUCT, &ent_topic(PRODUCT), None);
+    let mut listed = envelope(PRODUCT, &lookalikes[0], None);
     sign(&mut listed, signing_key(), "1");
-    assert_eq!(verdict(&verifier, &listed).await, Ok(()));
+    assert_eq!(verdict(&listing, &listed).await, Ok(()));
+    assert_eq!(verdict(&listing, &signed_envelope("1")).await, Ok(()));
 }
 
 #[tokio::test]
@@ -745,7 +761,7 @@ impl Drop for CountingServer {
 async fn no_request_is_made_for_a_refused_certificate_url() {
     let server = CountingServer::start().await;
     let port = server.port;
-    let verifier = Verifier::new(VerifyConfig::default());
+    let verifier = Verifier::new(VerifyConfig::default()).expect("certificate client");
     let env = signed_envelope("1");
     let urls = [
         format!("http://127.0.0.1:{port}/cert.pem"),
@@ -770,19 +786,78 @@ async fn no_request_is_made_for_a_refused_certificate_url() {
     let trusting = trusting(port);
     let env = with_field(&env, "SigningCertURL", &urls[0]);
     match verdict(&trusting, &env).await {
-        Err(e @ VerifyError::CertFetch { .. }) => {
+        Err(e @ VerifyError::CertUnavailable { status: 404, .. }) => {
             assert!(e.to_string().contains("404"), "{e}");
-            assert_eq!(e.reason(), "cert_fetch_failed");
-            assert!(e.is_transient(), "a failed fetch may succeed later");
+            assert_eq!(e.reason(), "cert_unavailable");
+            assert!(!e.is_transient(), "a 404 will not get better");
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(server.connections(), 1);
     assert_eq!(trusting.fetches(), 1);
-    // A failure is not cached: the next message asks again.
-    assert!(verdict(&trusting, &env).await.is_err());
-    assert_eq!(server.connections(), 2);
-    assert_eq!(trusting.fetches(), 2);
+    // The failure is remembered for a while: the next messages naming the URL ask nobody.
+    for _ in 0..5 {
+        assert!(matches!(
+            verdict(&trusting, &env).await,
+            Err(VerifyError::CertUnavailable { status: 404, .. })
+        ));
+    }
+    assert_eq!(server.connections(), 1);
+    assert_eq!(trusting.fetches(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_unreachable_hosts_are_transient_and_asked_once_for_a_burst() {
+    let failing =
+        CountingServer::answering(http_response("503 Service Unavailable", "", b"")).await;
+    let verifier = Arc::new(trusting(failing.port));
+    let url = format!("http://127.0.0.1:{}/cert.pem", failing.port);
+    let env = with_field(&signed_envelope("1"), "SigningCertURL", &url);
+    // A burst of concurrent messages naming the same URL makes one request.
+    let verdicts = concurrent_verdicts(verifier.clone(), &env, 8).await;
+    for v in &verdicts {
+        match v {
+            Err(e @ VerifyError::CertFetch { .. }) => {
+                assert!(e.to_string().contains("503"), "{e}");
+                assert!(e.is_transient());
+                assert_eq!(e.reason(), "cert_fetch_failed");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(failing.connections(), 1);
+    assert_eq!(verifier.fetches(), 1);
+
+    // A host that does not resolve: transient, with the reason named.
+    let unresolvable = Verifier::new(VerifyConfig {
+        extra_cert_url_prefixes: vec!["http://cert-host.invalid/".into()],
+        ..VerifyConfig::default()
+    })
+    .expect("certificate client");
+    let env = with_field(
+        &signed_envelope("1"),
+        "SigningCertURL",
+        "http://cert-host.invalid/cert.pem",
+    );
+    match verdict(&unresolvable, &env).await {
+        Err(e @ VerifyError::CertFetch { .. }) => assert!(e.is_transient(), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `n` verdicts on `env` run concurrently.
+async fn concurrent_verdicts(
+    verifier: Arc<Verifier>,
+    env: &Value,
+    n: usize,
+) -> Vec<Result<(), VerifyError>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let verifier = verifier.clone();
+        let env = env.clone();
+        tasks.spawn(async move { verdict(&verifier, &env).await });
+    }
+    tasks.join_all().await
 }
 
 fn http_response(status: &str, extra_headers: &str, body: &[u8]) -> Vec<u8> {
@@ -801,6 +876,7 @@ fn trusting(port: u16) -> Verifier {
         extra_cert_url_prefixes: vec![format!("http://127.0.0.1:{port}/")],
         ..VerifyConfig::default()
     })
+    .expect("certificate client")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -816,7 +892,9 @@ async fn a_trusted_certificate_host_cannot_redirect_the_fetch_elsewhere() {
     let url = format!("http://127.0.0.1:{}/cert.pem", redirector.port);
     let env = with_field(&signed_envelope("1"), "SigningCertURL", &url);
     match verdict(&verifier, &env).await {
-        Err(e @ VerifyError::CertFetch { .. }) => assert!(e.to_string().contains("302"), "{e}"),
+        Err(e @ VerifyError::CertUnavailable { status: 302, .. }) => {
+            assert!(!e.is_transient(), "{e}")
+        }
         other => panic!("{other:?}"),
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -874,7 +952,7 @@ async fn receive_one(stack: &Stack) -> InboundMessage {
             .await
             .expect("receive");
         if let Some(message) = out.messages().first() {
-            return mplink::consumer::inbound(message);
+            return mplink::sqs::received(message, None).inbound;
         }
         assert!(
             Instant::now() < deadline,
@@ -926,7 +1004,7 @@ async fn localstack_signed_messages_verify_and_tampered_copies_do_not() {
         Some(stack.product.as_str())
     );
 
-    let verifier = Verifier::new(signed());
+    let verifier = Verifier::new(stack.trusting(signed())).expect("certificate client");
     assert_eq!(check(&verifier, &msg).await, Ok(()));
     assert_eq!(check(&verifier, &msg).await, Ok(()));
     assert_eq!(verifier.fetches(), 1, "the certificate is cached");
@@ -978,7 +1056,7 @@ async fn a_localstack_signed_subject_verifies_and_is_covered() {
     let msg = receive_one(&stack).await;
     let env = body_json(&msg);
     assert_eq!(field(&env, "Subject"), Some("Marketplace notification"));
-    let verifier = Verifier::new(signed());
+    let verifier = Verifier::new(stack.trusting(signed())).expect("certificate client");
     assert_eq!(check(&verifier, &msg).await, Ok(()));
     let mut dropped = env.clone();
     dropped.as_object_mut().expect("object").remove("Subject");
@@ -992,8 +1070,9 @@ async fn a_localstack_signed_subject_verifies_and_is_covered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn localstack_certificates_are_refused_without_the_configured_prefix() {
-    let (_stack, msg) = localstack_message("cust-v").await;
-    let verifier = Verifier::new(VerifyConfig::default());
+    let (stack, msg) = localstack_message("cust-v").await;
+    let verifier =
+        Verifier::new(stack.trusting(VerifyConfig::default())).expect("certificate client");
     match check(&verifier, &msg).await {
         Err(e @ VerifyError::CertUrlRefused { why, .. }) => {
             assert_eq!(why, "not https", "{e}");
@@ -1006,9 +1085,9 @@ async fn localstack_certificates_are_refused_without_the_configured_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_rejects_a_tampered_localstack_message_and_applies_the_real_one() {
-    let (_stack, msg) = localstack_message("cust-v").await;
+    let (stack, msg) = localstack_message("cust-v").await;
     let db = TestDb::new(common::Backend::Sqlite).await;
-    let pipeline = pipeline(db.store.clone(), signed());
+    let pipeline = pipeline(db.store.clone(), stack.trusting(signed()));
 
     let tampered = with_body(&msg, &with_action(&body_json(&msg), "unsubscribe-success"));
     match pipeline.process(&tampered).await {
@@ -1048,5 +1127,178 @@ async fn the_pipeline_rejects_a_tampered_localstack_message_and_applies_the_real
         ["rejected", "applied"],
         "{log:?}"
     );
+    db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile senders: future-dated events, forged redrive attributes (issue 8)
+
+fn eventbridge_ended_at(time: &str, id: &str) -> InboundMessage {
+    let body = json!({
+        "version": "0", "id": id,
+        "detail-type": "Purchase Agreement Ended - Proposer",
+        "source": "aws.agreement-marketplace", "account": "123456789012",
+        "time": time, "region": "us-east-1",
+        "resources": ["arn:aws:aws-marketplace::aws:agreement:agmt-future"],
+        "detail": {"agreement": {"id": "agmt-future", "status": "CANCELLED"},
+                   "acceptor": {"accountId": "845735284135"}},
+    });
+    inbound(&body.to_string())
+}
+
+#[tokio::test]
+async fn an_event_dated_beyond_the_skew_is_refused_and_one_within_it_is_not() {
+    let verifier = fixed_verifier(VerifyConfig::default());
+    let now = mplink::store::now_ms();
+    let iso = |ms: i64| iso_ms(ms);
+    let far = eventbridge_ended_at("2099-01-01T00:00:00Z", "far");
+    let event = decode(&far).expect("decodes");
+    match verifier.verify(&far, &event).await {
+        Err(e @ VerifyError::EventFromFuture { .. }) => {
+            assert_eq!(e.reason(), "event_from_future");
+            assert!(!e.is_transient());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Just past the default five minutes: refused; just inside: accepted.
+    for (ahead_s, accepted) in [(330, false), (240, true), (-86_400 * 365, true)] {
+        let msg = eventbridge_ended_at(&iso(now + ahead_s * 1000), "near");
+        let event = decode(&msg).expect("decodes");
+        assert_eq!(
+            verifier.verify(&msg, &event).await.is_ok(),
+            accepted,
+            "{ahead_s} s ahead"
+        );
+    }
+    // SQS's send time, when later than our clock, is the reference (our clock may lag).
+    let mut msg = eventbridge_ended_at(&iso(now + 600_000), "sent-later");
+    msg.sent_timestamp_ms = Some(now + 400_000);
+    let event = decode(&msg).expect("decodes");
+    assert_eq!(verifier.verify(&msg, &event).await, Ok(()));
+    // The skew is configurable.
+    let strict = fixed_verifier(VerifyConfig {
+        max_clock_skew: Duration::from_secs(1),
+        ..VerifyConfig::default()
+    });
+    let msg = eventbridge_ended_at(&iso(now + 60_000), "strict");
+    let event = decode(&msg).expect("decodes");
+    assert!(matches!(
+        strict.verify(&msg, &event).await,
+        Err(VerifyError::EventFromFuture { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_future_event_cannot_pin_a_subscription_through_the_pipeline() {
+    let db = TestDb::new(common::Backend::Sqlite).await;
+    let pipeline = pipeline(db.store.clone(), VerifyConfig::default());
+    let far = eventbridge_ended_at("2099-01-01T00:00:00Z", "far-1");
+    match pipeline.process(&far).await {
+        Processed::Rejected { reason, .. } => assert_eq!(reason, "event_from_future"),
+        other => panic!("{other:?}"),
+    }
+    // A real, present-day event of the same agreement still decides its state.
+    let now = eventbridge_ended_at(&iso_ms(mplink::store::now_ms() - 1000), "now-1");
+    assert!(matches!(
+        pipeline.process(&now).await,
+        Processed::Done(mplink::ledger::Outcome::Applied)
+    ));
+    let subs = db.store.subscriptions().await.expect("subscriptions");
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].state, mplink::ledger::SubState::Cancelling);
+    assert!(subs[0].last_event_time_ms.unwrap() < mplink::store::now_ms());
+    db.cleanup().await;
+}
+
+fn sqs_message(body: &str, attributes: &[(&str, &str)]) -> aws_sdk_sqs::types::Message {
+    let mut m = aws_sdk_sqs::types::Message::builder()
+        .message_id("sqs-own-id")
+        .receipt_handle("rh")
+        .body(body)
+        .attributes(
+            aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+            "1788125763000",
+        );
+    for (name, value) in attributes {
+        m = m.message_attributes(
+            *name,
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(*value)
+                .build()
+                .expect("attribute"),
+        );
+    }
+    m.build()
+}
+
+#[tokio::test]
+async fn forged_redrive_attributes_are_refused_and_signed_ones_believed() {
+    use mplink::redrive::{Claim, RedriveKey, ORIGINAL_MESSAGE_ID_ATTRIBUTE as ID};
+    use mplink::redrive::{ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE as SENT, SIGNATURE_ATTRIBUTE as SIG};
+    let key = RedriveKey::new("operator-redrive-key-0001").expect("key");
+    let body = std::fs::read_to_string("tests/fixtures/events/raw_subscribe_success.json")
+        .expect("fixture");
+    let claim = Claim {
+        message_id: "original-id".into(),
+        sent_timestamp_ms: 1_700_000_000_000,
+    };
+    let good = key.sign(&claim, &body);
+    let attrs = |sig: &str| {
+        vec![
+            (ID, "original-id".to_string()),
+            (SENT, "1700000000000".to_string()),
+            (SIG, sig.to_string()),
+        ]
+    };
+    let message = |attrs: Vec<(&str, String)>| {
+        let pairs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sqs_message(&body, &pairs)
+    };
+    // Signed with the key: the original identity and time are believed.
+    let believed = mplink::sqs::received(&message(attrs(&good)), Some(&key));
+    assert!(believed.untrusted_claim.is_none());
+    assert_eq!(believed.inbound.message_id, "original-id");
+    assert_eq!(believed.inbound.sent_timestamp_ms, Some(1_700_000_000_000));
+    // Forged (another key), unsigned, or unverifiable: refused under SQS's own identity.
+    let other = RedriveKey::new("somebody-elses-key-0002").expect("key");
+    let forged_sig = other.sign(&claim, &body);
+    for (attrs, key, reason) in [
+        (attrs(&forged_sig), Some(&key), "redrive_attributes_forged"),
+        (
+            attrs(&good)[..2].to_vec(),
+            Some(&key),
+            "redrive_attributes_malformed",
+        ),
+        (attrs(&good), None, "redrive_attributes_unverifiable"),
+    ] {
+        let r = mplink::sqs::received(&message(attrs), key);
+        assert_eq!(r.inbound.message_id, "sqs-own-id");
+        assert_eq!(r.inbound.sent_timestamp_ms, Some(1_788_125_763_000));
+        assert_eq!(r.untrusted_claim.as_ref().map(|e| e.reason()), Some(reason));
+    }
+    // Through the pipeline the forgery is recorded as a rejection with its reason.
+    let db = TestDb::new(common::Backend::Sqlite).await;
+    let pipeline = pipeline(
+        db.store.clone(),
+        VerifyConfig {
+            accept_raw_delivery: true,
+            verify_signatures: false,
+            redrive_key: Some(key.clone()),
+            ..VerifyConfig::default()
+        },
+    );
+    let forged = mplink::sqs::received(&message(attrs(&forged_sig)), Some(&key));
+    match pipeline.process_received(&forged).await {
+        Processed::Rejected { reason, .. } => assert_eq!(reason, "redrive_attributes_forged"),
+        other => panic!("{other:?}"),
+    }
+    assert!(db.store.subscriptions().await.expect("subs").is_empty());
+    assert!(matches!(
+        pipeline.process_received(&believed).await,
+        Processed::Done(mplink::ledger::Outcome::Applied)
+    ));
+    let log = db.store.event_log().await.expect("log");
+    assert!(log.iter().any(|e| e.message_id == "original-id"));
     db.cleanup().await;
 }

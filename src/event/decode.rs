@@ -63,7 +63,7 @@ fn sns_envelope(msg: &InboundMessage, envelope: &Object) -> Result<Event, Decode
     let sns_message_id = cx.req_str(envelope, &["MessageId"])?;
     let topic_arn = cx.req_str(envelope, &["TopicArn"])?;
     let time_ms = cx.req_time_ms(envelope, &["Timestamp"])?;
-    let message = cx.parse_object(cx.req_str(envelope, &["Message"])?, "Message")?;
+    let message = cx.parse_object(cx.req_document(envelope, &["Message"])?, "Message")?;
     let (action, subject, ids) = marketplace(&Cx::new(&msg.message_id, "Message."), &message)?;
     Ok(Event {
         sqs_message_id: msg.message_id.clone(),
@@ -328,12 +328,39 @@ impl<'a> Cx<'a> {
         Ok(None)
     }
 
-    /// An optional string; an empty string says no more than an absent one.
+    /// An optional string; an empty string says no more than an absent one. Control characters
+    /// are refused: no identifier or time contains one, and PostgreSQL refuses `\u0000` in
+    /// text, which would fail every event in the same transaction.
     fn opt_str<'v>(&self, root: &'v Object, path: &[&str]) -> Result<Option<&'v str>, DecodeError> {
         match self.lookup(root, path)? {
             None => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                Err(DecodeError::ControlCharacter {
+                    message_id: self.message_id.to_owned(),
+                    field: self.field(path),
+                })
+            }
             Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.wrong_type(path, "string")),
+        }
+    }
+
+    /// A string that is itself a document (the SNS `Message`): newlines and tabs are its
+    /// whitespace, but no other control character may hide in it.
+    fn req_document<'v>(&self, root: &'v Object, path: &[&str]) -> Result<&'v str, DecodeError> {
+        match self.lookup(root, path)? {
+            Some(Value::String(s))
+                if s.chars()
+                    .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
+            {
+                Err(DecodeError::ControlCharacter {
+                    message_id: self.message_id.to_owned(),
+                    field: self.field(path),
+                })
+            }
+            Some(Value::String(s)) if !s.is_empty() => Ok(s),
+            Some(Value::String(_)) | None => Err(self.missing(path)),
             Some(_) => Err(self.wrong_type(path, "string")),
         }
     }

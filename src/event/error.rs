@@ -84,6 +84,15 @@ pub enum DecodeError {
         /// The Type as sent, truncated.
         kind: String,
     },
+    /// A text field holds a control character (`\u0000` and the like): no marketplace
+    /// identifier has one, and the database would refuse it.
+    #[error("message {message_id}: field {field} contains a control character")]
+    ControlCharacter {
+        /// SQS message id.
+        message_id: String,
+        /// JSON path of the field.
+        field: String,
+    },
     /// A raw (unenveloped) message without the SQS `SentTimestamp` to date it.
     #[error("message {message_id}: raw delivery needs the SQS SentTimestamp attribute to date the event")]
     MissingSentTimestamp {
@@ -105,6 +114,7 @@ impl DecodeError {
             DecodeError::UnknownAction { .. } => "unknown_action",
             DecodeError::UnknownDetailType { .. } => "unknown_detail_type",
             DecodeError::NotANotification { .. } => "not_a_notification",
+            DecodeError::ControlCharacter { .. } => "control_character",
             DecodeError::MissingSentTimestamp { .. } => "missing_sent_timestamp",
         }
     }
@@ -121,6 +131,7 @@ impl DecodeError {
             | DecodeError::UnknownAction { message_id, .. }
             | DecodeError::UnknownDetailType { message_id, .. }
             | DecodeError::NotANotification { message_id, .. }
+            | DecodeError::ControlCharacter { message_id, .. }
             | DecodeError::MissingSentTimestamp { message_id } => message_id,
         }
     }

@@ -25,6 +25,9 @@ const BULK_ROWS: usize = 500;
 /// How often a batch is retried after a deadlock, serialization failure or busy database.
 const MAX_CONFLICT_RETRIES: u32 = 8;
 
+/// How much of a rejected body the event log keeps (its size and SHA-256 are kept whole).
+pub const REJECTED_BODY_LIMIT: usize = 8 * 1024;
+
 /// Everything that can go wrong talking to the database.
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -96,8 +99,21 @@ fn is_conflict_code(code: Option<&str>) -> bool {
     )
 }
 
+/// A unique violation: in the apply path only the event-log insert can raise one, when another
+/// transaction recorded the same delivery between our lookup and our insert (a copy with a
+/// different subject, so no row lock serialized the two). Rerunning the batch then finds the
+/// record and decides `duplicate`.
+fn is_unique_violation(code: Option<&str>) -> bool {
+    matches!(code, Some("23505" | "2067" | "1555"))
+}
+
 fn is_conflict(e: &StoreError) -> bool {
     matches!(e, StoreError::Query { source: sqlx::Error::Database(db), .. } if is_conflict_code(db.code().as_deref()))
+}
+
+fn is_batch_retryable(e: &StoreError) -> bool {
+    is_conflict(e)
+        || matches!(e, StoreError::Query { source: sqlx::Error::Database(db), .. } if is_unique_violation(db.code().as_deref()))
 }
 
 fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -233,7 +249,7 @@ impl Store {
         let mut attempt = 0;
         loop {
             match self.try_apply_batch(batch).await {
-                Err(e) if is_conflict(&e) && attempt < MAX_CONFLICT_RETRIES => {
+                Err(e) if is_batch_retryable(&e) && attempt < MAX_CONFLICT_RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, error = %e, "transaction conflict, retrying batch");
                     tokio::time::sleep(Duration::from_millis(5 << attempt.min(6))).await;
@@ -249,7 +265,7 @@ impl Store {
         let mut attempt = 0;
         loop {
             match self.try_batch(batch, false).await {
-                Err(e) if is_conflict(&e) && attempt < MAX_CONFLICT_RETRIES => attempt += 1,
+                Err(e) if is_batch_retryable(&e) && attempt < MAX_CONFLICT_RETRIES => attempt += 1,
                 other => return other,
             }
         }
@@ -359,16 +375,18 @@ impl Store {
             }
         }
 
+        let skip_duplicate_check = crate::failpoint::skip_duplicate_check();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut log_rows: Vec<(&Incoming<'_>, Outcome)> = Vec::with_capacity(batch.len());
+        let mut transitions: Vec<Transition<'_>> = Vec::new();
         for item in batch {
             let event = item.event;
             // This very delivery is already recorded: nothing to write.
-            if !seen_ids.insert(event.event_id.clone()) {
+            if !seen_ids.insert(event.event_id.clone()) && !skip_duplicate_check {
                 outcomes.push(Outcome::Duplicate);
                 continue;
             }
-            let outcome = if seen_facts.contains(&event.fact_key) {
+            let outcome = if seen_facts.contains(&event.fact_key) && !skip_duplicate_check {
                 // Another copy of the same fact (e.g. the Manufacturer copy of a Proposer event).
                 Outcome::Duplicate
             } else {
@@ -378,7 +396,18 @@ impl Store {
                     column: "sub_key",
                     value: key.clone(),
                 })?;
-                let decision = ledger::apply(sub, event);
+                let decision = if skip_duplicate_check {
+                    crate::failpoint::apply_forgetting_ties(sub, event)
+                } else {
+                    ledger::apply(sub, event)
+                };
+                if decision.outcome == Outcome::Applied {
+                    transitions.push(Transition {
+                        event,
+                        from: sub.state,
+                        to: decision.next.state,
+                    });
+                }
                 current.insert(key, decision.next);
                 decision.outcome
             };
@@ -387,11 +416,18 @@ impl Store {
             log_rows.push((item, outcome));
         }
 
+        // The broken build the fault suite proves its "double-applied" column with records a
+        // second application instead of failing on the event log's key.
+        let on_conflict = if skip_duplicate_check {
+            " ON CONFLICT (message_id) DO NOTHING"
+        } else {
+            ""
+        };
         for chunk in log_rows.chunks(BULK_ROWS) {
             let sql = format!(
                 "INSERT INTO mplink_event_log \
                  (message_id, sqs_message_id, fact_key, sub_key, action, event_time, outcome, reason, body, recorded_at) \
-                 VALUES {}",
+                 VALUES {}{on_conflict}",
                 rows::tuples(self.backend, chunk.len(), 10, 1)
             );
             let mut query = sqlx::query(&sql);
@@ -413,6 +449,29 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(q("recording events"))?;
+        }
+
+        for chunk in transitions.chunks(BULK_ROWS) {
+            let sql = format!(
+                "INSERT INTO mplink_transitions \
+                 (message_id, fact_key, sub_key, from_state, to_state, event_time, recorded_at) VALUES {}",
+                rows::tuples(self.backend, chunk.len(), 7, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for t in chunk {
+                query = query
+                    .bind(&t.event.event_id)
+                    .bind(&t.event.fact_key)
+                    .bind(t.event.subject.as_key())
+                    .bind(t.from.as_str())
+                    .bind(t.to.as_str())
+                    .bind(t.event.time_ms)
+                    .bind(now);
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(q("recording transitions"))?;
         }
 
         let changed: Vec<&Subscription> = keys
@@ -441,14 +500,16 @@ impl Store {
         let body_hash = sha256_hex(&msg.body);
         sqlx::query(
             "INSERT INTO mplink_event_log \
-             (message_id, sqs_message_id, fact_key, sub_key, action, event_time, outcome, reason, body, recorded_at) \
-             VALUES ($1, $2, NULL, NULL, NULL, $3, 'rejected', $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
+             (message_id, sqs_message_id, fact_key, sub_key, action, event_time, outcome, reason, body, body_sha256, body_bytes, recorded_at) \
+             VALUES ($1, $2, NULL, NULL, NULL, $3, 'rejected', $4, $5, $6, $7, $8) ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(format!("rejected:{}:{}", msg.message_id, &body_hash[..16]))
         .bind(&msg.message_id)
         .bind(msg.sent_timestamp_ms)
-        .bind(reason)
-        .bind(&msg.body)
+        .bind(storable_text(reason, REJECTED_BODY_LIMIT))
+        .bind(storable_text(&msg.body, REJECTED_BODY_LIMIT))
+        .bind(&body_hash)
+        .bind(msg.body.len() as i64)
         .bind(now_ms())
         .execute(&self.pool)
         .await
@@ -636,6 +697,36 @@ pub fn link_key(link: &LinkRequest) -> Option<String> {
     link.customer_aws_account_id
         .as_ref()
         .map(|acct| format!("acct:{}:{acct}", link.product_code))
+}
+
+/// An applied decision, for `mplink_transitions`.
+struct Transition<'a> {
+    event: &'a Event,
+    from: SubState,
+    to: SubState,
+}
+
+/// At most `limit` bytes of `text` (on a character boundary), with NUL replaced: PostgreSQL
+/// refuses it in text, and a rejected body may hold anything.
+pub fn storable_text(text: &str, limit: usize) -> String {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].replace('\0', "\u{FFFD}")
+}
+
+impl Store {
+    /// Facts applied more than once, by `mplink_transitions` (the fault suite's "double-applied").
+    pub async fn double_applied_facts(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT fact_key FROM mplink_transitions GROUP BY fact_key HAVING COUNT(*) > 1) twice",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("counting double applications"))?;
+        Ok(n as u64)
+    }
 }
 
 /// Milliseconds since the epoch, now.

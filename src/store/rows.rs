@@ -3,7 +3,7 @@
 use super::{q, Backend, StoreError};
 use crate::event::license_id;
 use crate::ledger::{
-    resolve_link, LinkRequest, LinkState, PaymentMethod, Stamp, SubState, Subscription,
+    resolve_link_among, LinkRequest, LinkState, PaymentMethod, Stamp, SubState, Subscription,
 };
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -285,10 +285,15 @@ pub(super) fn status_rows(
     links: &[LinkRequest],
     filter: &StatusFilter,
 ) -> Vec<StatusRow> {
+    // Agreements that a registration names by license are not for an account-keyed link.
+    let claimed: std::collections::HashSet<&str> = links
+        .iter()
+        .filter_map(|l| l.license_arn.as_deref().map(crate::event::license_id))
+        .collect();
     let resolved: Vec<(&LinkRequest, Option<&Subscription>, LinkState)> = links
         .iter()
         .map(|l| {
-            let view = resolve_link(l, subs);
+            let view = resolve_link_among(l, subs, &claimed);
             (l, view.subscription, view.state)
         })
         .collect();

@@ -129,6 +129,23 @@ impl Stack {
         }
     }
 
+    /// `verify` with this stack's own marketplace topics allowed: they live in LocalStack's
+    /// account, not AWS's, so only an explicit allow-list admits them.
+    pub fn trusting(&self, mut verify: VerifyConfig) -> VerifyConfig {
+        verify
+            .allowed_topic_arns
+            .extend(self.topics.iter().cloned());
+        verify
+    }
+
+    /// `--allowed-topic-arn` flags for this stack's topics, for a worker process.
+    pub fn topic_flags(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .flat_map(|t| ["--allowed-topic-arn".to_string(), t.clone()])
+            .collect()
+    }
+
     /// Publishes a legacy marketplace message to the subscription topic through real SNS.
     pub async fn publish(&self, action: &str, customer: &str) {
         let message = serde_json::json!({
@@ -288,7 +305,7 @@ pub fn unsigned() -> VerifyConfig {
 pub fn pipeline(store: Store, verify: VerifyConfig) -> Pipeline {
     Pipeline::new(
         store,
-        Arc::new(Verifier::new(verify)),
+        Arc::new(Verifier::new(verify).expect("certificate client")),
         Arc::new(Metrics::new()),
     )
 }
@@ -307,7 +324,7 @@ pub async fn spawn_worker(
     let shutdown = CancellationToken::new();
     let sqs = stack.sqs.clone();
     let token = shutdown.clone();
-    let pipeline = pipeline(store, verify);
+    let pipeline = pipeline(store, stack.trusting(verify));
     let handle =
         tokio::spawn(async move { mplink::app::run(sqs, pipeline, config, listener, token).await });
     RunningWorker {

@@ -773,6 +773,16 @@ enum Bad {
     WronglySigned,
     /// A real envelope cut in half.
     Truncated,
+    /// A real envelope whose certificate URL (under a trusted prefix) answers 404.
+    CertNotFound,
+    /// A real envelope whose certificate host does not resolve.
+    CertUnreachable,
+    /// An EventBridge Agreement Ended dated in 2100.
+    FutureDated,
+    /// A genuinely signed envelope from a marketplace-named topic that is not allowed.
+    ForeignAccount,
+    /// A message whose redrive attributes claim another identity without the key.
+    ForgedRedrive,
 }
 
 impl Bad {
@@ -783,8 +793,105 @@ impl Bad {
             Bad::ForeignSource => "foreign_source",
             Bad::Oversized => "too_large",
             Bad::WronglySigned => "signature_mismatch",
+            Bad::CertNotFound => "cert_unavailable",
+            Bad::CertUnreachable => "cert_fetch_failed",
+            Bad::FutureDated => "event_from_future",
+            Bad::ForeignAccount => "foreign_topic",
+            Bad::ForgedRedrive => "redrive_attributes_forged",
         }
     }
+}
+
+/// Where the hostile certificate URLs point, each under a trusted prefix.
+struct CertHosts {
+    not_found: String,
+    unreachable: String,
+}
+
+/// A local certificate host that answers 404 to everything and counts the requests.
+struct NotFoundServer {
+    port: u16,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NotFoundServer {
+    async fn start() -> NotFoundServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        NotFoundServer {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for NotFoundServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends `body` with redrive attributes claiming `claimed_id`, signed with a key the worker
+/// does not have; returns the SQS message id.
+async fn send_forged(stack: &Stack, body: &str, claimed_id: &str) -> String {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    let attribute = |v: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .expect("attribute")
+    };
+    let claim = mplink::redrive::Claim {
+        message_id: claimed_id.to_string(),
+        sent_timestamp_ms: T0,
+    };
+    let signature = mplink::redrive::RedriveKey::new("an-attackers-guess-at-the-key")
+        .expect("key")
+        .sign(&claim, body);
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&stack.queue.queue_url)
+        .message_body(body)
+        .message_attributes(
+            mplink::redrive::ORIGINAL_MESSAGE_ID_ATTRIBUTE,
+            attribute(claimed_id),
+        )
+        .message_attributes(
+            mplink::redrive::ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE,
+            attribute(&T0.to_string()),
+        )
+        .message_attributes(mplink::redrive::SIGNATURE_ATTRIBUTE, attribute(&signature))
+        .send()
+        .await
+        .expect("send forged message")
+        .message_id()
+        .expect("message id")
+        .to_string()
 }
 
 /// The source queue's maxReceiveCount: small, so bad messages reach the dead-letter queue fast.
@@ -807,7 +914,7 @@ async fn bad_input_at_volume() {
     let stack = Stack::new(BAD_MAX_RECEIVE, Duration::from_secs(2)).await;
     let sns = aws_sdk_sns::Client::new(&stack.sdk);
     let good_n = scaled(1500);
-    let bad_n = scaled(300);
+    let bad_n = scaled(440);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 
     // Good input: real SNS publications, verified by the worker. Each customer gets one event
@@ -850,37 +957,73 @@ async fn bad_input_at_volume() {
 
     // Real signed envelopes to tamper with and truncate, from a product of their own.
     let kinds: Vec<Bad> = (0..bad_n)
-        .map(|i| match i % 5 {
+        .map(|i| match i % 11 {
             0 => Bad::Malformed,
-            1 if i % 2 == 0 => Bad::ForeignTopic,
-            1 => Bad::ForeignSource,
-            2 => Bad::Oversized,
-            3 => Bad::WronglySigned,
-            _ => Bad::Truncated,
+            1 => Bad::ForeignTopic,
+            2 => Bad::ForeignSource,
+            3 => Bad::Oversized,
+            4 => Bad::WronglySigned,
+            5 => Bad::Truncated,
+            6 => Bad::CertNotFound,
+            7 => Bad::CertUnreachable,
+            8 => Bad::FutureDated,
+            9 => Bad::ForeignAccount,
+            _ => Bad::ForgedRedrive,
         })
         .collect();
     let need_signed = kinds
         .iter()
-        .filter(|k| matches!(k, Bad::WronglySigned | Bad::Truncated))
+        .filter(|k| {
+            matches!(
+                k,
+                Bad::WronglySigned | Bad::Truncated | Bad::CertNotFound | Bad::CertUnreachable
+            )
+        })
         .count();
+    let need_foreign = kinds.iter().filter(|k| **k == Bad::ForeignAccount).count();
+    // A product of its own: its subscription topic is allowed (for the tampered copies), its
+    // entitlement topic is not (a genuine signature from a topic nobody listed).
     let source = Stack::new(5, Duration::from_secs(30)).await;
     let signed_msgs: Vec<String> = (0..need_signed)
         .map(|i| marketplace_json("subscribe-success", &source.product, &format!("victim-{i}")))
         .collect();
     publish_batch(&sns, &source.topics[0], &signed_msgs).await;
+    let foreign_msgs: Vec<String> = (0..need_foreign)
+        .map(|i| {
+            marketplace_json(
+                "entitlement-updated",
+                &source.product,
+                &format!("intruder-{i}"),
+            )
+        })
+        .collect();
+    publish_batch(&sns, &source.topics[1], &foreign_msgs).await;
     let mut signed_bodies = receive_all(
         &source,
         &source.queue.queue_url,
-        need_signed,
+        need_signed + need_foreign,
         Duration::from_secs(60),
     )
     .await;
     signed_bodies.sort();
+    let (mut foreign_bodies, signed_bodies): (Vec<String>, Vec<String>) = signed_bodies
+        .into_iter()
+        .partition(|b| b.contains(&source.topics[1]));
+    assert_eq!(foreign_bodies.len(), need_foreign);
     let mut signed_iter = signed_bodies.into_iter();
+    let mut foreign_iter = foreign_bodies.drain(..);
+    let missing_certs = NotFoundServer::start().await;
+    let hosts = CertHosts {
+        not_found: format!("http://127.0.0.1:{}/", missing_certs.port),
+        unreachable: "http://cert-host.invalid/".to_string(),
+    };
     let bad_bodies: Vec<String> = kinds
         .iter()
         .enumerate()
-        .map(|(i, kind)| bad_body(*kind, i, &stack, &mut signed_iter))
+        .map(|(i, kind)| match kind {
+            Bad::ForeignAccount => foreign_iter.next().expect("a foreign envelope"),
+            _ => bad_body(*kind, i, &stack, &hosts, &mut signed_iter),
+        })
         .collect();
     let expected_per_reason: HashMap<&str, usize> =
         kinds.iter().fold(HashMap::new(), |mut m, k| {
@@ -888,20 +1031,31 @@ async fn bad_input_at_volume() {
             m
         });
 
-    // The worker: real binary, signatures verified, LocalStack's certificate trusted.
+    // The worker: real binary, signatures verified, LocalStack's certificate trusted, and the
+    // two certificate hosts of the hostile kinds under trusted prefixes (so the failure is the
+    // fetch itself, not the URL rule).
     let cert_prefix = format!("{}/_aws/sns/", endpoint());
-    let mut worker = WorkerProcess::spawn(
-        db.url.expose(),
-        &stack.queue.queue_url,
-        &[
-            "--verify-signatures",
-            "true",
-            "--sns-cert-url-prefix",
-            &cert_prefix,
-            "--visibility-timeout",
-            "2",
-        ],
-    );
+    let mut args: Vec<String> = [
+        "--verify-signatures",
+        "true",
+        "--sns-cert-url-prefix",
+        &cert_prefix,
+        "--sns-cert-url-prefix",
+        &hosts.not_found,
+        "--sns-cert-url-prefix",
+        &hosts.unreachable,
+        "--visibility-timeout",
+        "2",
+        "--redrive-key",
+        "the-operators-redrive-key-0001",
+        "--allowed-topic-arn",
+        &source.topics[0],
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(stack.topic_flags());
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut worker = WorkerProcess::spawn(db.url.expose(), &stack.queue.queue_url, &arg_refs);
     let pid = worker.pid();
     let addr = worker.http_addr().await;
 
@@ -948,8 +1102,17 @@ async fn bad_input_at_volume() {
             }
         }
         let (k0, k1) = (w * bad_n / WAVES, (w + 1) * bad_n / WAVES);
-        let ids = send_with_ids(&stack, &bad_bodies[k0..k1]).await;
-        bad_ids.extend(ids.into_iter().zip(kinds[k0..k1].iter().copied()));
+        let (forged, plain): (Vec<usize>, Vec<usize>) =
+            (k0..k1).partition(|&k| kinds[k] == Bad::ForgedRedrive);
+        let plain_bodies: Vec<String> = plain.iter().map(|&k| bad_bodies[k].clone()).collect();
+        for (k, id) in plain.iter().zip(send_with_ids(&stack, &plain_bodies).await) {
+            bad_ids.push((id, kinds[*k]));
+        }
+        for &k in &forged {
+            // It claims the identity of a good event, to shadow it as a duplicate.
+            let id = send_forged(&stack, &bad_bodies[k], &format!("victim-id-{k}")).await;
+            bad_ids.push((id, kinds[k]));
+        }
     }
     let fed = feed_start.elapsed();
     assert!(sns_ids.iter().all(|id| !id.is_empty()));
@@ -991,6 +1154,28 @@ async fn bad_input_at_volume() {
     let run = started.elapsed();
     sampling.store(false, Ordering::Relaxed);
     sampler.await.expect("sampler");
+    // The failure cache: the 404 host was asked a few times over the run, not once per receive.
+    let not_found_receives =
+        kinds.iter().filter(|k| **k == Bad::CertNotFound).count() * BAD_MAX_RECEIVE as usize;
+    println!(
+        "bad_input_at_volume: the 404 certificate host was asked {} times for {} receives over {:.0} s",
+        missing_certs.connections(),
+        not_found_receives,
+        run.as_secs_f64()
+    );
+    assert!(
+        missing_certs.connections() >= 1
+            && missing_certs.connections() as u64 <= run.as_secs() / 15 + 2,
+        "failed fetches are not cached: {} requests",
+        missing_certs.connections()
+    );
+    let cpu = cpu_seconds(pid, clock_ticks());
+    println!(
+        "bad_input_at_volume: worker CPU {:.2} s for {} messages over {:.0} s",
+        cpu,
+        plan.len() + bad_n * BAD_MAX_RECEIVE as usize,
+        run.as_secs_f64()
+    );
     assert!(
         worker.running(),
         "the worker exited:\n{}",
@@ -1203,9 +1388,41 @@ fn bad_body(
     kind: Bad,
     i: usize,
     stack: &Stack,
+    hosts: &CertHosts,
     signed: &mut impl Iterator<Item = String>,
 ) -> String {
+    let with_cert_url = |body: String, prefix: &str| {
+        let mut v: Value = serde_json::from_str(&body).expect("envelope");
+        // One URL for all of a kind, as when a certificate goes missing for everyone.
+        v["SigningCertURL"] =
+            Value::String(format!("{prefix}SimpleNotificationService-nonexistent.pem"));
+        v.to_string()
+    };
     match kind {
+        Bad::CertNotFound => {
+            with_cert_url(signed.next().expect("a signed envelope"), &hosts.not_found)
+        }
+        Bad::CertUnreachable => with_cert_url(
+            signed.next().expect("a signed envelope"),
+            &hosts.unreachable,
+        ),
+        Bad::FutureDated => agreement_body(
+            &format!("future-{}-{i}", stack.suffix),
+            "Ended",
+            "Proposer",
+            &format!("agmt-future-{i}"),
+            "123456789012",
+            serde_json::json!({"status": "CANCELLED"}),
+            4_102_444_800_000,
+        ),
+        Bad::ForgedRedrive => sns_body(
+            &format!("forged-{}-{i}", stack.suffix),
+            "unsubscribe-success",
+            &stack.product,
+            &format!("forged-{i}"),
+            T0,
+        ),
+        Bad::ForeignAccount => unreachable!("foreign envelopes are genuine SNS deliveries"),
         Bad::Malformed => match i % 3 {
             0 => format!("malformed message {i}: this is not JSON"),
             1 => format!("<Notification><MessageId>bad-{i}</MessageId></Notification>"),
