@@ -193,7 +193,10 @@ def evaluate(node, refs):
     fail(f"cannot evaluate {node}")
 worker = res["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
 env = {e["Name"]: e["Value"] for e in worker["Environment"]}
-secrets = {s["Name"]: s["ValueFrom"] for s in worker.get("Secrets", [])}
+secrets = {s["Name"]: s["ValueFrom"] for s in worker.get("Secrets", []) if "Name" in s}
+optional = [s["Fn::If"] for s in worker.get("Secrets", []) if "Fn::If" in s]
+if optional != [["HasRedriveKey", {"Name": "MPLINK_REDRIVE_KEY", "ValueFrom": {"Ref": "RedriveKeySecretArn"}}, {"Ref": "AWS::NoValue"}]]:
+    fail(f"the redrive key secret is not wired as expected: {optional}")
 for bad in ("MPLINK_DATABASE_URL", "DATABASE_URL"):
     if bad in env: fail(f"{bad} is plain environment; it must come from Secrets")
 if secrets.get("MPLINK_DATABASE_URL") != {"Ref": "DatabaseUrlSecretArn"}: fail(f"secrets {secrets}")
@@ -206,6 +209,8 @@ got = sorted(evaluate(env["MPLINK_ALLOWED_TOPIC_ARNS"], {"ProductCodes": ["prodA
 want = sorted(f"arn:aws:sns:us-east-1:287250355862:aws-mp-{kind}-notification-{code}"
               for kind in ("subscription", "entitlement") for code in ("prodA1", "prodB2"))
 if got != want: fail(f"MPLINK_ALLOWED_TOPIC_ARNS for [prodA1, prodB2] is {got}, expected {want}")
+codes = evaluate(env["MPLINK_ALLOWED_PRODUCT_CODES"], {"ProductCodes": ["prodA1", "prodB2"]})
+if codes != "prodA1,prodB2": fail(f"MPLINK_ALLOWED_PRODUCT_CODES for [prodA1, prodB2] is {codes}")
 migrate = res["MigrationTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
 if migrate["Command"] != ["migrate"]: fail(f"migration task runs {migrate['Command']}")
 cb = res["Service"]["Properties"]["DeploymentConfiguration"]["DeploymentCircuitBreaker"]
