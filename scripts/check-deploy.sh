@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Validates deploy/cloudformation.yaml for real:
-#   1. cfn-lint (pinned in scripts/localstack/requirements.txt) finds no error and no warning;
-#      deploy/ecs-task-definition.json passes the CLI's own RegisterTaskDefinition model check
-#      (botocore, offline), takes the database URL from secrets only and stops after the grace period.
-#   2. the template deploys to LocalStack (aws cloudformation deploy) against two marketplace-like
-#      topics this script creates, with two of the four topic slots left empty;
+# Validates the deploy/ templates for real:
+#   1. cfn-lint (pinned in scripts/localstack/requirements.txt) finds no error and no warning in
+#      deploy/cloudformation.yaml (the queue stack) and deploy/service.yaml (the ECS service);
+#      hadolint finds nothing in deploy/Dockerfile (scripts/hadolint.sh); the service's container
+#      takes the database URL from secrets only, stops after the grace period, has a read-only
+#      root filesystem and `mplink healthcheck` as health check, and passes AWS Marketplace's
+#      own topics for its product codes as MPLINK_ALLOWED_TOPIC_ARNS. LocalStack's free edition
+#      has no ECS, so the service stack is checked statically only;
+#   2. the queue template deploys to LocalStack (aws cloudformation deploy) against two
+#      marketplace-like topics this script creates, with two of the four topic slots left empty;
 #   3. the deployed stack is what the template promises (queue attributes, redrive, the exact
-#      queue policy, subscriptions, rule and target, the worker IAM policy, the DLQ alarm and its
-#      actions when LocalStack runs CloudWatch) and it works: a message published to each topic
-#      and an aws.agreement-marketplace event put on the default bus all arrive in its queue;
+#      queue policy - and who it lets send under IAM's condition rules -, subscriptions, rule and
+#      target, the worker IAM policy, the DLQ alarm and its actions when LocalStack runs
+#      CloudWatch) and it works: a message published to each topic and an
+#      aws.agreement-marketplace event put on the default bus all arrive in its queue;
 #   4. a second stack with no topic at all (an EventBridge-only listing) deploys, with a queue
 #      policy that lets in EventBridge alone and no subscription;
 #   5. the stacks, their (retained) queues and the topics are deleted however the script ends.
@@ -25,7 +30,7 @@ t0=$SECONDS
 venv="${MPLINK_LOCALSTACK_VENV:-$PWD/.localstack-venv}"
 host="${MPLINK_LOCALSTACK_HOST:-127.0.0.1:4566}"
 template=deploy/cloudformation.yaml
-taskdef=deploy/ecs-task-definition.json
+service=deploy/service.yaml
 
 say() { echo "check-deploy: $*"; }
 die() {
@@ -34,6 +39,7 @@ die() {
 }
 
 [ -f "$template" ] || die "$template is missing"
+[ -f "$service" ] || die "$service is missing"
 
 # --- LocalStack and the tools of its virtualenv ------------------------------------------------
 started_localstack=false
@@ -122,41 +128,100 @@ $code" >"$tmp/check.out" 2>&1 || die "$what: $(cat "$tmp/check.out")"
     say "ok: $what"
 }
 
-# --- 1. static checks ----------------------------------------------------------------------------
-if ! "$venv/bin/cfn-lint" -- "$template" >"$tmp/lint.out" 2>&1; then
-    cat "$tmp/lint.out" >&2
-    die "cfn-lint reported the problems above in $template"
-fi
-say "ok: cfn-lint $template (no errors, no warnings)"
+# Who the queue policy lets send, under IAM's documented condition rules (conditions of a
+# statement all hold; a negated operator holds when the key is absent or matches none of the
+# values). LocalStack does not enforce queue policies, so this is how a policy that would let a
+# stranger in - or lock SNS out, which loses messages silently - is caught here.
+cat >"$tmp/iam_eval.py" <<'EOF'
+import fnmatch
+def _holds(op, key, values, ctx):
+    values = [values] if isinstance(values, str) else values
+    have = ctx.get(key)
+    match = {"ArnEquals": lambda v: have == v, "ArnNotEquals": lambda v: have == v,
+             "ArnLike": lambda v: fnmatch.fnmatchcase(have, v), "ArnNotLike": lambda v: fnmatch.fnmatchcase(have, v)}[op]
+    hit = have is not None and any(match(v) for v in values)
+    return not hit if "Not" in op else hit
+def _applies(s, ctx, action, resource):
+    p = s.get("Principal")
+    if p != "*" and p.get("Service") != ctx.get("service"): return False
+    acts = s["Action"]; acts = [acts] if isinstance(acts, str) else acts
+    if action not in acts or s["Resource"] != resource: return False
+    return all(_holds(op, k, v, ctx) for op, kv in s.get("Condition", {}).items() for k, v in kv.items())
+def decide(policy, ctx, resource, action="sqs:SendMessage"):
+    """'deny' (explicit), 'allow' (by this policy), or 'identity' (left to the caller's IAM policy)."""
+    st = policy["Statement"]; st = [st] if isinstance(st, dict) else st
+    hits = [s["Effect"] for s in st if _applies(s, ctx, action, resource)]
+    return "deny" if "Deny" in hits else "allow" if "Allow" in hits else "identity"
+EOF
 
-if [ -f "$taskdef" ]; then
-    cp "$taskdef" "$tmp/taskdef.json" 2>/dev/null
-    check "$taskdef: matches the ECS RegisterTaskDefinition model, database URL only via secrets, stopTimeout above the grace period" '
-try:
-    td = load("taskdef.json")
-except ValueError as e:
-    fail(f"not valid JSON: {e}")
-import botocore.session
-from botocore.validate import ParamValidator
-shape = botocore.session.get_session().get_service_model("ecs").operation_model("RegisterTaskDefinition").input_shape
-report = ParamValidator().validate(td, shape)
-if report.has_errors():
-    fail(report.generate_report())
-for c in td["containerDefinitions"]:
-    name = c["name"]
-    env = {e["name"]: e["value"] for e in c.get("environment", [])}
-    for bad in ("MPLINK_DATABASE_URL", "DATABASE_URL"):
-        if bad in env:
-            fail(f"{name}: {bad} is plain environment; it must come from secrets")
-    secrets = {s["name"]: s["valueFrom"] for s in c.get("secrets", [])}
-    if "MPLINK_DATABASE_URL" not in secrets:
-        fail(f"{name}: MPLINK_DATABASE_URL is not in secrets")
-    if int(c.get("stopTimeout", 30)) <= int(env.get("MPLINK_GRACE_PERIOD", 25)):
-        fail(f"{name}: stopTimeout must exceed the grace period")
-    if env.get("MPLINK_HTTP_ADDR", "").startswith("127."):
-        fail(f"{name}: MPLINK_HTTP_ADDR on loopback is unreachable for health checks")
-'
-fi
+# --- 1. static checks ----------------------------------------------------------------------------
+for t in "$template" "$service"; do
+    if ! "$venv/bin/cfn-lint" -- "$t" >"$tmp/lint.out" 2>&1; then
+        cat "$tmp/lint.out" >&2
+        die "cfn-lint reported the problems above in $t"
+    fi
+    say "ok: cfn-lint $t (no errors, no warnings)"
+done
+
+scripts/hadolint.sh deploy/Dockerfile >"$tmp/hadolint.out" 2>&1 || {
+    cat "$tmp/hadolint.out" >&2
+    die "hadolint reported the problems above in deploy/Dockerfile"
+}
+say "ok: $(tail -n 1 "$tmp/hadolint.out") (the image itself cannot be built here: no container engine)"
+
+# The service stack's worker container, read with cfn-lint's own template decoder. The topic
+# allow-list is built with Fn::Join/Fn::Sub over the ProductCodes list: it is evaluated here for
+# two product codes and compared with the ARNs it must give.
+"$python" - "$service" >"$tmp/service.out" 2>&1 <<'EOF' || die "$service: $(cat "$tmp/service.out")"
+import sys
+from cfnlint.decode import decode
+tpl, problems = decode(sys.argv[1])
+if problems: sys.exit(f"cannot decode: {problems}")
+res = tpl["Resources"]
+def fail(msg): sys.exit(msg)
+def evaluate(node, refs):
+    if isinstance(node, str): return node
+    if isinstance(node, dict) and "Ref" in node: return refs[node["Ref"]]
+    if isinstance(node, dict) and "Fn::Join" in node:
+        sep, items = node["Fn::Join"]
+        items = evaluate(items, refs) if isinstance(items, dict) else [evaluate(i, refs) for i in items]
+        return sep.join(items)
+    if isinstance(node, dict) and "Fn::Sub" in node:
+        text, variables = node["Fn::Sub"]
+        for k, v in variables.items(): text = text.replace("${" + k + "}", evaluate(v, refs))
+        return text
+    fail(f"cannot evaluate {node}")
+worker = res["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+env = {e["Name"]: e["Value"] for e in worker["Environment"]}
+secrets = {s["Name"]: s["ValueFrom"] for s in worker.get("Secrets", []) if "Name" in s}
+optional = [s["Fn::If"] for s in worker.get("Secrets", []) if "Fn::If" in s]
+if optional != [["HasRedriveKey", {"Name": "MPLINK_REDRIVE_KEY", "ValueFrom": {"Ref": "RedriveKeySecretArn"}}, {"Ref": "AWS::NoValue"}]]:
+    fail(f"the redrive key secret is not wired as expected: {optional}")
+for bad in ("MPLINK_DATABASE_URL", "DATABASE_URL"):
+    if bad in env: fail(f"{bad} is plain environment; it must come from Secrets")
+if secrets.get("MPLINK_DATABASE_URL") != {"Ref": "DatabaseUrlSecretArn"}: fail(f"secrets {secrets}")
+if not int(worker["StopTimeout"]) > int(env["MPLINK_GRACE_PERIOD"]): fail("StopTimeout must exceed the grace period")
+if env["MPLINK_HTTP_ADDR"].startswith("127."): fail("MPLINK_HTTP_ADDR on loopback")
+if worker.get("ReadonlyRootFilesystem") is not True: fail("root filesystem is writable")
+if worker["HealthCheck"]["Command"] != ["CMD", "mplink", "healthcheck"]: fail(f"health check {worker['HealthCheck']}")
+if worker["LogConfiguration"]["LogDriver"] != "awslogs" or env.get("MPLINK_LOG_FORMAT") != "json": fail("logs are not JSON to CloudWatch")
+got = sorted(evaluate(env["MPLINK_ALLOWED_TOPIC_ARNS"], {"ProductCodes": ["prodA1", "prodB2"]}).split(","))
+want = sorted(f"arn:aws:sns:us-east-1:287250355862:aws-mp-{kind}-notification-{code}"
+              for kind in ("subscription", "entitlement") for code in ("prodA1", "prodB2"))
+if got != want: fail(f"MPLINK_ALLOWED_TOPIC_ARNS for [prodA1, prodB2] is {got}, expected {want}")
+codes = evaluate(env["MPLINK_ALLOWED_PRODUCT_CODES"], {"ProductCodes": ["prodA1", "prodB2"]})
+if codes != "prodA1,prodB2": fail(f"MPLINK_ALLOWED_PRODUCT_CODES for [prodA1, prodB2] is {codes}")
+migrate = res["MigrationTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+if migrate["Command"] != ["migrate"]: fail(f"migration task runs {migrate['Command']}")
+cb = res["Service"]["Properties"]["DeploymentConfiguration"]["DeploymentCircuitBreaker"]
+if cb != {"Enable": True, "Rollback": True}: fail(f"circuit breaker {cb}")
+marketplace = res["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+actions = sorted(a for s in marketplace for a in s["Action"])
+if actions != ["aws-marketplace:BatchMeterUsage", "aws-marketplace:GetEntitlements", "aws-marketplace:ResolveCustomer"]:
+    fail(f"task role marketplace actions {actions}")
+print("ok")
+EOF
+say "ok: $service: database URL from Secrets Manager, stopTimeout above the grace period, read-only root, mplink healthcheck, JSON logs, AWS's topics for the product codes, circuit breaker with rollback"
 
 # --- 2. deploy -----------------------------------------------------------------------------------
 # new_topic NAME: creates the topic, remembers it for cleanup, sets $topic_arn.
@@ -212,9 +277,16 @@ deploy_stack() {
     say "ok: deployed stack $name to LocalStack"
 }
 
+# Two operator roles may redrive besides the worker: one exact, one a wildcard (SSO roles live
+# under a generated path).
+account="$(text sts get-caller-identity --query Account)" || die "sts get-caller-identity failed"
+ops_role="arn:aws:iam::$account:role/mplink-ops-$run_id"
+sso_roles="arn:aws:iam::$account:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Ops_*"
+worker_role="arn:aws:iam::$account:role/$queue_name-worker"
 deploy_stack "$stack" \
     "MarketplaceTopicArn1=$topic1" "MarketplaceTopicArn2=$topic2" \
     "QueueName=$queue_name" "MaxReceiveCount=$max_receive" "VisibilityTimeout=$visibility" \
+    "RedriveRoleArns=$ops_role,$sso_roles" \
     "CreateDeadLetterAlarm=$alarm" "AlarmTopicArn=$alarm_topic"
 
 aws cloudformation describe-stacks --stack-name "$stack" >"$tmp/stack.json"
@@ -249,14 +321,13 @@ if r.get('deadLetterTargetArn') != '$dlq_arn' or int(r.get('maxReceiveCount', 0)
 
 # LocalStack does not enforce queue policies, so the policy is checked statement by statement:
 # in AWS, a policy that does not let SNS in loses messages silently.
-check "queue policy: sns.amazonaws.com from exactly the two topics, events.amazonaws.com from the rule, nothing else" "
+check "queue policy: SNS from exactly the two topics, EventBridge from the rule; everyone else refused but the worker and operator roles" "
 p = json.loads(load('queue.json')['Attributes'].get('Policy', '{}'))
 st = p.get('Statement', [])
 if isinstance(st, dict): st = [st]
-if len(st) != 2: fail(f'expected 2 statements, got {len(st)}: {st}')
+if [s.get('Effect') for s in st] != ['Allow', 'Allow', 'Deny']: fail(f'expected Allow, Allow, Deny: {st}')
 by = {}
-for s in st:
-    if s.get('Effect') != 'Allow': fail(f'unexpected statement {s}')
+for s in st[:2]:
     svc = s.get('Principal', {}).get('Service')
     acts = s.get('Action'); acts = [acts] if isinstance(acts, str) else acts
     if acts != ['sqs:SendMessage']: fail(f'{svc}: actions {acts}')
@@ -267,6 +338,29 @@ if by.get('sns.amazonaws.com') != sorted(['$topic1', '$topic2']):
     fail(f'SNS may send from {by.get(\"sns.amazonaws.com\")}, expected the two topics')
 if by.get('events.amazonaws.com') != ['$rule_arn']:
     fail(f'EventBridge may send from {by.get(\"events.amazonaws.com\")}, expected the rule')
+deny = st[2]
+if deny.get('Principal') != '*' or deny.get('Action') not in ('sqs:SendMessage', ['sqs:SendMessage']): fail(f'deny {deny}')
+c = deny.get('Condition', {})
+if sorted(c.get('ArnNotEquals', {}).get('aws:SourceArn', [])) != sorted(['$topic1', '$topic2', '$rule_arn']):
+    fail(f'deny exempts sources {c.get(\"ArnNotEquals\")}')
+if sorted(c.get('ArnNotLike', {}).get('aws:PrincipalArn', [])) != sorted(['$worker_role', '$ops_role', '$sso_roles']):
+    fail(f'deny exempts principals {c.get(\"ArnNotLike\")}')
+exec(open('$tmp/iam_eval.py').read())
+foreign_topic = 'arn:aws:sns:us-east-1:111122223333:aws-mp-subscription-notification-$product'
+cases = [
+    ('SNS from the subscription topic', {'service': 'sns.amazonaws.com', 'aws:SourceArn': '$topic1'}, 'allow'),
+    ('SNS from the entitlement topic', {'service': 'sns.amazonaws.com', 'aws:SourceArn': '$topic2'}, 'allow'),
+    ('SNS from a same-named topic of another account', {'service': 'sns.amazonaws.com', 'aws:SourceArn': foreign_topic}, 'deny'),
+    ('EventBridge from the rule', {'service': 'events.amazonaws.com', 'aws:SourceArn': '$rule_arn'}, 'allow'),
+    ('EventBridge from another rule', {'service': 'events.amazonaws.com', 'aws:SourceArn': '$rule_arn-other'}, 'deny'),
+    ('the worker task role (redrive)', {'aws:PrincipalArn': '$worker_role'}, 'identity'),
+    ('the operator role', {'aws:PrincipalArn': '$ops_role'}, 'identity'),
+    ('an SSO operator role', {'aws:PrincipalArn': '${sso_roles%\*}x1y2'}, 'identity'),
+    ('another role of the account', {'aws:PrincipalArn': 'arn:aws:iam::$account:role/app'}, 'deny'),
+    ('a user of another account', {'aws:PrincipalArn': 'arn:aws:iam::111122223333:user/eve'}, 'deny'),
+]
+wrong = [f'{what}: {decide(p, ctx, \"$queue_arn\")}, expected {want}' for what, ctx, want in cases if decide(p, ctx, '$queue_arn') != want]
+if wrong: fail('; '.join(wrong))
 "
 
 : >"$tmp/subs.jsonl"
@@ -435,13 +529,21 @@ rule_arn2="$(text cloudformation describe-stacks --stack-name "$stack2" \
     --query "Stacks[0].Outputs[?OutputKey=='RuleArn'].OutputValue")" || die "no RuleArn output for $stack2"
 aws sqs get-queue-attributes --queue-url "$queue_url2" --attribute-names Policy QueueArn >"$tmp/queue2.json"
 aws sns list-subscriptions >"$tmp/allsubs.json"
-check "no topics: the queue policy lets in EventBridge only, and nothing is subscribed" "
+check "no topics: the queue policy lets in EventBridge only (SNS is refused), and nothing is subscribed" "
 a = load('queue2.json')['Attributes']
-st = json.loads(a.get('Policy', '{}')).get('Statement', [])
+p = json.loads(a.get('Policy', '{}'))
+st = p.get('Statement', [])
 if isinstance(st, dict): st = [st]
-principals = [s.get('Principal', {}).get('Service') for s in st]
-if principals != ['events.amazonaws.com']: fail(f'policy principals {principals}')
+principals = [s.get('Principal', {}).get('Service') if s.get('Principal') != '*' else '*' for s in st]
+if principals != ['events.amazonaws.com', '*']: fail(f'policy principals {principals}')
 if st[0].get('Condition', {}).get('ArnEquals', {}).get('aws:SourceArn') != '$rule_arn2': fail(f'policy {st}')
+exec(open('$tmp/iam_eval.py').read())
+worker = 'arn:aws:iam::$account:role/$queue_name2-worker'
+got = [decide(p, {'service': 'events.amazonaws.com', 'aws:SourceArn': '$rule_arn2'}, a['QueueArn']),
+       decide(p, {'service': 'sns.amazonaws.com', 'aws:SourceArn': '$topic1'}, a['QueueArn']),
+       decide(p, {'aws:PrincipalArn': worker}, a['QueueArn']),
+       decide(p, {'aws:PrincipalArn': '$ops_role'}, a['QueueArn'])]
+if got != ['allow', 'deny', 'identity', 'deny']: fail(f'rule, a topic, the worker, an unlisted operator: {got}')
 subs = [s for s in load('allsubs.json')['Subscriptions'] if s['Endpoint'] == a['QueueArn']]
 if subs: fail(f'unexpected subscriptions {subs}')
 "

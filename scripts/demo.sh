@@ -38,8 +38,10 @@ export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
 export AWS_REGION="${AWS_REGION:-us-east-1}"
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
-# Passed explicitly too: not every aws CLI v1 release reads AWS_ENDPOINT_URL.
-aws() { .localstack-venv/bin/aws --endpoint-url "$AWS_ENDPOINT_URL" --output json "$@"; }
+# Passed explicitly too: not every aws CLI v1 release reads AWS_ENDPOINT_URL. The CLI lives in
+# the virtualenv scripts/localstack.sh installed (MPLINK_LOCALSTACK_VENV when set, as there).
+venv="${MPLINK_LOCALSTACK_VENV:-$PWD/.localstack-venv}"
+aws() { "$venv/bin/aws" --endpoint-url "$AWS_ENDPOINT_URL" --output json "$@"; }
 
 heading "Building mplink (cargo build, the same dev profile CI and the tests use)"
 cargo build

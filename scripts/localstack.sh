@@ -4,18 +4,24 @@
 # without an account token).
 #
 #   scripts/localstack.sh start    install into .localstack-venv if missing, start, wait until healthy
-#   scripts/localstack.sh stop     stop the instance this script started
+#   scripts/localstack.sh stop     stop the instance this script started: SIGTERM, then SIGKILL
+#                                  after MPLINK_LOCALSTACK_STOP_WAIT (10) s; says which ended it,
+#                                  exits 1 if it is still running
 #   scripts/localstack.sh status   exit 0 when LocalStack answers
 #
+# MPLINK_LOCALSTACK_HOST (127.0.0.1:4566) and MPLINK_LOCALSTACK_PIDFILE (./localstack.pid) let a
+# second instance run beside the first.
 # State is in memory: a restart loses queues and topics (mplink provision recreates them).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${MPLINK_LOCALSTACK_VENV:-$root/.localstack-venv}"
-pidfile="$root/localstack.pid"
+pidfile="${MPLINK_LOCALSTACK_PIDFILE:-$root/localstack.pid}"
 logfile="$root/localstack.log"
 host="${MPLINK_LOCALSTACK_HOST:-127.0.0.1:4566}"
 health="http://$host/_localstack/health"
 python="${PYTHON:-python3}"
+# Seconds `stop` waits after SIGTERM before it sends SIGKILL.
+stop_wait="${MPLINK_LOCALSTACK_STOP_WAIT:-10}"
 
 healthy() { curl -sf --max-time 2 "$health" >/dev/null 2>&1; }
 
@@ -58,17 +64,55 @@ start() {
     exit 1
 }
 
+# alive PID: true while the process group PID leads still has a member (localstack forks workers).
+alive() { kill -0 -- "-$1" 2>/dev/null || kill -0 "$1" 2>/dev/null; }
+
+# wait_gone PID SECONDS: true once the group is gone, false if it outlives SECONDS.
+wait_gone() {
+    local i
+    for i in $(seq 1 $(($2 * 4))); do
+        alive "$1" || return 0
+        sleep 0.25
+    done
+    ! alive "$1"
+}
+
+# Stops the instance this script started: SIGTERM to its process group, then SIGKILL if it is
+# still there after the wait. It says which of the two ended it, and exits non-zero (keeping the
+# pidfile) if even SIGKILL did not, so a caller never believes a stop that did not happen.
 stop() {
-    if [ -f "$pidfile" ]; then
-        pid="$(cat "$pidfile")"
-        # setsid made it a process group leader: stop the whole group.
-        kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        rm -f "$pidfile"
-        echo "LocalStack stopped"
-    else
-        echo "no LocalStack started by this script"
+    if [ ! -f "$pidfile" ]; then
+        echo "no LocalStack started by this script (no $pidfile)"
+        return
     fi
+    local pid
+    pid="$(cat "$pidfile")"
+    case "$pid" in '' | *[!0-9]*)
+        echo "$pidfile holds no process id ('$pid'); removing it" >&2
+        rm -f "$pidfile"
+        return 1 ;;
+    esac
+    if ! alive "$pid"; then
+        rm -f "$pidfile"
+        echo "LocalStack (pid $pid) was not running"
+        return
+    fi
+    # setsid made it a process group leader: signal the whole group.
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    if wait_gone "$pid" "$stop_wait"; then
+        rm -f "$pidfile"
+        echo "LocalStack stopped (pid $pid, SIGTERM)"
+        return
+    fi
+    echo "LocalStack (pid $pid) still running ${stop_wait} s after SIGTERM: sending SIGKILL" >&2
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    if wait_gone "$pid" 5; then
+        rm -f "$pidfile"
+        echo "LocalStack killed (pid $pid, SIGKILL after ${stop_wait} s)"
+        return
+    fi
+    echo "LocalStack (pid $pid) is STILL RUNNING after SIGKILL; pidfile $pidfile kept" >&2
+    return 1
 }
 
 case "${1:-}" in

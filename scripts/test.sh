@@ -30,7 +30,8 @@ export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-# The production templates: linted, deployed to LocalStack and exercised end to end.
+# The production templates: both stacks linted, the queue stack deployed to LocalStack and
+# exercised end to end, the Dockerfile linted with hadolint (scripts/hadolint.sh).
 bash scripts/check-deploy.sh
 # The fault suite, one scenario at a time so they do not distort each other's figures; its
 # summary tables are printed. MPLINK_FAULT_SCALE=10 runs it ten times bigger.

@@ -44,6 +44,23 @@ pub enum Command {
     Provision(ProvisionArgs),
     /// Dead-letter queue tools: inspect, replay, redrive, export.
     Dlq(DlqArgs),
+    /// Ask a running worker's /readyz (or /healthz) and exit 0 when it answers 200, else 1:
+    /// the container health check, without shell tools.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Arguments of `mplink healthcheck`.
+#[derive(Debug, clap::Args)]
+pub struct HealthcheckArgs {
+    /// The worker's HTTP address (its --http-addr); 0.0.0.0 or [::] is asked on loopback.
+    #[arg(long, env = "MPLINK_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+    pub http_addr: std::net::SocketAddr,
+    /// Ask /healthz (the process answers) instead of /readyz (database and queue answer).
+    #[arg(long)]
+    pub live: bool,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub timeout: u64,
 }
 
 /// Arguments of `mplink dlq`.
@@ -418,6 +435,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Dlq(DlqArgs {
             command: DlqCommand::Export(args),
         }) => return dlq_export(args).await,
+        Command::Healthcheck(args) => return Ok(crate::healthcheck::run(&args).await),
         command => Cli { command, ..cli },
     };
     let url = cli.database();
@@ -438,7 +456,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Dlq(DlqArgs {
             command: DlqCommand::Replay(args),
         }) => dlq_replay(&store, args).await,
-        Command::Provision(_) | Command::Dlq(_) => {
+        Command::Provision(_) | Command::Dlq(_) | Command::Healthcheck(_) => {
             unreachable!("handled before opening the database")
         }
     };

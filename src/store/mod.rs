@@ -165,6 +165,7 @@ impl Store {
     /// Opens the database without migrating it.
     pub async fn connect(url: &DatabaseUrl) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
+        crate::tls::install_default_crypto_provider();
         let backend = if url.is_postgres() {
             Backend::Postgres
         } else {
