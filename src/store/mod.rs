@@ -2,6 +2,7 @@
 //! migrations. Applying events and recording them in the event log happen in one transaction;
 //! the subscription row is locked first, so concurrent appliers serialize per subscription.
 
+mod outbox;
 mod rows;
 
 use crate::config::DatabaseUrl;
@@ -13,6 +14,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use thiserror::Error;
 
+pub use outbox::{
+    AttemptResult, OutboxStats, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING,
+};
 pub use rows::{StatusDetails, StatusFilter, StatusRow};
 
 /// The embedded, versioned migrations in `migrations/`.
@@ -482,8 +486,54 @@ impl Store {
             .iter()
             .filter_map(|k| current.get(k).filter(|sub| before.get(k) != Some(*sub)))
             .collect();
+
+        // What the organizations these changes can reach saw before them (read before the
+        // subscriptions are written); a preview writes no outbox and takes no lock.
+        let seen: Vec<&Subscription> = changed
+            .iter()
+            .filter(|after| {
+                before
+                    .get(&after.key)
+                    .is_none_or(|b| visible_change(b, after))
+            })
+            .flat_map(|after| [Some(*after), before.get(&after.key)])
+            .flatten()
+            .collect();
+        let views_before = if commit && !seen.is_empty() {
+            outbox::lock(&mut tx).await?;
+            let orgs = outbox::affected_orgs(self.backend, &mut tx, &seen).await?;
+            let views = outbox::org_views(self.backend, &mut tx, &orgs).await?;
+            Some((orgs, views))
+        } else {
+            None
+        };
+
         for chunk in changed.chunks(BULK_ROWS / 4) {
             rows::write_subscriptions(self.backend, &mut tx, chunk, now).await?;
+        }
+
+        if let Some((orgs, views_before)) = views_before {
+            let views_after = outbox::org_views(self.backend, &mut tx, &orgs).await?;
+            let applied: Vec<&Event> = log_rows
+                .iter()
+                .filter(|(_, o)| *o == Outcome::Applied)
+                .map(|(i, _)| i.event)
+                .collect();
+            // The cause of an organization's change: the last applied event of the batch on the
+            // subscription it sees now, else on the one it saw, else the batch's last.
+            let cause = |_: &str, b: Option<&crate::outbox::OrgView>, a: Option<&crate::outbox::OrgView>| {
+                let on = |v: Option<&crate::outbox::OrgView>| {
+                    let key = v.and_then(|v| v.subscription.sub_key.clone());
+                    applied
+                        .iter()
+                        .rev()
+                        .find(|e| key.as_deref() == Some(e.subject.as_key().as_str()))
+                };
+                let event = on(a).or_else(|| on(b)).or(applied.last());
+                event.map_or((String::new(), now), |e| (e.event_id.clone(), e.time_ms))
+            };
+            let new = outbox::diff(&views_before, &views_after, None, cause);
+            outbox::insert(self.backend, &mut tx, &new, now).await?;
         }
 
         // A row this transaction created only to lock it (every event for it a duplicate) goes
@@ -617,6 +667,7 @@ impl Store {
         link_key: &str,
     ) -> Result<Option<String>, StoreError> {
         let mut tx = self.begin().await?;
+        outbox::lock(&mut tx).await?;
         let previous: Option<String> = sqlx::query_scalar(
             "SELECT org_id FROM mplink_org_links WHERE link_key = $1 AND org_id <> $2",
         )
@@ -625,6 +676,15 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(q("looking up an existing link"))?;
+        // Everyone this link can change: the organization itself, the one losing the
+        // subscription, and those whose links share its subscriptions (a registration by license
+        // takes its agreement away from one by account).
+        let reached = outbox::link_universe(self.backend, &mut tx, std::slice::from_ref(link)).await?;
+        let mut orgs =
+            outbox::affected_orgs(self.backend, &mut tx, &reached.iter().collect::<Vec<_>>()).await?;
+        orgs.insert(link.org_id.clone());
+        orgs.extend(previous.clone());
+        let views_before = outbox::org_views(self.backend, &mut tx, &orgs).await?;
         if previous.is_some() {
             sqlx::query("DELETE FROM mplink_org_links WHERE link_key = $1 AND org_id <> $2")
                 .bind(link_key)
@@ -651,6 +711,12 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(q("recording a link"))?;
+        let views_after = outbox::org_views(self.backend, &mut tx, &orgs).await?;
+        let cause = format!("link:{}:{}", link.org_id, link.requested_at_ms);
+        let new = outbox::diff(&views_before, &views_after, Some(&link.org_id), |_, _, _| {
+            (cause.clone(), link.requested_at_ms)
+        });
+        outbox::insert(self.backend, &mut tx, &new, now_ms()).await?;
         tx.commit().await.map_err(q("committing a link"))?;
         Ok(previous)
     }
@@ -750,6 +816,17 @@ pub fn link_key(link: &LinkRequest) -> Option<String> {
     link.customer_aws_account_id
         .as_ref()
         .map(|acct| format!("acct:{}:{acct}", link.product_code))
+}
+
+/// True when `after` differs from `before` in something a link can see (its state, history or
+/// identifiers; not its details or last event time).
+fn visible_change(before: &Subscription, after: &Subscription) -> bool {
+    let plain = |s: &Subscription| Subscription {
+        details: Default::default(),
+        last_event_time_ms: None,
+        ..s.clone()
+    };
+    plain(before) != plain(after)
 }
 
 /// An applied decision, for `mplink_transitions`.

@@ -1,0 +1,1 @@
+//! `mplink events` and `mplink outbox …`.

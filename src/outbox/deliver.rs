@@ -1,0 +1,1 @@
+//! Delivers outbox rows to webhooks.
