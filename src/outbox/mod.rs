@@ -241,8 +241,14 @@ mod tests {
 
     #[test]
     fn a_row_only_when_the_state_changes() {
-        assert_eq!(change_type(None, LinkState::Syncing), Some(EventType::Syncing));
-        assert_eq!(change_type(Some(LinkState::Linked), LinkState::Linked), None);
+        assert_eq!(
+            change_type(None, LinkState::Syncing),
+            Some(EventType::Syncing)
+        );
+        assert_eq!(
+            change_type(Some(LinkState::Linked), LinkState::Linked),
+            None
+        );
         assert_eq!(
             change_type(Some(LinkState::Linked), LinkState::UnlinkPending),
             Some(EventType::UnlinkPending)

@@ -14,9 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use thiserror::Error;
 
-pub use outbox::{
-    AttemptResult, OutboxStats, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING,
-};
+pub use outbox::{AttemptResult, OutboxStats, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING};
 pub use rows::{StatusDetails, StatusFilter, StatusRow};
 
 /// The embedded, versioned migrations in `migrations/`.
@@ -521,7 +519,9 @@ impl Store {
                 .collect();
             // The cause of an organization's change: the last applied event of the batch on the
             // subscription it sees now, else on the one it saw, else the batch's last.
-            let cause = |_: &str, b: Option<&crate::outbox::OrgView>, a: Option<&crate::outbox::OrgView>| {
+            let cause = |_: &str,
+                         b: Option<&crate::outbox::OrgView>,
+                         a: Option<&crate::outbox::OrgView>| {
                 let on = |v: Option<&crate::outbox::OrgView>| {
                     let key = v.and_then(|v| v.subscription.sub_key.clone());
                     applied
@@ -679,9 +679,11 @@ impl Store {
         // Everyone this link can change: the organization itself, the one losing the
         // subscription, and those whose links share its subscriptions (a registration by license
         // takes its agreement away from one by account).
-        let reached = outbox::link_universe(self.backend, &mut tx, std::slice::from_ref(link)).await?;
+        let reached =
+            outbox::link_universe(self.backend, &mut tx, std::slice::from_ref(link)).await?;
         let mut orgs =
-            outbox::affected_orgs(self.backend, &mut tx, &reached.iter().collect::<Vec<_>>()).await?;
+            outbox::affected_orgs(self.backend, &mut tx, &reached.iter().collect::<Vec<_>>())
+                .await?;
         orgs.insert(link.org_id.clone());
         orgs.extend(previous.clone());
         let views_before = outbox::org_views(self.backend, &mut tx, &orgs).await?;
@@ -713,9 +715,12 @@ impl Store {
         .map_err(q("recording a link"))?;
         let views_after = outbox::org_views(self.backend, &mut tx, &orgs).await?;
         let cause = format!("link:{}:{}", link.org_id, link.requested_at_ms);
-        let new = outbox::diff(&views_before, &views_after, Some(&link.org_id), |_, _, _| {
-            (cause.clone(), link.requested_at_ms)
-        });
+        let new = outbox::diff(
+            &views_before,
+            &views_after,
+            Some(&link.org_id),
+            |_, _, _| (cause.clone(), link.requested_at_ms),
+        );
         outbox::insert(self.backend, &mut tx, &new, now_ms()).await?;
         tx.commit().await.map_err(q("committing a link"))?;
         Ok(previous)

@@ -114,17 +114,17 @@ pub(super) async fn affected_orgs(
     conn: &mut AnyConnection,
     subs: &[&Subscription],
 ) -> Result<BTreeSet<String>, StoreError> {
-    let mut known: BTreeMap<String, Subscription> = subs
-        .iter()
-        .map(|s| (s.key.clone(), (*s).clone()))
-        .collect();
-    let mut frontier: Vec<Subscription> = subs.iter().map(|s| (*s).clone()).collect();
+    // Several versions of one subscription (before and after a change) may be given: each
+    // counts, since a registration may name either.
+    let mut known: Vec<Subscription> = subs.iter().map(|s| (*s).clone()).collect();
+    let mut keys_seen: HashSet<String> = known.iter().map(|s| s.key.clone()).collect();
+    let mut frontier = known.clone();
     for _ in 0..MAX_CHAIN_STEPS {
         let wanted: Vec<String> = frontier
             .iter()
             .filter_map(|s| s.previous_agreement_id.as_ref())
             .map(|p| format!("agmt:{p}"))
-            .filter(|k| !known.contains_key(k))
+            .filter(|k| !keys_seen.contains(k))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -132,12 +132,11 @@ pub(super) async fn affected_orgs(
             break;
         }
         frontier = subscriptions_where(backend, conn, "sub_key", 1, &wanted).await?;
-        for s in &frontier {
-            known.insert(s.key.clone(), s.clone());
-        }
+        keys_seen.extend(frontier.iter().map(|s| s.key.clone()));
+        known.extend(frontier.iter().cloned());
     }
     let keys: Vec<String> = known
-        .values()
+        .iter()
         .flat_map(link_keys_naming)
         .collect::<BTreeSet<_>>()
         .into_iter()
@@ -348,7 +347,11 @@ pub(super) async fn insert(
     .await
     .map_err(q("taking outbox sequences"))?;
     let first = last - new.len() as i64 + 1;
-    let numbered: Vec<(i64, &NewRow)> = new.iter().enumerate().map(|(i, r)| (first + i as i64, r)).collect();
+    let numbered: Vec<(i64, &NewRow)> = new
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (first + i as i64, r))
+        .collect();
     for chunk in numbered.chunks(super::BULK_ROWS) {
         let sql = format!(
             "INSERT INTO mplink_outbox ({}) VALUES {}",
@@ -635,7 +638,10 @@ impl super::Store {
             Some(seqs) => {
                 let mut n = 0;
                 for chunk in seqs.chunks(super::BULK_ROWS) {
-                    let sql = format!("{set} AND seq IN {}", rows::tuples(self.backend, 1, chunk.len(), 2));
+                    let sql = format!(
+                        "{set} AND seq IN {}",
+                        rows::tuples(self.backend, 1, chunk.len(), 2)
+                    );
                     let mut query = sqlx::query(&sql).bind(now);
                     for s in chunk {
                         query = query.bind(*s);
