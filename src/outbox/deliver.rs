@@ -60,6 +60,9 @@ pub struct WebhookConfig {
     pub poll_interval: Duration,
     /// Rows leased per poll.
     pub batch: i64,
+    /// Tests only: a lease other than the one derived from the timeout (0 shows what a
+    /// deliverer without leases would do).
+    pub lease_override: Option<Duration>,
 }
 
 impl WebhookConfig {
@@ -86,13 +89,15 @@ impl WebhookConfig {
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(600)),
             poll_interval: Duration::from_millis(250),
             batch: 32,
+            lease_override: None,
         }))
     }
 
-    /// How long a lease lasts: every URL's timeout and some slack, so a live deliverer never
-    /// loses the row it is working on.
+    /// How long a lease lasts: twice every URL's timeout and some slack, so a live deliverer
+    /// never loses the row it is working on, and a dead one's rows are taken over soon after.
     fn lease(&self) -> Duration {
-        self.timeout * self.urls.len() as u32 + Duration::from_secs(30)
+        self.lease_override
+            .unwrap_or(self.timeout * self.urls.len() as u32 * 2 + Duration::from_secs(2))
     }
 }
 

@@ -623,9 +623,14 @@ impl super::Store {
     /// Puts parked rows back to pending, due now, with a fresh attempt count: those in `seqs`,
     /// or every parked row when `seqs` is None. Returns how many.
     pub async fn outbox_retry(&self, seqs: Option<&[i64]>) -> Result<u64, StoreError> {
+        // SQLite's placeholders are anonymous in the generated lists: never mixed with $n.
+        let now_placeholder = match self.backend {
+            Backend::Postgres => "$1",
+            Backend::Sqlite => "?",
+        };
         let set = format!(
-            "UPDATE mplink_outbox SET status = '{STATUS_PENDING}', attempts = 0, next_attempt_at = $1, \
-             last_error = NULL WHERE status = '{STATUS_FAILED}'"
+            "UPDATE mplink_outbox SET status = '{STATUS_PENDING}', attempts = 0, \
+             next_attempt_at = {now_placeholder}, last_error = NULL WHERE status = '{STATUS_FAILED}'"
         );
         let now = super::now_ms();
         let n = match seqs {
