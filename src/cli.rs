@@ -594,6 +594,8 @@ impl RunArgs {
 }
 
 async fn run_worker(store: &Store, url: &DatabaseUrl, args: RunArgs) -> Result<ExitCode, CliError> {
+    // A webhook URL that is not http(s), or URLs without a secret, stop the start.
+    let webhooks = args.webhooks.config()?;
     let config = args.worker_config();
     // Above the long-poll wait, so a receive that the network swallowed cannot hang the loop.
     let attempt_timeout = config.wait_time + std::time::Duration::from_secs(10);
@@ -629,7 +631,7 @@ async fn run_worker(store: &Store, url: &DatabaseUrl, args: RunArgs) -> Result<E
     let deliverer_stop = shutdown.child_token();
     let deliverer = crate::outbox::commands::spawn_deliverer(
         store,
-        &args.webhooks,
+        webhooks,
         pipeline.metrics.clone(),
         deliverer_stop.clone(),
     )?;

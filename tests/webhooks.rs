@@ -679,3 +679,77 @@ async fn killed_between_the_200_and_the_update_the_row_goes_again_with_the_same_
     rx.server.abort();
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_receiver_verifies_real_deliveries_and_refuses_forgeries() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("examples/webhook_receiver.py")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(example.trim_end()),
+        "the README's receiver is not examples/webhook_receiver.py"
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut receiver = tokio::process::Command::new("python3")
+        .arg(root.join("examples/webhook_receiver.py"))
+        .arg(port.to_string())
+        .env("MPLINK_WEBHOOK_SECRET", SECRET_A)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the example receiver");
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "receiver did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/hook");
+    // A forgery (signed with another key) is refused: the row is not delivered.
+    let db = TestDb::new(Backend::Sqlite).await;
+    populate(&db.store, 1).await;
+    let mut forged = config(&[url.clone()], &[secret_b()]);
+    forged.max_attempts = 1;
+    let d = Deliverer::new(db.store.clone(), forged, Arc::new(Metrics::new())).unwrap();
+    d.deliver_due().await.unwrap();
+    let parked = db.store.outbox_undelivered(10).await.unwrap();
+    assert!(
+        parked[0].last_error.as_deref().unwrap().contains("401"),
+        "{parked:?}"
+    );
+    db.store.outbox_retry(None).await.unwrap();
+    // Signed with its secret (and another, as during a rotation): every row accepted, in order.
+    let d = Deliverer::new(
+        db.store.clone(),
+        config(&[url], &[secret_b(), SECRET_A.into()]),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    settle(&d, &db.store, Duration::from_secs(20)).await;
+    receiver.start_kill().unwrap();
+    let out = receiver.wait_with_output().await.unwrap();
+    let printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        printed,
+        [
+            "link.syncing",
+            "link.linked",
+            "link.unlink_pending",
+            "link.unlinked"
+        ]
+    );
+    db.cleanup().await;
+}

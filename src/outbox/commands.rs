@@ -181,11 +181,11 @@ impl WebhookArgs {
 /// Starts the deliverer next to the worker when webhooks are configured.
 pub fn spawn_deliverer(
     store: &Store,
-    args: &WebhookArgs,
+    config: Option<WebhookConfig>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, CliError> {
-    let Some(config) = args.config()? else {
+    let Some(config) = config else {
         return Ok(None);
     };
     let deliverer = Deliverer::new(store.clone(), config, metrics)
@@ -207,9 +207,9 @@ pub async fn deliver(store: &Store, args: OutboxDeliverArgs) -> Result<ExitCode,
     if args.until_idle {
         loop {
             if deliverer.deliver_due().await? == 0 {
-                let stats = store.outbox_stats().await?;
-                // Rows waiting for a backoff are not idle; parked ones are.
-                if stats.pending == 0 {
+                // Rows waiting for a backoff are not idle; parked ones and those they hold
+                // back are.
+                if store.outbox_deliverable().await? == 0 {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;

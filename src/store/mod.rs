@@ -385,6 +385,7 @@ impl Store {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut log_rows: Vec<(&Incoming<'_>, Outcome)> = Vec::with_capacity(batch.len());
         let mut transitions: Vec<Transition<'_>> = Vec::new();
+        let mut steps: Vec<outbox::Step<'_>> = Vec::new();
         for item in batch {
             let event = item.event;
             // This very delivery is already recorded: nothing to write.
@@ -407,6 +408,12 @@ impl Store {
                 } else {
                     ledger::apply(sub, event)
                 };
+                if visible_change(sub, &decision.next) {
+                    steps.push(outbox::Step {
+                        event,
+                        sub: decision.next.clone(),
+                    });
+                }
                 if decision.outcome == Outcome::Applied {
                     transitions.push(Transition {
                         event,
@@ -485,54 +492,13 @@ impl Store {
             .filter_map(|k| current.get(k).filter(|sub| before.get(k) != Some(*sub)))
             .collect();
 
-        // What the organizations these changes can reach saw before them (read before the
-        // subscriptions are written); a preview writes no outbox and takes no lock.
-        let seen: Vec<&Subscription> = changed
-            .iter()
-            .filter(|after| {
-                before
-                    .get(&after.key)
-                    .is_none_or(|b| visible_change(b, after))
-            })
-            .flat_map(|after| [Some(*after), before.get(&after.key)])
-            .flatten()
-            .collect();
-        let views_before = if commit && !seen.is_empty() {
-            outbox::lock(&mut tx).await?;
-            let orgs = outbox::affected_orgs(self.backend, &mut tx, &seen).await?;
-            let views = outbox::org_views(self.backend, &mut tx, &orgs).await?;
-            Some((orgs, views))
-        } else {
-            None
-        };
-
         for chunk in changed.chunks(BULK_ROWS / 4) {
             rows::write_subscriptions(self.backend, &mut tx, chunk, now).await?;
         }
 
-        if let Some((orgs, views_before)) = views_before {
-            let views_after = outbox::org_views(self.backend, &mut tx, &orgs).await?;
-            let applied: Vec<&Event> = log_rows
-                .iter()
-                .filter(|(_, o)| *o == Outcome::Applied)
-                .map(|(i, _)| i.event)
-                .collect();
-            // The cause of an organization's change: the last applied event of the batch on the
-            // subscription it sees now, else on the one it saw, else the batch's last.
-            let cause = |_: &str,
-                         b: Option<&crate::outbox::OrgView>,
-                         a: Option<&crate::outbox::OrgView>| {
-                let on = |v: Option<&crate::outbox::OrgView>| {
-                    let key = v.and_then(|v| v.subscription.sub_key.clone());
-                    applied
-                        .iter()
-                        .rev()
-                        .find(|e| key.as_deref() == Some(e.subject.as_key().as_str()))
-                };
-                let event = on(a).or_else(|| on(b)).or(applied.last());
-                event.map_or((String::new(), now), |e| (e.event_id.clone(), e.time_ms))
-            };
-            let new = outbox::diff(&views_before, &views_after, None, cause);
+        // What the organizations see, event by event: a preview writes no outbox (nor locks it).
+        if commit {
+            let new = outbox::rows_for_steps(self.backend, &mut tx, &before, &steps).await?;
             outbox::insert(self.backend, &mut tx, &new, now).await?;
         }
 

@@ -9,11 +9,11 @@
 //! under the same lock, so they appear in commit order.
 
 use super::{q, rows, Backend, StoreError};
-use crate::event::license_id;
+use crate::event::{license_id, Event};
 use crate::ledger::{resolve_link_among, LinkRequest, Subscription};
 use crate::outbox::{rfc3339, EventType, NewRow, OrgView, OutboxRow, SubscriptionIds};
 use sqlx::{AnyConnection, Row};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// How far renewal chains are followed when looking for the links a change reaches.
 const MAX_CHAIN_STEPS: usize = 64;
@@ -221,13 +221,13 @@ pub(super) async fn link_universe(
     Ok(universe.into_values().collect())
 }
 
-async fn resolve_all(
+/// License ids (`l-…`) that registrations by license claim among `subs`: an account-keyed link
+/// does not take those.
+async fn claimed_licenses(
     backend: Backend,
     conn: &mut AnyConnection,
-    links: &[LinkRequest],
     subs: &[Subscription],
-) -> Result<BTreeMap<String, OrgView>, StoreError> {
-    // License ids other registrations claim (an account-keyed link does not take those).
+) -> Result<Vec<String>, StoreError> {
     let lic_keys: Vec<String> = subs
         .iter()
         .filter_map(|s| s.license_arn.as_deref())
@@ -235,35 +235,158 @@ async fn resolve_all(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let claimed_ids: Vec<String> = links_where(backend, conn, "link_key", &lic_keys)
+    Ok(links_where(backend, conn, "link_key", &lic_keys)
         .await?
         .into_iter()
         .filter_map(|l| l.license_arn.map(|a| license_id(&a).to_string()))
-        .collect();
+        .collect())
+}
+
+fn view_of(link: &LinkRequest, subs: &[Subscription], claimed: &HashSet<&str>) -> OrgView {
+    let view = resolve_link_among(link, subs, claimed);
+    let subscription = match view.subscription {
+        Some(s) => SubscriptionIds::of(s),
+        None => SubscriptionIds {
+            product_code: Some(link.product_code.clone()),
+            customer_identifier: link.customer_identifier.clone(),
+            customer_aws_account_id: link.customer_aws_account_id.clone(),
+            license_arn: link.license_arn.clone(),
+            ..SubscriptionIds::default()
+        },
+    };
+    OrgView {
+        state: view.state,
+        subscription,
+    }
+}
+
+async fn resolve_all(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    links: &[LinkRequest],
+    subs: &[Subscription],
+) -> Result<BTreeMap<String, OrgView>, StoreError> {
+    let claimed_ids = claimed_licenses(backend, conn, subs).await?;
     let claimed: HashSet<&str> = claimed_ids.iter().map(String::as_str).collect();
     Ok(links
         .iter()
-        .map(|link| {
-            let view = resolve_link_among(link, subs, &claimed);
-            let subscription = match view.subscription {
-                Some(s) => SubscriptionIds::of(s),
-                None => SubscriptionIds {
-                    product_code: Some(link.product_code.clone()),
-                    customer_identifier: link.customer_identifier.clone(),
-                    customer_aws_account_id: link.customer_aws_account_id.clone(),
-                    license_arn: link.license_arn.clone(),
-                    ..SubscriptionIds::default()
-                },
-            };
-            (
-                link.org_id.clone(),
-                OrgView {
-                    state: view.state,
-                    subscription,
-                },
-            )
-        })
+        .map(|link| (link.org_id.clone(), view_of(link, subs, &claimed)))
         .collect())
+}
+
+/// One applied event of a batch with the subscription as it left it.
+pub(super) struct Step<'a> {
+    /// The event.
+    pub event: &'a Event,
+    /// Its subscription after it.
+    pub sub: Subscription,
+}
+
+/// The rows an apply batch writes: its steps replayed in batch order over what the affected
+/// organizations see, one row per change of an organization's view, caused by the step's event.
+/// Called once the subscriptions are written (the database holds every identifier the batch
+/// taught, so every row a link can reach during the replay is loaded); `before` holds the
+/// subscriptions as they were.
+pub(super) async fn rows_for_steps(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    before: &HashMap<String, Subscription>,
+    steps: &[Step<'_>],
+) -> Result<Vec<NewRow>, StoreError> {
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    lock(conn).await?;
+    let seeds: Vec<&Subscription> = steps
+        .iter()
+        .flat_map(|s| [Some(&s.sub), before.get(&s.sub.key)])
+        .flatten()
+        .collect();
+    let orgs: Vec<String> = affected_orgs(backend, conn, &seeds)
+        .await?
+        .into_iter()
+        .collect();
+    let links = links_where(backend, conn, "org_id", &orgs).await?;
+    if links.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last = link_universe(backend, conn, &links).await?;
+    let claimed_ids = claimed_licenses(backend, conn, &last).await?;
+    let claimed: HashSet<&str> = claimed_ids.iter().map(String::as_str).collect();
+    // Each link's slice: what it reaches once the batch is applied. Identifiers and chain links
+    // are only ever learned, so that covers what it reaches at any step of the batch.
+    let slices: Vec<Vec<String>> = links
+        .iter()
+        .map(|link| {
+            let reached = resolve_reach(link, &last);
+            reached.into_iter().map(|s| s.key.clone()).collect()
+        })
+        .collect();
+    let mut state: HashMap<String, Subscription> = last
+        .iter()
+        .map(|s| (s.key.clone(), before.get(&s.key).unwrap_or(s).clone()))
+        .collect();
+    let slice_subs = |state: &HashMap<String, Subscription>, i: usize| -> Vec<Subscription> {
+        slices[i]
+            .iter()
+            .filter_map(|k| state.get(k).cloned())
+            .collect()
+    };
+    let mut views: Vec<OrgView> = (0..links.len())
+        .map(|i| view_of(&links[i], &slice_subs(&state, i), &claimed))
+        .collect();
+    let mut out = Vec::new();
+    for step in steps {
+        if !state.contains_key(&step.sub.key) {
+            // No link reaches it.
+            continue;
+        }
+        state.insert(step.sub.key.clone(), step.sub.clone());
+        for (i, link) in links.iter().enumerate() {
+            if !slices[i].contains(&step.sub.key) {
+                continue;
+            }
+            let now = view_of(link, &slice_subs(&state, i), &claimed);
+            if let Some(event_type) = crate::outbox::change_type(Some(views[i].state), now.state) {
+                out.push(NewRow {
+                    event_type,
+                    org_id: link.org_id.clone(),
+                    moved_to_org_id: None,
+                    subscription: now.subscription.clone(),
+                    state_before: Some(views[i].state),
+                    state_after: Some(now.state),
+                    event_time_ms: step.event.time_ms,
+                    cause: step.event.event_id.clone(),
+                });
+            }
+            views[i] = now;
+        }
+    }
+    Ok(out)
+}
+
+/// The subscriptions `link` reaches among `subs`: those it names and their successors.
+fn resolve_reach<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> Vec<&'a Subscription> {
+    let mut reached: Vec<&Subscription> = subs.iter().filter(|s| link.matches(s)).collect();
+    let mut frontier = reached.clone();
+    for _ in 0..subs.len().min(MAX_CHAIN_STEPS) {
+        let next: Vec<&Subscription> = subs
+            .iter()
+            .filter(|s| {
+                s.previous_agreement_id.as_deref().is_some_and(|prev| {
+                    frontier
+                        .iter()
+                        .any(|f| f.agreement_id.as_deref() == Some(prev))
+                }) && !reached.iter().any(|r| r.key == s.key)
+            })
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        reached.extend(next.iter().copied());
+        frontier = next;
+    }
+    reached
 }
 
 /// The rows telling each organization what changed between `before` and `after`. An
@@ -535,6 +658,19 @@ impl super::Store {
             }
         }
         Ok(stats)
+    }
+
+    /// Pending rows that can still go out: those not held back by a parked row of their
+    /// organization (`outbox deliver --until-idle` stops when none is left).
+    pub async fn outbox_deliverable(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM mplink_outbox o WHERE o.status = '{STATUS_PENDING}' \
+             AND NOT EXISTS (SELECT 1 FROM mplink_outbox e WHERE e.org_id = o.org_id \
+             AND e.seq < o.seq AND e.status = '{STATUS_FAILED}')"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("counting the outbox"))
     }
 
     /// Leases up to `limit` rows due for delivery to `owner` until `now_ms + lease_ms`: for each
