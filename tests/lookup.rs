@@ -2,6 +2,8 @@
 //! page size, and on a large PostgreSQL ledger no per-organization operation scans
 //! `mplink_subscriptions` (with the indexes dropped, the same operations do: the check can fail).
 
+#[path = "common/bulk.rs"]
+mod bulk;
 mod common;
 
 use common::*;
@@ -209,8 +211,8 @@ async fn paged_view_is_the_whole_ledger_view(backend: Backend) {
         Some("agmt-2-1"),
         "the account link follows one renewal"
     );
-    assert!(org("org-c99").is_some_and(|r| r.agreement_id.is_none()
-        && r.link_state == Some(LinkState::Syncing)));
+    assert!(org("org-c99")
+        .is_some_and(|r| r.agreement_id.is_none() && r.link_state == Some(LinkState::Syncing)));
     assert!(org("org-c3").is_none(), "moved to org-z");
     assert!(everything.iter().any(|r| r.org_id.is_none()));
 
@@ -257,54 +259,9 @@ both_backends! {
     the_paged_status_view_is_the_whole_ledger_view => paged_view_is_the_whole_ledger_view;
 }
 
-/// Subscriptions, links and how many of the links each kind of key uses in the plan test.
+/// A ledger large enough that PostgreSQL's planner prefers an index to a scan.
 const PLAN_SUBSCRIPTIONS: i64 = 100_000;
 const PLAN_LINKS: i64 = 20_000;
-
-/// Bulk-inserts a ledger: every fifth subscription an agreement with a license and account
-/// (every other one of those renewing the previous agreement), the rest legacy customers; links
-/// by customer, license and account in turn.
-async fn bulk_ledger(store: &Store) {
-    let subs = format!(
-        "INSERT INTO mplink_subscriptions (sub_key, product_code, customer_identifier, \
-         customer_aws_account_id, agreement_id, license_arn, license_id, previous_agreement_id, \
-         state, state_time, state_rank, state_fact, last_event_time, version, updated_at) \
-         SELECT CASE WHEN i % 5 = 0 THEN 'agmt:a-' || i ELSE 'cust:{PRODUCT}:c-' || i END, \
-         '{PRODUCT}', \
-         CASE WHEN i % 5 = 0 THEN NULL ELSE 'c-' || i END, \
-         CASE WHEN i % 5 = 0 THEN 'acct-' || i ELSE NULL END, \
-         CASE WHEN i % 5 = 0 THEN 'a-' || i ELSE NULL END, \
-         CASE WHEN i % 5 = 0 THEN 'arn:aws:license-manager::1:license:l-' || i ELSE NULL END, \
-         CASE WHEN i % 5 = 0 THEN 'l-' || i ELSE NULL END, \
-         CASE WHEN i % 10 = 5 THEN 'a-' || (i - 5) ELSE NULL END, \
-         'active', i, 1, 'f-' || i, i, 1, 0 \
-         FROM generate_series(1, {PLAN_SUBSCRIPTIONS}) AS i"
-    );
-    let links = format!(
-        "INSERT INTO mplink_org_links (org_id, link_key, product_code, customer_identifier, \
-         customer_aws_account_id, license_arn, requested_at) \
-         SELECT 'org-' || i, \
-         CASE i % 3 WHEN 0 THEN 'cust:{PRODUCT}:c-' || (5 * i + 1) \
-                    WHEN 1 THEN 'lic:l-' || (5 * i) \
-                    ELSE 'acct:{PRODUCT}:acct-' || (5 * i) END, \
-         '{PRODUCT}', \
-         CASE WHEN i % 3 = 0 THEN 'c-' || (5 * i + 1) ELSE NULL END, \
-         CASE WHEN i % 3 = 2 THEN 'acct-' || (5 * i) ELSE NULL END, \
-         CASE WHEN i % 3 = 1 THEN 'arn:aws:license-manager::1:license:l-' || (5 * i) ELSE NULL END, \
-         0 FROM generate_series(1, {PLAN_LINKS}) AS i"
-    );
-    for sql in [
-        subs.as_str(),
-        links.as_str(),
-        "ANALYZE mplink_subscriptions",
-        "ANALYZE mplink_org_links",
-    ] {
-        sqlx::query(sql)
-            .execute(store.pool())
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
 
 /// Sequential and index scans of `table` in `schema` so far, as PostgreSQL counts them.
 async fn scans(schema: &str, table: &str) -> (i64, i64) {
@@ -344,7 +301,7 @@ async fn per_org_operations(db: &TestDb) {
     let linked = store
         .link(&LinkRequest {
             customer_identifier: Some("c-7".into()),
-            ..link("org-new", PRODUCT)
+            ..link("org-new", bulk::BULK_PRODUCT)
         })
         .await
         .expect("link");
@@ -352,7 +309,7 @@ async fn per_org_operations(db: &TestDb) {
     let linked = store
         .link(&LinkRequest {
             license_arn: Some("arn:aws:license-manager::1:license:l-30".into()),
-            ..link("org-new-license", PRODUCT)
+            ..link("org-new-license", bulk::BULK_PRODUCT)
         })
         .await
         .expect("link by license");
@@ -410,7 +367,7 @@ async fn per_organization_lookups_never_scan_the_ledger() {
         return;
     }
     let db = TestDb::new(Backend::Postgres).await;
-    bulk_ledger(&db.store).await;
+    bulk::bulk_ledger(db.store.pool(), PLAN_SUBSCRIPTIONS, PLAN_LINKS).await;
     let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
         .fetch_one(db.store.pool())
         .await
@@ -419,7 +376,10 @@ async fn per_organization_lookups_never_scan_the_ledger() {
     let with_indexes = scans_during(&db, &schema).await;
     eprintln!("(table, sequential scans, index scans) with the indexes: {with_indexes:?}");
     for (table, seq, idx) in &with_indexes {
-        assert!(*idx > 0, "index scans of {table} were counted: {with_indexes:?}");
+        assert!(
+            *idx > 0,
+            "index scans of {table} were counted: {with_indexes:?}"
+        );
         assert_eq!(*seq, 0, "sequential scans of {table}: {with_indexes:?}");
     }
 

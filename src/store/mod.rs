@@ -565,9 +565,9 @@ impl Store {
     /// Every link request, in organization order.
     pub async fn links(&self) -> Result<Vec<LinkRequest>, StoreError> {
         let found = sqlx::query(&format!("{} ORDER BY org_id", rows::SELECT_LINKS))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("reading links"))?;
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading links"))?;
         found.iter().map(rows::link_from_row).collect()
     }
 

@@ -283,7 +283,10 @@ fn rfc3339(ms: i64) -> Option<String> {
 }
 
 /// The status line of a subscription and the link resolved to it; either may be missing.
-pub(super) fn row_for(sub: Option<&Subscription>, link: Option<(&LinkRequest, LinkState)>) -> StatusRow {
+pub(super) fn row_for(
+    sub: Option<&Subscription>,
+    link: Option<(&LinkRequest, LinkState)>,
+) -> StatusRow {
     let from_link = |f: fn(&LinkRequest) -> Option<String>| link.and_then(|(l, _)| f(l));
     StatusRow {
         org_id: link.map(|(l, _)| l.org_id.clone()),

@@ -95,7 +95,12 @@ impl Store {
                     rows::tuples(self.backend, 1, chunk.len(), 1)
                 );
                 let found = self.subscriptions_where(&condition, chunk).await?;
-                next.extend(reached.add(found).iter().filter_map(|s| s.agreement_id.clone()));
+                next.extend(
+                    reached
+                        .add(found)
+                        .iter()
+                        .filter_map(|s| s.agreement_id.clone()),
+                );
             }
             frontier = next;
         }
@@ -255,7 +260,10 @@ impl Store {
             let relevant = self.link_rows(batch).await?;
             for link in batch {
                 let view = relevant.resolve(link);
-                if let Some(sub) = view.subscription.filter(|s| in_page.contains(s.key.as_str())) {
+                if let Some(sub) = view
+                    .subscription
+                    .filter(|s| in_page.contains(s.key.as_str()))
+                {
                     resolved
                         .entry(sub.key.clone())
                         .or_default()
@@ -291,9 +299,13 @@ enum Stage {
     /// One organization: a keyed lookup.
     Org,
     /// Subscriptions in key order, each with the links resolved to it.
-    Subscriptions { after: Option<String> },
+    Subscriptions {
+        after: Option<String>,
+    },
     /// Links in organization order whose subscription is not among the rows printed.
-    Unresolved { after: Option<String> },
+    Unresolved {
+        after: Option<String>,
+    },
     Done,
 }
 
@@ -343,7 +355,10 @@ impl StatusPages<'_> {
         };
         let view = relevant.resolve(&link);
         let row = row_for(view.subscription, Some((&link, view.state)));
-        Ok(Some(row).into_iter().filter(|r| self.wants_customer(r)).collect())
+        Ok(Some(row)
+            .into_iter()
+            .filter(|r| self.wants_customer(r))
+            .collect())
     }
 
     async fn subscriptions(&mut self, after: Option<String>) -> Result<Vec<StatusRow>, StoreError> {
@@ -412,9 +427,9 @@ impl StatusPages<'_> {
                 let view = relevant.resolve(link);
                 // Printed with its subscription already, unless the customer filter skipped a
                 // subscription that has no customer identifier of its own.
-                let printed = view.subscription.is_some_and(|s| {
-                    customer.is_none() || s.customer_identifier.is_some()
-                });
+                let printed = view
+                    .subscription
+                    .is_some_and(|s| customer.is_none() || s.customer_identifier.is_some());
                 if !printed {
                     let row = row_for(view.subscription, Some((link, view.state)));
                     if self.wants_customer(&row) {
