@@ -141,13 +141,16 @@ fn legacy_link_args(org: String, customer: String) -> Vec<String> {
     .to_vec()
 }
 
+/// The arguments of a command's run number `r`.
+type ArgsOfRun<'a> = Box<dyn Fn(usize) -> Vec<String> + 'a>;
+
 /// Command figures on the full ledger and on the empty one, side by side.
 fn commands(cfg: &Config, full: &DatabaseUrl, empty: &DatabaseUrl) -> Vec<Value> {
     let n = cfg.subscriptions.max(1);
     let links = cfg.links.max(1);
     // A legacy customer no link names (every link's customer is c-(5i+1) with i % 3 == 0).
     let free_customer = |r: usize| format!("c-{}", (5 * (r as i64 % 1000) + 2).min(n));
-    let per_org: Vec<(&str, Box<dyn Fn(usize) -> Vec<String>>)> = vec![
+    let per_org: Vec<(&str, ArgsOfRun<'_>)> = vec![
         (
             "link",
             Box::new(move |r| legacy_link_args(format!("bench-org-{r}"), free_customer(r))),
