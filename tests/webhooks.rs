@@ -718,7 +718,7 @@ async fn the_readme_receiver_verifies_real_deliveries_and_refuses_forgeries() {
     // A forgery (signed with another key) is refused: the row is not delivered.
     let db = TestDb::new(Backend::Sqlite).await;
     populate(&db.store, 1).await;
-    let mut forged = config(&[url.clone()], &[secret_b()]);
+    let mut forged = config(std::slice::from_ref(&url), &[secret_b()]);
     forged.max_attempts = 1;
     let d = Deliverer::new(db.store.clone(), forged, Arc::new(Metrics::new())).unwrap();
     d.deliver_due().await.unwrap();
