@@ -33,6 +33,16 @@ impl Backoff {
         low + Duration::from_millis(jitter)
     }
 
+    /// The delay after `failures` consecutive failures (at least one), for callers that keep
+    /// the count themselves (the outbox keeps it per row).
+    pub fn delay_after(&self, failures: u32) -> Duration {
+        Backoff {
+            attempt: failures.saturating_sub(1),
+            ..self.clone()
+        }
+        .next_delay()
+    }
+
     /// Consecutive failures so far.
     pub fn attempts(&self) -> u32 {
         self.attempt

@@ -47,6 +47,110 @@ pub enum Command {
     /// Ask a running worker's /readyz (or /healthz) and exit 0 when it answers 200, else 1:
     /// the container health check, without shell tools.
     Healthcheck(HealthcheckArgs),
+    /// Print link-change events (the outbox) after a sequence; --follow waits for new ones.
+    Events(EventsArgs),
+    /// Webhook outbox tools: inspect, retry, deliver.
+    Outbox(OutboxArgs),
+}
+
+/// Arguments of `mplink events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only events after this sequence (the last one the consumer handled).
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// Keep printing new events as they commit, until Ctrl-C/SIGTERM.
+    #[arg(long)]
+    pub follow: bool,
+    /// One JSON object per line: the webhook payload.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `mplink outbox`.
+#[derive(Debug, clap::Args)]
+pub struct OutboxArgs {
+    /// What to do with the outbox.
+    #[command(subcommand)]
+    pub command: OutboxCommand,
+}
+
+/// The outbox tools.
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Counts by delivery state and the rows not delivered yet, with their last error.
+    Inspect(OutboxInspectArgs),
+    /// Put rows parked as failed back to pending, due now.
+    Retry(OutboxRetryArgs),
+    /// Deliver outbox rows to the webhooks without consuming SQS.
+    Deliver(OutboxDeliverArgs),
+}
+
+/// Arguments of `mplink outbox inspect`.
+#[derive(Debug, clap::Args)]
+pub struct OutboxInspectArgs {
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many undelivered rows listed.
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+}
+
+/// Arguments of `mplink outbox retry`.
+#[derive(Debug, clap::Args)]
+pub struct OutboxRetryArgs {
+    /// The sequence of a parked row (repeatable).
+    #[arg(long = "id", conflicts_with = "all_failed")]
+    pub ids: Vec<i64>,
+    /// Every parked row.
+    #[arg(long)]
+    pub all_failed: bool,
+}
+
+/// Arguments of `mplink outbox deliver`.
+#[derive(Debug, clap::Args)]
+pub struct OutboxDeliverArgs {
+    /// Exit once no row is pending (parked rows do not count).
+    #[arg(long)]
+    pub until_idle: bool,
+    /// Where to deliver.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// Webhook delivery of the outbox (`mplink run`, `mplink outbox deliver`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookArgs {
+    /// A URL every link-change event is POSTed to (repeatable; the environment variable takes
+    /// a comma-separated list). Must be http or https; redirects are not followed.
+    #[arg(
+        long = "webhook-url",
+        env = "MPLINK_WEBHOOK_URLS",
+        value_delimiter = ','
+    )]
+    pub webhook_urls: Vec<String>,
+    /// A Standard Webhooks secret, whsec_<base64> (repeatable, or space-separated in the
+    /// environment variable): each signs every request, so a secret can be rotated.
+    #[arg(long = "webhook-secret", env = "MPLINK_WEBHOOK_SECRETS", value_delimiter = ' ', hide_env_values = true, value_parser = secret_text)]
+    pub webhook_secrets: Vec<secrecy::SecretString>,
+    /// Seconds allowed for one POST.
+    #[arg(long, env = "MPLINK_WEBHOOK_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub webhook_timeout: u64,
+    /// Attempts before a row is parked as failed (see `outbox retry`).
+    #[arg(long, env = "MPLINK_WEBHOOK_MAX_ATTEMPTS", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub webhook_max_attempts: u32,
+    /// First retry delay in milliseconds; doubles per failure, with jitter.
+    #[arg(long, env = "MPLINK_WEBHOOK_BACKOFF_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub webhook_backoff_base_ms: u64,
+    /// Longest retry delay in seconds.
+    #[arg(long, env = "MPLINK_WEBHOOK_BACKOFF_CAP", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub webhook_backoff_cap: u64,
+}
+
+/// Never fails, so clap never prints the value in an error; the secret is checked later.
+fn secret_text(text: &str) -> Result<secrecy::SecretString, std::convert::Infallible> {
+    Ok(secrecy::SecretString::from(text.to_string()))
 }
 
 /// Arguments of `mplink healthcheck`.
@@ -186,6 +290,9 @@ pub struct RunArgs {
     /// Exit once a receive comes back empty and nothing is in flight (replays, tests).
     #[arg(long, env = "MPLINK_EXIT_WHEN_IDLE")]
     pub exit_when_idle: bool,
+    /// Link-change webhooks delivered by this process.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
     /// What to trust.
     #[command(flatten)]
     pub verify: VerifyArgs,
@@ -456,6 +563,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Dlq(DlqArgs {
             command: DlqCommand::Replay(args),
         }) => dlq_replay(&store, args).await,
+        Command::Events(args) => crate::outbox::commands::events(&store, args).await,
+        Command::Outbox(OutboxArgs { command }) => match command {
+            OutboxCommand::Inspect(args) => crate::outbox::commands::inspect(&store, args).await,
+            OutboxCommand::Retry(args) => crate::outbox::commands::retry(&store, args).await,
+            OutboxCommand::Deliver(args) => crate::outbox::commands::deliver(&store, args).await,
+        },
         Command::Provision(_) | Command::Dlq(_) | Command::Healthcheck(_) => {
             unreachable!("handled before opening the database")
         }
@@ -481,6 +594,8 @@ impl RunArgs {
 }
 
 async fn run_worker(store: &Store, url: &DatabaseUrl, args: RunArgs) -> Result<ExitCode, CliError> {
+    // A webhook URL that is not http(s), or URLs without a secret, stop the start.
+    let webhooks = args.webhooks.config()?;
     let config = args.worker_config();
     // Above the long-poll wait, so a receive that the network swallowed cannot hang the loop.
     let attempt_timeout = config.wait_time + std::time::Duration::from_secs(10);
@@ -511,14 +626,27 @@ async fn run_worker(store: &Store, url: &DatabaseUrl, args: RunArgs) -> Result<E
         on_signal.cancel();
     });
     tracing::info!(verify = ?args.verify.config(), "trusting");
+    let pipeline = args.verify.pipeline(store)?;
+    // The deliverer stops with the worker, whether a signal or an idle queue stopped it.
+    let deliverer_stop = shutdown.child_token();
+    let deliverer = crate::outbox::commands::spawn_deliverer(
+        store,
+        webhooks,
+        pipeline.metrics.clone(),
+        deliverer_stop.clone(),
+    )?;
     let summary = crate::app::run(
         crate::aws::worker_sqs_client(&sdk),
-        args.verify.pipeline(store)?,
+        pipeline,
         config,
         listener,
         shutdown,
     )
     .await;
+    deliverer_stop.cancel();
+    if let Some(handle) = deliverer {
+        let _ = handle.await;
+    }
     println!(
         "received {}, applied {}, stale {}, duplicate {}, rejected {}, released {}, delete failures {}",
         summary.received,

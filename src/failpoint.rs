@@ -5,6 +5,9 @@
 //! - `MPLINK_FAILPOINT_SKIP_DUPLICATE_CHECK=1`: a deliberately broken build that applies every
 //!   copy of an event as if it were new, so a test can show its double-application count
 //!   would see it.
+//! - `MPLINK_FAILPOINT_ABORT_AFTER_WEBHOOK=1`: the deliverer aborts (like `kill -9`) right after a
+//!   webhook accepted a row and before the row is marked delivered, so a test can show the row
+//!   is delivered again with the same `webhook-id`.
 
 use crate::event::Event;
 use crate::ledger::{self, Decision, Subscription};
@@ -60,5 +63,19 @@ pub fn committed(n: usize) {
             );
             std::process::abort();
         }
+    }
+}
+
+/// Environment variable arming the abort between a webhook's 2xx and the row's update.
+pub const ABORT_AFTER_WEBHOOK_ENV: &str = "MPLINK_FAILPOINT_ABORT_AFTER_WEBHOOK";
+
+/// Called once every webhook accepted a row, before it is marked delivered.
+pub fn webhook_accepted() {
+    static ARMED: OnceLock<bool> = OnceLock::new();
+    if *ARMED.get_or_init(|| std::env::var(ABORT_AFTER_WEBHOOK_ENV).is_ok_and(|v| v == "1")) {
+        eprintln!(
+            "mplink: {ABORT_AFTER_WEBHOOK_ENV} set: aborting before marking the row delivered"
+        );
+        std::process::abort();
     }
 }

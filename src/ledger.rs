@@ -1300,6 +1300,68 @@ mod tests {
         })
     }
 
+    /// What an organization linked to the subscription is told as `delivered` arrives, the
+    /// way the store decides it: a delivery seen before is dropped by the event log; each other
+    /// event's view before and after gives the `link.*` type, if any. Returns (outcome, type)
+    /// per delivery and the final link state.
+    fn told(
+        delivered: &[Event],
+        view: impl Fn(&Subscription) -> LinkState,
+    ) -> (Vec<(Outcome, Option<crate::outbox::EventType>)>, LinkState) {
+        let mut sub = Subscription::new(&delivered[0].subject);
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for e in delivered {
+            if !seen.insert(e.event_id.clone()) {
+                out.push((Outcome::Duplicate, None));
+                continue;
+            }
+            let decision = apply(&sub, e);
+            let change = crate::outbox::change_type(Some(view(&sub)), view(&decision.next));
+            out.push((decision.outcome, change));
+            sub = decision.next;
+        }
+        (out, view(&sub))
+    }
+
+    /// The link's types end in the model's final state (or there are none and the model stays
+    /// where the link started), and duplicates and stale events tell nothing.
+    fn check_told(
+        told: &[(Outcome, Option<crate::outbox::EventType>)],
+        model_state: LinkState,
+    ) -> Result<(), TestCaseError> {
+        let types: Vec<crate::outbox::EventType> = told.iter().filter_map(|(_, t)| *t).collect();
+        prop_assert_eq!(
+            types.last().copied(),
+            (model_state != LinkState::Syncing || !types.is_empty())
+                .then(|| crate::outbox::EventType::entering(model_state)),
+            "types {:?}",
+            types
+        );
+        for (outcome, t) in told {
+            if matches!(outcome, Outcome::Duplicate | Outcome::Stale) {
+                prop_assert_eq!(*t, None, "a {} event told something", outcome);
+            }
+        }
+        // No two consecutive rows repeat a type: each is a change.
+        prop_assert!(types.windows(2).all(|w| w[0] != w[1]), "types {:?}", types);
+        Ok(())
+    }
+
+    #[test]
+    fn check_told_catches_a_wrong_final_type_and_a_told_duplicate() {
+        use crate::outbox::EventType;
+        let ok = [(Outcome::Applied, Some(EventType::Linked))];
+        assert!(check_told(&ok, LinkState::Linked).is_ok());
+        assert!(check_told(&ok, LinkState::Unlinked).is_err());
+        let dup = [
+            (Outcome::Applied, Some(EventType::Linked)),
+            (Outcome::Duplicate, Some(EventType::Linked)),
+        ];
+        assert!(check_told(&dup, LinkState::Linked).is_err());
+        assert!(check_told(&[(Outcome::Applied, None)], LinkState::Syncing).is_ok());
+    }
+
     proptest! {
         #[test]
         fn details_in_any_order_are_the_newest_of_each(
@@ -1378,6 +1440,36 @@ mod tests {
                 (view.subscription.map(|s| s.key.clone()), view.state)
             };
             prop_assert_eq!(pick(&shuffled(with_product.clone(), seed)), pick(&with_product));
+        }
+
+        #[test]
+        fn the_types_an_organization_sees_end_in_the_model_state(
+            history in arb_history(),
+            dup_picks in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            seed in any::<u64>(),
+        ) {
+            let mut delivered = history.clone();
+            for pick in dup_picks {
+                delivered.push(pick.get(&history).clone());
+            }
+            let delivered = shuffled(delivered, seed);
+            let link = link();
+            let (told, last) = told(&delivered, |sub| {
+                resolve_link(&link, std::slice::from_ref(sub)).state
+            });
+            let (_, model_link) = model(&history);
+            prop_assert_eq!(last, model_link);
+            check_told(&told, model_link)?;
+        }
+
+        #[test]
+        fn the_types_of_agreement_events_with_both_copies_end_in_the_model_state(
+            history in arb_agreement_history(),
+            seed in any::<u64>(),
+        ) {
+            let delivered = shuffled(history.clone(), seed);
+            let (told, _) = told(&delivered, link_state_of);
+            check_told(&told, model(&history).1)?;
         }
 
         #[test]

@@ -18,6 +18,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod outbox;
 pub mod process;
 pub mod provision;
 pub mod redrive;

@@ -37,7 +37,18 @@ pub struct Metrics {
     /// [`Metrics::unrecognised`]).
     pub unrecognised_detail_types: IntCounterVec,
     unrecognised_labels: Arc<Mutex<HashSet<String>>>,
+    /// Outbox rows not delivered yet (pending and parked).
+    pub outbox_pending: IntGauge,
+    /// Age of the oldest outbox row not delivered yet, in seconds (0 when none).
+    pub outbox_oldest_age_seconds: IntGauge,
+    /// Webhook delivery attempts, by outcome (delivered, retry, parked, lease_lost).
+    pub webhook_deliveries: IntCounterVec,
+    /// Time from an outbox row's commit to its delivery.
+    pub webhook_latency_seconds: Histogram,
 }
+
+/// The outcomes `mplink_webhook_deliveries_total` counts.
+pub const WEBHOOK_OUTCOMES: [&str; 4] = ["delivered", "retry", "parked", "lease_lost"];
 
 /// Distinct detail-type labels `mplink_unrecognised_events_total` takes before counting the
 /// rest as `other`: a sender can invent names, a metric must not grow without bound.
@@ -117,8 +128,43 @@ impl Metrics {
             &["detail_type"],
         )
         .expect("valid metric");
+        let outbox_pending = IntGauge::new(
+            "mplink_outbox_pending",
+            "Outbox rows not delivered yet (pending and parked as failed)",
+        )
+        .expect("valid metric");
+        let outbox_oldest_age_seconds = IntGauge::new(
+            "mplink_outbox_oldest_undelivered_age_seconds",
+            "Age of the oldest outbox row not delivered yet (0 when none)",
+        )
+        .expect("valid metric");
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "mplink_webhook_deliveries_total",
+                "Webhook delivery attempts of outbox rows, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let webhook_latency_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "mplink_webhook_latency_seconds",
+                "Time from an outbox row's commit to its delivery",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0,
+            ]),
+        )
+        .expect("valid metric");
+        for o in WEBHOOK_OUTCOMES {
+            webhook_deliveries.with_label_values(&[o]);
+        }
         for c in [
-            Box::new(received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(outbox_pending.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(outbox_oldest_age_seconds.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(webhook_latency_seconds.clone()),
+            Box::new(received.clone()),
             Box::new(outcomes.clone()),
             Box::new(rejected.clone()),
             Box::new(delete_failures.clone()),
@@ -157,6 +203,10 @@ impl Metrics {
             in_flight,
             unrecognised_detail_types,
             unrecognised_labels: Arc::new(Mutex::new(HashSet::new())),
+            outbox_pending,
+            outbox_oldest_age_seconds,
+            webhook_deliveries,
+            webhook_latency_seconds,
         }
     }
 

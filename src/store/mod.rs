@@ -2,6 +2,7 @@
 //! migrations. Applying events and recording them in the event log happen in one transaction;
 //! the subscription row is locked first, so concurrent appliers serialize per subscription.
 
+mod outbox;
 mod rows;
 mod view;
 
@@ -14,6 +15,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use thiserror::Error;
 
+pub use outbox::{AttemptResult, OutboxStats, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING};
 pub use rows::{status_rows, StatusDetails, StatusFilter, StatusRow};
 pub use view::{LinkRows, StatusPages, STATUS_PAGE_ROWS};
 
@@ -385,6 +387,7 @@ impl Store {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut log_rows: Vec<(&Incoming<'_>, Outcome)> = Vec::with_capacity(batch.len());
         let mut transitions: Vec<Transition<'_>> = Vec::new();
+        let mut steps: Vec<outbox::Step<'_>> = Vec::new();
         for item in batch {
             let event = item.event;
             // This very delivery is already recorded: nothing to write.
@@ -407,6 +410,12 @@ impl Store {
                 } else {
                     ledger::apply(sub, event)
                 };
+                if visible_change(sub, &decision.next) {
+                    steps.push(outbox::Step {
+                        event,
+                        sub: decision.next.clone(),
+                    });
+                }
                 if decision.outcome == Outcome::Applied {
                     transitions.push(Transition {
                         event,
@@ -484,8 +493,15 @@ impl Store {
             .iter()
             .filter_map(|k| current.get(k).filter(|sub| before.get(k) != Some(*sub)))
             .collect();
+
         for chunk in changed.chunks(BULK_ROWS / 4) {
             rows::write_subscriptions(self.backend, &mut tx, chunk, now).await?;
+        }
+
+        // What the organizations see, event by event: a preview writes no outbox (nor locks it).
+        if commit {
+            let new = outbox::rows_for_steps(self.backend, &mut tx, &before, &steps).await?;
+            outbox::insert(self.backend, &mut tx, &new, now).await?;
         }
 
         // A row this transaction created only to lock it (every event for it a duplicate) goes
@@ -619,6 +635,7 @@ impl Store {
         link_key: &str,
     ) -> Result<Option<String>, StoreError> {
         let mut tx = self.begin().await?;
+        outbox::lock(&mut tx).await?;
         let previous: Option<String> = sqlx::query_scalar(
             "SELECT org_id FROM mplink_org_links WHERE link_key = $1 AND org_id <> $2",
         )
@@ -627,6 +644,17 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(q("looking up an existing link"))?;
+        // Everyone this link can change: the organization itself, the one losing the
+        // subscription, and those whose links share its subscriptions (a registration by license
+        // takes its agreement away from one by account).
+        let reached =
+            outbox::link_universe(self.backend, &mut tx, std::slice::from_ref(link)).await?;
+        let mut orgs =
+            outbox::affected_orgs(self.backend, &mut tx, &reached.iter().collect::<Vec<_>>())
+                .await?;
+        orgs.insert(link.org_id.clone());
+        orgs.extend(previous.clone());
+        let views_before = outbox::org_views(self.backend, &mut tx, &orgs).await?;
         if previous.is_some() {
             sqlx::query("DELETE FROM mplink_org_links WHERE link_key = $1 AND org_id <> $2")
                 .bind(link_key)
@@ -653,6 +681,15 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(q("recording a link"))?;
+        let views_after = outbox::org_views(self.backend, &mut tx, &orgs).await?;
+        let cause = format!("link:{}:{}", link.org_id, link.requested_at_ms);
+        let new = outbox::diff(
+            &views_before,
+            &views_after,
+            Some(&link.org_id),
+            |_, _, _| (cause.clone(), link.requested_at_ms),
+        );
+        outbox::insert(self.backend, &mut tx, &new, now_ms()).await?;
         tx.commit().await.map_err(q("committing a link"))?;
         Ok(previous)
     }
@@ -753,6 +790,17 @@ pub fn link_key(link: &LinkRequest) -> Option<String> {
     link.customer_aws_account_id
         .as_ref()
         .map(|acct| format!("acct:{}:{acct}", link.product_code))
+}
+
+/// True when `after` differs from `before` in something a link can see (its state, history or
+/// identifiers; not its details or last event time).
+fn visible_change(before: &Subscription, after: &Subscription) -> bool {
+    let plain = |s: &Subscription| Subscription {
+        details: Default::default(),
+        last_event_time_ms: None,
+        ..s.clone()
+    };
+    plain(before) != plain(after)
 }
 
 /// An applied decision, for `mplink_transitions`.

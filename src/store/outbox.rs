@@ -1,0 +1,801 @@
+//! The outbox's tables: what an organization sees, computed inside a transaction before and
+//! after a change, the rows that difference writes, and the deliverer's leases.
+//!
+//! Serialization: every transaction that may write outbox rows first locks the one row of
+//! `mplink_outbox_seq` (apply batches only once they changed a subscription in a way a link can
+//! see, just before reading the links). Without it, a `link` committing while a batch changes the
+//! subscription it names could each miss the other's change and the organization would never be
+//! told; with it, the later of the two reads the earlier's committed rows. Sequences are taken
+//! under the same lock, so they appear in commit order.
+
+use super::{q, rows, Backend, StoreError};
+use crate::event::{license_id, Event};
+use crate::ledger::{resolve_link_among, LinkRequest, Subscription};
+use crate::outbox::{rfc3339, EventType, NewRow, OrgView, OutboxRow, SubscriptionIds};
+use sqlx::{AnyConnection, Row};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// How far renewal chains are followed when looking for the links a change reaches.
+const MAX_CHAIN_STEPS: usize = 64;
+
+/// Takes the outbox lock (see the module's comment) for the rest of the transaction.
+pub(super) async fn lock(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    sqlx::query("UPDATE mplink_outbox_seq SET last_seq = last_seq WHERE id = 1")
+        .execute(conn)
+        .await
+        .map_err(q("locking the outbox"))?;
+    Ok(())
+}
+
+/// The keys under which a registration names `sub` (see [`super::link_key`]).
+fn link_keys_naming(sub: &Subscription) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(lic) = &sub.license_arn {
+        keys.push(format!("lic:{}", license_id(lic)));
+    }
+    if let Some(pc) = &sub.product_code {
+        if let Some(c) = &sub.customer_identifier {
+            keys.push(format!("cust:{pc}:{c}"));
+        }
+        if let Some(a) = &sub.customer_aws_account_id {
+            keys.push(format!("acct:{pc}:{a}"));
+        }
+    }
+    keys
+}
+
+/// Subscriptions whose `columns` (one, or a parenthesised list of `width`) equal one of
+/// `values` (`width` strings each, flattened).
+async fn subscriptions_where(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    columns: &str,
+    width: usize,
+    values: &[String],
+) -> Result<Vec<Subscription>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in values.chunks(super::BULK_ROWS * width) {
+        let placeholders = if width == 1 {
+            rows::tuples(backend, 1, chunk.len(), 1)
+        } else {
+            format!("({})", rows::tuples(backend, chunk.len() / width, width, 1))
+        };
+        let sql = format!(
+            "{} WHERE {columns} IN {placeholders}",
+            rows::SELECT_SUBSCRIPTIONS,
+        );
+        let mut query = sqlx::query(&sql);
+        for v in chunk {
+            query = query.bind(v);
+        }
+        for row in query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(q("reading subscriptions for the outbox"))?
+        {
+            out.push(rows::subscription_from_row(&row)?);
+        }
+    }
+    Ok(out)
+}
+
+async fn links_where(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    column: &str,
+    values: &[String],
+) -> Result<Vec<LinkRequest>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in values.chunks(super::BULK_ROWS) {
+        let sql = format!(
+            "SELECT org_id, product_code, customer_identifier, customer_aws_account_id, license_arn, requested_at \
+             FROM mplink_org_links WHERE {column} IN {}",
+            rows::tuples(backend, 1, chunk.len(), 1)
+        );
+        let mut query = sqlx::query(&sql);
+        for v in chunk {
+            query = query.bind(v);
+        }
+        for row in query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(q("reading links for the outbox"))?
+        {
+            out.push(rows::link_from_row(&row)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The organizations whose view a change of `subs` can alter: the links naming one of them or
+/// one of their predecessors along renewal chains.
+pub(super) async fn affected_orgs(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    subs: &[&Subscription],
+) -> Result<BTreeSet<String>, StoreError> {
+    // Several versions of one subscription (before and after a change) may be given: each
+    // counts, since a registration may name either.
+    let mut known: Vec<Subscription> = subs.iter().map(|s| (*s).clone()).collect();
+    let mut keys_seen: HashSet<String> = known.iter().map(|s| s.key.clone()).collect();
+    let mut frontier = known.clone();
+    for _ in 0..MAX_CHAIN_STEPS {
+        let wanted: Vec<String> = frontier
+            .iter()
+            .filter_map(|s| s.previous_agreement_id.as_ref())
+            .map(|p| format!("agmt:{p}"))
+            .filter(|k| !keys_seen.contains(k))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if wanted.is_empty() {
+            break;
+        }
+        frontier = subscriptions_where(backend, conn, "sub_key", 1, &wanted).await?;
+        keys_seen.extend(frontier.iter().map(|s| s.key.clone()));
+        known.extend(frontier.iter().cloned());
+    }
+    let keys: Vec<String> = known
+        .iter()
+        .flat_map(link_keys_naming)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(links_where(backend, conn, "link_key", &keys)
+        .await?
+        .into_iter()
+        .map(|l| l.org_id)
+        .collect())
+}
+
+/// What each of `orgs` that has a link sees now, as this transaction reads the database.
+pub(super) async fn org_views(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    orgs: &BTreeSet<String>,
+) -> Result<BTreeMap<String, OrgView>, StoreError> {
+    let orgs: Vec<String> = orgs.iter().cloned().collect();
+    let links = links_where(backend, conn, "org_id", &orgs).await?;
+    if links.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let subs = link_universe(backend, conn, &links).await?;
+    resolve_all(backend, conn, &links, &subs).await
+}
+
+/// The subscriptions `links` name, then their successors along renewal chains: every row
+/// resolving them needs.
+pub(super) async fn link_universe(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    links: &[LinkRequest],
+) -> Result<Vec<Subscription>, StoreError> {
+    let mut universe: BTreeMap<String, Subscription> = BTreeMap::new();
+    let lic: Vec<String> = links
+        .iter()
+        .filter_map(|l| l.license_arn.as_deref().map(|a| license_id(a).to_string()))
+        .collect();
+    let cust: Vec<String> = links
+        .iter()
+        .filter(|l| l.license_arn.is_none())
+        .filter_map(|l| {
+            l.customer_identifier
+                .as_ref()
+                .map(|c| [l.product_code.clone(), c.clone()])
+        })
+        .flatten()
+        .collect();
+    let acct: Vec<String> = links
+        .iter()
+        .filter(|l| l.license_arn.is_none() && l.customer_identifier.is_none())
+        .filter_map(|l| l.customer_aws_account_id.clone())
+        .collect();
+    for (columns, width, values) in [
+        ("license_id", 1, lic),
+        ("(product_code, customer_identifier)", 2, cust),
+        ("customer_aws_account_id", 1, acct),
+    ] {
+        for s in subscriptions_where(backend, conn, columns, width, &values).await? {
+            universe.insert(s.key.clone(), s);
+        }
+    }
+    let mut frontier: Vec<String> = universe
+        .values()
+        .filter_map(|s| s.agreement_id.clone())
+        .collect();
+    for _ in 0..MAX_CHAIN_STEPS {
+        if frontier.is_empty() {
+            break;
+        }
+        let next: Vec<Subscription> =
+            subscriptions_where(backend, conn, "previous_agreement_id", 1, &frontier)
+                .await?
+                .into_iter()
+                .filter(|s| !universe.contains_key(&s.key))
+                .collect();
+        frontier = next.iter().filter_map(|s| s.agreement_id.clone()).collect();
+        for s in next {
+            universe.insert(s.key.clone(), s);
+        }
+    }
+    Ok(universe.into_values().collect())
+}
+
+/// License ids (`l-…`) that registrations by license claim among `subs`: an account-keyed link
+/// does not take those.
+async fn claimed_licenses(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    subs: &[Subscription],
+) -> Result<Vec<String>, StoreError> {
+    let lic_keys: Vec<String> = subs
+        .iter()
+        .filter_map(|s| s.license_arn.as_deref())
+        .map(|l| format!("lic:{}", license_id(l)))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(links_where(backend, conn, "link_key", &lic_keys)
+        .await?
+        .into_iter()
+        .filter_map(|l| l.license_arn.map(|a| license_id(&a).to_string()))
+        .collect())
+}
+
+fn view_of(link: &LinkRequest, subs: &[Subscription], claimed: &HashSet<&str>) -> OrgView {
+    let view = resolve_link_among(link, subs, claimed);
+    let subscription = match view.subscription {
+        Some(s) => SubscriptionIds::of(s),
+        None => SubscriptionIds {
+            product_code: Some(link.product_code.clone()),
+            customer_identifier: link.customer_identifier.clone(),
+            customer_aws_account_id: link.customer_aws_account_id.clone(),
+            license_arn: link.license_arn.clone(),
+            ..SubscriptionIds::default()
+        },
+    };
+    OrgView {
+        state: view.state,
+        subscription,
+    }
+}
+
+async fn resolve_all(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    links: &[LinkRequest],
+    subs: &[Subscription],
+) -> Result<BTreeMap<String, OrgView>, StoreError> {
+    let claimed_ids = claimed_licenses(backend, conn, subs).await?;
+    let claimed: HashSet<&str> = claimed_ids.iter().map(String::as_str).collect();
+    Ok(links
+        .iter()
+        .map(|link| (link.org_id.clone(), view_of(link, subs, &claimed)))
+        .collect())
+}
+
+/// One applied event of a batch with the subscription as it left it.
+pub(super) struct Step<'a> {
+    /// The event.
+    pub event: &'a Event,
+    /// Its subscription after it.
+    pub sub: Subscription,
+}
+
+/// The rows an apply batch writes: its steps replayed in batch order over what the affected
+/// organizations see, one row per change of an organization's view, caused by the step's event.
+/// Called once the subscriptions are written (the database holds every identifier the batch
+/// taught, so every row a link can reach during the replay is loaded); `before` holds the
+/// subscriptions as they were.
+pub(super) async fn rows_for_steps(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    before: &HashMap<String, Subscription>,
+    steps: &[Step<'_>],
+) -> Result<Vec<NewRow>, StoreError> {
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    lock(conn).await?;
+    let seeds: Vec<&Subscription> = steps
+        .iter()
+        .flat_map(|s| [Some(&s.sub), before.get(&s.sub.key)])
+        .flatten()
+        .collect();
+    let orgs: Vec<String> = affected_orgs(backend, conn, &seeds)
+        .await?
+        .into_iter()
+        .collect();
+    let links = links_where(backend, conn, "org_id", &orgs).await?;
+    if links.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last = link_universe(backend, conn, &links).await?;
+    let claimed_ids = claimed_licenses(backend, conn, &last).await?;
+    let claimed: HashSet<&str> = claimed_ids.iter().map(String::as_str).collect();
+    // Each link's slice: what it reaches once the batch is applied. Identifiers and chain links
+    // are only ever learned, so that covers what it reaches at any step of the batch.
+    let slices: Vec<Vec<String>> = links
+        .iter()
+        .map(|link| {
+            let reached = resolve_reach(link, &last);
+            reached.into_iter().map(|s| s.key.clone()).collect()
+        })
+        .collect();
+    let mut state: HashMap<String, Subscription> = last
+        .iter()
+        .map(|s| (s.key.clone(), before.get(&s.key).unwrap_or(s).clone()))
+        .collect();
+    let slice_subs = |state: &HashMap<String, Subscription>, i: usize| -> Vec<Subscription> {
+        slices[i]
+            .iter()
+            .filter_map(|k| state.get(k).cloned())
+            .collect()
+    };
+    let mut views: Vec<OrgView> = (0..links.len())
+        .map(|i| view_of(&links[i], &slice_subs(&state, i), &claimed))
+        .collect();
+    let mut out = Vec::new();
+    for step in steps {
+        if !state.contains_key(&step.sub.key) {
+            // No link reaches it.
+            continue;
+        }
+        state.insert(step.sub.key.clone(), step.sub.clone());
+        for (i, link) in links.iter().enumerate() {
+            if !slices[i].contains(&step.sub.key) {
+                continue;
+            }
+            let now = view_of(link, &slice_subs(&state, i), &claimed);
+            if let Some(event_type) = crate::outbox::change_type(Some(views[i].state), now.state) {
+                out.push(NewRow {
+                    event_type,
+                    org_id: link.org_id.clone(),
+                    moved_to_org_id: None,
+                    subscription: now.subscription.clone(),
+                    state_before: Some(views[i].state),
+                    state_after: Some(now.state),
+                    event_time_ms: step.event.time_ms,
+                    cause: step.event.event_id.clone(),
+                });
+            }
+            views[i] = now;
+        }
+    }
+    Ok(out)
+}
+
+/// The subscriptions `link` reaches among `subs`: those it names and their successors.
+fn resolve_reach<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> Vec<&'a Subscription> {
+    let mut reached: Vec<&Subscription> = subs.iter().filter(|s| link.matches(s)).collect();
+    let mut frontier = reached.clone();
+    for _ in 0..subs.len().min(MAX_CHAIN_STEPS) {
+        let next: Vec<&Subscription> = subs
+            .iter()
+            .filter(|s| {
+                s.previous_agreement_id.as_deref().is_some_and(|prev| {
+                    frontier
+                        .iter()
+                        .any(|f| f.agreement_id.as_deref() == Some(prev))
+                }) && !reached.iter().any(|r| r.key == s.key)
+            })
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        reached.extend(next.iter().copied());
+        frontier = next;
+    }
+    reached
+}
+
+/// The rows telling each organization what changed between `before` and `after`. An
+/// organization that lost its link gets `link.moved` (to `moved_to`); `cause` gives each row's
+/// causing delivery and event time.
+pub(super) fn diff(
+    before: &BTreeMap<String, OrgView>,
+    after: &BTreeMap<String, OrgView>,
+    moved_to: Option<&str>,
+    cause: impl Fn(&str, Option<&OrgView>, Option<&OrgView>) -> (String, i64),
+) -> Vec<NewRow> {
+    let orgs: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let mut out = Vec::new();
+    for org in orgs {
+        let (b, a) = (before.get(org), after.get(org));
+        let event_type = match (b, a) {
+            (Some(_), None) => Some(EventType::Moved),
+            (b, Some(a)) => crate::outbox::change_type(b.map(|v| v.state), a.state),
+            (None, None) => None,
+        };
+        let Some(event_type) = event_type else {
+            continue;
+        };
+        let (cause, event_time_ms) = cause(org, b, a);
+        out.push(NewRow {
+            event_type,
+            org_id: org.clone(),
+            moved_to_org_id: (event_type == EventType::Moved)
+                .then(|| moved_to.map(str::to_string))
+                .flatten(),
+            subscription: a.or(b).map(|v| v.subscription.clone()).unwrap_or_default(),
+            state_before: b.map(|v| v.state),
+            state_after: a.map(|v| v.state),
+            event_time_ms,
+            cause,
+        });
+    }
+    out
+}
+
+/// Columns written by [`insert`], in bind order.
+const COLUMNS: [&str; 21] = [
+    "seq",
+    "event_id",
+    "event_type",
+    "org_id",
+    "moved_to_org_id",
+    "sub_key",
+    "product_code",
+    "customer_identifier",
+    "customer_aws_account_id",
+    "agreement_id",
+    "license_arn",
+    "state_before",
+    "state_after",
+    "payment_method_before",
+    "payment_method",
+    "event_time",
+    "cause",
+    "created_at",
+    "status",
+    "attempts",
+    "next_attempt_at",
+];
+
+/// Writes `new` with the next sequences (the caller holds the outbox lock).
+pub(super) async fn insert(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    new: &[NewRow],
+    now: i64,
+) -> Result<(), StoreError> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let last: i64 = sqlx::query_scalar(
+        "UPDATE mplink_outbox_seq SET last_seq = last_seq + $1 WHERE id = 1 RETURNING last_seq",
+    )
+    .bind(new.len() as i64)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(q("taking outbox sequences"))?;
+    let first = last - new.len() as i64 + 1;
+    let numbered: Vec<(i64, &NewRow)> = new
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (first + i as i64, r))
+        .collect();
+    for chunk in numbered.chunks(super::BULK_ROWS) {
+        let sql = format!(
+            "INSERT INTO mplink_outbox ({}) VALUES {}",
+            COLUMNS.join(", "),
+            rows::tuples(backend, chunk.len(), COLUMNS.len(), 1)
+        );
+        let mut query = sqlx::query(&sql);
+        for (seq, r) in chunk {
+            let s = &r.subscription;
+            query = query
+                .bind(*seq)
+                .bind(event_id(*seq, r))
+                .bind(r.event_type.as_str())
+                .bind(&r.org_id)
+                .bind(&r.moved_to_org_id)
+                .bind(&s.sub_key)
+                .bind(&s.product_code)
+                .bind(&s.customer_identifier)
+                .bind(&s.customer_aws_account_id)
+                .bind(&s.agreement_id)
+                .bind(&s.license_arn)
+                .bind(r.state_before.map(|v| v.as_str()))
+                .bind(r.state_after.map(|v| v.as_str()))
+                .bind(r.payment_method_before().map(|p| p.as_str()))
+                .bind(r.payment_method().map(|p| p.as_str()))
+                .bind(r.event_time_ms)
+                .bind(&r.cause)
+                .bind(now)
+                .bind(STATUS_PENDING)
+                .bind(0i64)
+                .bind(now);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(q("writing the outbox"))?;
+    }
+    Ok(())
+}
+
+/// The stable id of a row: the same on every delivery attempt, unique in the outbox.
+fn event_id(seq: i64, row: &NewRow) -> String {
+    let hash = super::sha256_hex(&format!(
+        "{seq}\n{}\n{}\n{}",
+        row.cause, row.org_id, row.event_type
+    ));
+    format!("msg_{seq}_{}", &hash[..16])
+}
+
+/// Delivery states of an outbox row.
+pub const STATUS_PENDING: &str = "pending";
+/// Every webhook accepted it.
+pub const STATUS_DELIVERED: &str = "delivered";
+/// Parked after the attempt limit: kept, listed by `outbox inspect`, resumed by `outbox retry`.
+pub const STATUS_FAILED: &str = "failed";
+
+/// Every column of a stored row, for [`row_from`].
+pub(super) const SELECT_ROWS: &str = "SELECT seq, event_id, event_type, org_id, moved_to_org_id, sub_key, product_code, \
+     customer_identifier, customer_aws_account_id, agreement_id, license_arn, state_before, state_after, \
+     payment_method_before, payment_method, event_time, cause, created_at, status, attempts, last_error \
+     FROM mplink_outbox";
+
+/// A stored row.
+pub(super) fn row_from(row: &sqlx::any::AnyRow) -> Result<OutboxRow, StoreError> {
+    let get = |c: &'static str| -> Result<Option<String>, StoreError> {
+        row.try_get(c).map_err(q("decoding an outbox row"))
+    };
+    let int = |c: &'static str| -> Result<i64, StoreError> {
+        row.try_get(c).map_err(q("decoding an outbox row"))
+    };
+    let created_at_ms = int("created_at")?;
+    Ok(OutboxRow {
+        seq: int("seq")?,
+        event_id: get("event_id")?.unwrap_or_default(),
+        event_type: get("event_type")?.unwrap_or_default(),
+        org_id: get("org_id")?.unwrap_or_default(),
+        moved_to_org_id: get("moved_to_org_id")?,
+        subscription: SubscriptionIds {
+            sub_key: get("sub_key")?,
+            product_code: get("product_code")?,
+            customer_identifier: get("customer_identifier")?,
+            customer_aws_account_id: get("customer_aws_account_id")?,
+            agreement_id: get("agreement_id")?,
+            license_arn: get("license_arn")?,
+        },
+        state_before: get("state_before")?,
+        state_after: get("state_after")?,
+        payment_method_before: get("payment_method_before")?,
+        payment_method: get("payment_method")?,
+        event_time: rfc3339(int("event_time")?),
+        cause: get("cause")?.unwrap_or_default(),
+        created_at: rfc3339(created_at_ms),
+        status: get("status")?.unwrap_or_default(),
+        attempts: int("attempts")?,
+        last_error: get("last_error")?,
+        created_at_ms,
+    })
+}
+
+/// Counts of the outbox by delivery state, and the oldest row not yet delivered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxStats {
+    /// Rows waiting for delivery (or being delivered).
+    pub pending: i64,
+    /// Rows parked after the attempt limit.
+    pub failed: i64,
+    /// Rows every webhook accepted.
+    pub delivered: i64,
+    /// When the oldest pending or failed row was committed, epoch ms.
+    pub oldest_undelivered_ms: Option<i64>,
+}
+
+/// The order a deliverer's claim leaves a row in after one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// Every webhook accepted the row.
+    Delivered,
+    /// It failed; try again at this time (epoch ms), or park it when `park` is set.
+    Failed {
+        /// What went wrong (no body, no secret).
+        error: String,
+        /// Next attempt, epoch ms.
+        retry_at_ms: i64,
+        /// The attempt limit is reached: park the row as failed.
+        park: bool,
+    },
+}
+
+impl super::Store {
+    /// Rows after `after`, in sequence order, at most `limit`: the pull feed.
+    pub async fn outbox_after(&self, after: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = format!("{SELECT_ROWS} WHERE seq > $1 ORDER BY seq LIMIT $2");
+        let found = sqlx::query(&sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading the outbox"))?;
+        found.iter().map(row_from).collect()
+    }
+
+    /// Rows not delivered yet (pending and failed), oldest first, at most `limit`.
+    pub async fn outbox_undelivered(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = format!(
+            "{SELECT_ROWS} WHERE status IN ('{STATUS_PENDING}', '{STATUS_FAILED}') ORDER BY seq LIMIT $1"
+        );
+        let found = sqlx::query(&sql)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading the outbox"))?;
+        found.iter().map(row_from).collect()
+    }
+
+    /// Counts by delivery state.
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let found = sqlx::query(
+            "SELECT status, COUNT(*) AS n, MIN(created_at) AS oldest FROM mplink_outbox GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("counting the outbox"))?;
+        let mut stats = OutboxStats::default();
+        for row in found {
+            let status: String = row.try_get("status").map_err(q("counting the outbox"))?;
+            let n: i64 = row.try_get("n").map_err(q("counting the outbox"))?;
+            let oldest: Option<i64> = row.try_get("oldest").map_err(q("counting the outbox"))?;
+            match status.as_str() {
+                STATUS_DELIVERED => stats.delivered = n,
+                s => {
+                    if s == STATUS_FAILED {
+                        stats.failed = n;
+                    } else {
+                        stats.pending = n;
+                    }
+                    stats.oldest_undelivered_ms = match (stats.oldest_undelivered_ms, oldest) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Pending rows that can still go out: those not held back by a parked row of their
+    /// organization (`outbox deliver --until-idle` stops when none is left).
+    pub async fn outbox_deliverable(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM mplink_outbox o WHERE o.status = '{STATUS_PENDING}' \
+             AND NOT EXISTS (SELECT 1 FROM mplink_outbox e WHERE e.org_id = o.org_id \
+             AND e.seq < o.seq AND e.status = '{STATUS_FAILED}')"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("counting the outbox"))
+    }
+
+    /// Leases up to `limit` rows due for delivery to `owner` until `now_ms + lease_ms`: for each
+    /// organization only its oldest undelivered row (so rows reach a webhook in sequence order
+    /// per organization, and a parked row holds the later ones back until it is retried), and
+    /// never a row another deliverer holds (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has
+    /// one writer at a time).
+    pub async fn claim_outbox(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let columns = SELECT_ROWS
+            .trim_start_matches("SELECT ")
+            .trim_end_matches(" FROM mplink_outbox");
+        let sql = format!(
+            "UPDATE mplink_outbox SET lease_owner = $1, lease_until = $2 WHERE seq IN (\
+               SELECT o.seq FROM mplink_outbox o \
+               WHERE o.status = '{STATUS_PENDING}' AND o.next_attempt_at <= $3 \
+                 AND (o.lease_until IS NULL OR o.lease_until < $3) \
+                 AND NOT EXISTS (SELECT 1 FROM mplink_outbox e \
+                   WHERE e.org_id = o.org_id AND e.seq < o.seq AND e.status <> '{STATUS_DELIVERED}') \
+               ORDER BY o.seq LIMIT $4{lock}) \
+             RETURNING {columns}"
+        );
+        let mut tx = self.begin().await?;
+        let found = sqlx::query(&sql)
+            .bind(owner)
+            .bind(now_ms + lease_ms)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q("leasing outbox rows"))?;
+        tx.commit().await.map_err(q("leasing outbox rows"))?;
+        let mut rows: Vec<OutboxRow> = found.iter().map(row_from).collect::<Result<_, _>>()?;
+        rows.sort_by_key(|r| r.seq);
+        Ok(rows)
+    }
+
+    /// Records one delivery attempt of a row `owner` leased; false when the lease was lost
+    /// (it expired and another deliverer took the row).
+    pub async fn outbox_attempted(
+        &self,
+        seq: i64,
+        owner: &str,
+        now_ms: i64,
+        result: &AttemptResult,
+    ) -> Result<bool, StoreError> {
+        let delivered = format!(
+            "UPDATE mplink_outbox SET status = '{STATUS_DELIVERED}', delivered_at = $1, \
+             attempts = attempts + 1, last_error = NULL, lease_owner = NULL, lease_until = NULL \
+             WHERE seq = $2 AND lease_owner = $3"
+        );
+        let done = match result {
+            AttemptResult::Delivered => sqlx::query(&delivered)
+            .bind(now_ms)
+            .bind(seq)
+            .bind(owner),
+            AttemptResult::Failed {
+                error,
+                retry_at_ms,
+                park,
+            } => sqlx::query(
+                "UPDATE mplink_outbox SET status = $1, next_attempt_at = $2, attempts = attempts + 1, \
+                 last_error = $3, lease_owner = NULL, lease_until = NULL WHERE seq = $4 AND lease_owner = $5",
+            )
+            .bind(if *park { STATUS_FAILED } else { STATUS_PENDING })
+            .bind(*retry_at_ms)
+            .bind(super::storable_text(error, 1024))
+            .bind(seq)
+            .bind(owner),
+        }
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording a delivery attempt"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts parked rows back to pending, due now, with a fresh attempt count: those in `seqs`,
+    /// or every parked row when `seqs` is None. Returns how many.
+    pub async fn outbox_retry(&self, seqs: Option<&[i64]>) -> Result<u64, StoreError> {
+        // SQLite's placeholders are anonymous in the generated lists: never mixed with $n.
+        let now_placeholder = match self.backend {
+            Backend::Postgres => "$1",
+            Backend::Sqlite => "?",
+        };
+        let set = format!(
+            "UPDATE mplink_outbox SET status = '{STATUS_PENDING}', attempts = 0, \
+             next_attempt_at = {now_placeholder}, last_error = NULL WHERE status = '{STATUS_FAILED}'"
+        );
+        let now = super::now_ms();
+        let n = match seqs {
+            None => sqlx::query(&set)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(q("retrying outbox rows"))?
+                .rows_affected(),
+            Some(seqs) => {
+                let mut n = 0;
+                for chunk in seqs.chunks(super::BULK_ROWS) {
+                    let sql = format!(
+                        "{set} AND seq IN {}",
+                        rows::tuples(self.backend, 1, chunk.len(), 2)
+                    );
+                    let mut query = sqlx::query(&sql).bind(now);
+                    for s in chunk {
+                        query = query.bind(*s);
+                    }
+                    n += query
+                        .execute(&self.pool)
+                        .await
+                        .map_err(q("retrying outbox rows"))?
+                        .rows_affected();
+                }
+                n
+            }
+        };
+        Ok(n)
+    }
+}
