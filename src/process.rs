@@ -159,13 +159,13 @@ impl Pipeline {
                 Err(e) if accepted.len() > 1 => {
                     tracing::warn!(error = %e, size = accepted.len(), "batch refused; applying its members one by one");
                     for (i, a) in accepted {
-                        results[i] = Some(self.apply_alone(&msgs[i], a).await);
+                        results[i] = Some(self.apply_alone(msgs[i], a).await);
                     }
                 }
                 Err(e) => {
                     for (i, a) in &accepted {
                         let r = self
-                            .reject(&msgs[*i], &a.span, "store_error", e.to_string())
+                            .reject(msgs[*i], &a.span, "store_error", e.to_string())
                             .await;
                         results[*i] = Some(r);
                     }
