@@ -882,79 +882,121 @@ async fn status(store: &Store, args: StatusArgs) -> Result<ExitCode, CliError> {
         org_id: args.org,
         customer_identifier: args.customer_identifier,
     };
-    let rows = store.status(&filter).await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        for row in &rows {
-            let line = serde_json::to_string(row).map_err(|e| CliError::Write(e.into()))?;
-            writeln!(out, "{line}").map_err(CliError::Write)?;
+    // Page by page, so memory stays flat however large the ledger.
+    let mut pages = store.status_pages(&filter);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut table: Option<Table> = None;
+    while let Some(page) = pages.next_page().await? {
+        if args.json {
+            for row in &page {
+                serde_json::to_writer(&mut out, row).map_err(|e| CliError::Write(e.into()))?;
+                writeln!(out).map_err(CliError::Write)?;
+            }
+            continue;
         }
-    } else {
-        write!(out, "{}", render_table(&rows)).map_err(CliError::Write)?;
+        let table = match &mut table {
+            Some(table) => table,
+            None => {
+                let sized = Table::sized_for(&page);
+                out.write_all(sized.header().as_bytes())
+                    .map_err(CliError::Write)?;
+                table.insert(sized)
+            }
+        };
+        for row in &page {
+            out.write_all(table.line(row).as_bytes())
+                .map_err(CliError::Write)?;
+        }
     }
+    if !args.json && table.is_none() {
+        write!(out, "{}", render_table(&[])).map_err(CliError::Write)?;
+    }
+    out.flush().map_err(CliError::Write)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Renders status rows as an aligned text table.
 pub fn render_table(rows: &[StatusRow]) -> String {
-    let header = [
-        "ORG",
-        "PRODUCT",
-        "CUSTOMER",
-        "ACCOUNT",
-        "AGREEMENT",
-        "SUBSCRIPTION",
-        "LINK",
-        "PAYMENT METHOD",
-        "LAST EVENT",
-        "NOTES",
-    ];
-    let dash = || "-".to_string();
-    let cells: Vec<[String; 10]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.org_id.clone().unwrap_or_else(dash),
-                r.product_code.clone().unwrap_or_else(dash),
-                r.customer_identifier.clone().unwrap_or_else(dash),
-                r.customer_aws_account_id.clone().unwrap_or_else(dash),
-                r.agreement_id.clone().unwrap_or_else(dash),
-                r.subscription_state.to_string(),
-                r.link_state.map_or_else(dash, |s| s.to_string()),
-                match (r.link_state, r.payment_method) {
-                    (None, _) => dash(),
-                    (Some(_), Some(_)) => "AWS Marketplace Subscription".to_string(),
-                    (Some(_), None) => "(none)".to_string(),
-                },
-                r.last_event_time.clone().unwrap_or_else(dash),
-                Some(r.notes().join("; "))
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or_else(dash),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut push_row = |row: &[&str]| {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    };
-    push_row(&header);
-    for row in &cells {
-        push_row(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    let table = Table::sized_for(rows);
+    let mut out = table.header();
+    for row in rows {
+        out.push_str(&table.line(row));
     }
     if rows.is_empty() {
         out.push_str("(no subscriptions)\n");
     }
     out
+}
+
+const TABLE_HEADER: [&str; 10] = [
+    "ORG",
+    "PRODUCT",
+    "CUSTOMER",
+    "ACCOUNT",
+    "AGREEMENT",
+    "SUBSCRIPTION",
+    "LINK",
+    "PAYMENT METHOD",
+    "LAST EVENT",
+    "NOTES",
+];
+
+/// Column widths of the status table, measured on the first page only (a bounded look-ahead):
+/// a longer value further down widens its own line, never the lines already printed.
+struct Table {
+    widths: [usize; 10],
+}
+
+impl Table {
+    fn sized_for(rows: &[StatusRow]) -> Table {
+        let mut widths = TABLE_HEADER.map(str::len);
+        for row in rows {
+            for (w, c) in widths.iter_mut().zip(table_cells(row)) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        Table { widths }
+    }
+
+    fn header(&self) -> String {
+        self.render(&TABLE_HEADER)
+    }
+
+    fn line(&self, row: &StatusRow) -> String {
+        let cells = table_cells(row);
+        self.render(&cells.each_ref().map(String::as_str))
+    }
+
+    fn render(&self, cells: &[&str; 10]) -> String {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(self.widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let mut out = line.join("  ").trim_end().to_string();
+        out.push('\n');
+        out
+    }
+}
+
+fn table_cells(r: &StatusRow) -> [String; 10] {
+    let dash = || "-".to_string();
+    [
+        r.org_id.clone().unwrap_or_else(dash),
+        r.product_code.clone().unwrap_or_else(dash),
+        r.customer_identifier.clone().unwrap_or_else(dash),
+        r.customer_aws_account_id.clone().unwrap_or_else(dash),
+        r.agreement_id.clone().unwrap_or_else(dash),
+        r.subscription_state.to_string(),
+        r.link_state.map_or_else(dash, |s| s.to_string()),
+        match (r.link_state, r.payment_method) {
+            (None, _) => dash(),
+            (Some(_), Some(_)) => "AWS Marketplace Subscription".to_string(),
+            (Some(_), None) => "(none)".to_string(),
+        },
+        r.last_event_time.clone().unwrap_or_else(dash),
+        Some(r.notes().join("; "))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(dash),
+    ]
 }

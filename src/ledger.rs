@@ -1365,6 +1365,19 @@ mod tests {
             let own: Vec<Event> = all.iter().filter(|e| e.subject.as_key() == agmt).cloned().collect();
             prop_assert_eq!(view.subscription.map(|s| s.key.clone()), Some(agmt));
             prop_assert_eq!(view.state, model(&own).1);
+            // A registration by account alone sees the chain and the concurrent agreement;
+            // which it takes does not depend on arrival order.
+            let mut with_product = all.clone();
+            for e in with_product.iter_mut() {
+                e.ids.product_code = Some("prod".into());
+            }
+            let by_account = account_link();
+            let pick = |events: &[Event]| {
+                let subs = subs_of(events);
+                let view = resolve_link(&by_account, &subs);
+                (view.subscription.map(|s| s.key.clone()), view.state)
+            };
+            prop_assert_eq!(pick(&shuffled(with_product.clone(), seed)), pick(&with_product));
         }
 
         #[test]

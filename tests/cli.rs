@@ -11,10 +11,20 @@ const PRODUCT: &str = "n0123EXAMPLEXXXXXXXXXXXX";
 const CUSTOMER: &str = "X01EXAMPLEX";
 
 fn mplink(db: &TestDb, args: &[&str], stdin: Option<&str>) -> Output {
+    mplink_with_env(db, args, stdin, &[])
+}
+
+fn mplink_with_env(
+    db: &TestDb,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mplink"))
         .arg("--database-url")
         .arg(db.url.expose())
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("DATABASE_URL")
         .env_remove("MPLINK_DATABASE_URL")
         .stdin(Stdio::piped())
@@ -281,26 +291,17 @@ async fn double_application_is_measurable(backend: Backend) {
     let input = format!("{created}\n{copy}\n{confirm}\n{confirm}\n");
     for (broken, expected) in [(false, 0), (true, 2)] {
         let db = TestDb::new(backend).await;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mplink"));
-        command
-            .args(["--database-url", db.url.expose()])
-            .args(["apply", "--verify-signatures", "false", "-"])
-            .env_remove("DATABASE_URL")
-            .env_remove("MPLINK_DATABASE_URL")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if broken {
-            command.env(mplink::failpoint::SKIP_DUPLICATE_CHECK_ENV, "1");
-        }
-        let mut child = command.spawn().expect("spawn mplink");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("stdin");
-        let out = child.wait_with_output().expect("output");
+        let env: &[(&str, &str)] = if broken {
+            &[(mplink::failpoint::SKIP_DUPLICATE_CHECK_ENV, "1")]
+        } else {
+            &[]
+        };
+        let out = mplink_with_env(
+            &db,
+            &["apply", "--verify-signatures", "false", "-"],
+            Some(&input),
+            env,
+        );
         assert!(
             out.status.success(),
             "{}",

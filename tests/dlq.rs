@@ -244,8 +244,11 @@ async fn redrive_then_work(portable: bool) {
     crash_until_dead(&stack, 4).await;
     let dlq = stack.queue.dead_letter_queue_url.clone();
     let mut args = vec!["dlq", "redrive", "--queue-url", &dlq];
+    // A portable redrive signs each message's original identity with the operator's key; the
+    // workers believe it only with the same key.
+    const KEY: &str = "the-operators-redrive-key-0001";
     if portable {
-        args.push("--portable");
+        args.extend(["--portable", "--redrive-key", KEY]);
     }
     let out = ok(mplink(&db, &args));
     assert!(out.contains("moved 4"), "{out}");
@@ -256,7 +259,11 @@ async fn redrive_then_work(portable: bool) {
     )
     .await;
     stack.wait_for_visible(4).await;
-    let worker = spawn_worker(&stack, db.store.clone(), unsigned(), stack.worker_config()).await;
+    let verify = mplink::verify::VerifyConfig {
+        redrive_key: Some(mplink::redrive::RedriveKey::new(KEY).expect("key")),
+        ..unsigned()
+    };
+    let worker = spawn_worker(&stack, db.store.clone(), verify, stack.worker_config()).await;
     let summary = worker.handle.await.expect("worker");
     assert_eq!(summary.applied, 4, "{summary:?}");
     let log = db.store.event_log().await.expect("log");

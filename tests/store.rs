@@ -606,7 +606,84 @@ async fn batch_and_single_applies_agree(backend: Backend) {
     db_single.cleanup().await;
 }
 
+/// A rejected body is kept bounded: its first 8 KiB (NUL replaced, which PostgreSQL refuses),
+/// with the whole body's size and SHA-256.
+async fn rejected_bodies_are_stored_bounded(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let body = format!("\u{0}{}", "x".repeat(100_000));
+    let msg = InboundMessage {
+        message_id: "sqs-huge".into(),
+        body: body.clone(),
+        sent_timestamp_ms: Some(T0),
+    };
+    db.store
+        .record_rejection(&msg, "too_large: body is 100001 bytes")
+        .await
+        .expect("record");
+    let (stored, bytes, hash): (String, i64, String) = sqlx::query_as(
+        "SELECT body, body_bytes, body_sha256 FROM mplink_event_log WHERE sqs_message_id = 'sqs-huge'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .expect("row");
+    assert!(
+        stored.len() <= mplink::store::REJECTED_BODY_LIMIT + 2,
+        "{}",
+        stored.len()
+    );
+    assert!(stored.starts_with('\u{FFFD}'));
+    assert_eq!(bytes, body.len() as i64);
+    use sha2::Digest;
+    assert_eq!(hash, format!("{:x}", sha2::Sha256::digest(body.as_bytes())));
+    db.cleanup().await;
+}
+
+/// One delivery id on two subscriptions (a hostile sender reusing an EventBridge id), applied
+/// concurrently from separate pools: no row lock orders them, so one insert into the event log
+/// meets the other's; the loser reruns and is a duplicate, never a permanent error.
+async fn one_delivery_id_on_two_subjects_concurrently(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    for round in 0..10 {
+        let id = format!("shared-id-{round}");
+        let bodies: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|side| {
+                agreement_body(
+                    &id,
+                    "Created",
+                    "Proposer",
+                    &format!("agmt-{side}-{round}"),
+                    ACCOUNT,
+                    serde_json::json!({"intent": "NEW"}),
+                    T0 + round,
+                )
+            })
+            .collect();
+        let stores = [db.another_store().await, db.another_store().await];
+        let mut tasks = Vec::new();
+        for (store, body) in stores.into_iter().zip(bodies) {
+            tasks.push(tokio::spawn(async move {
+                let event = decoded("sqs-shared", &body);
+                store.apply(&event, &body).await
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.expect("task").expect("no permanent error"));
+        }
+        outcomes.sort_by_key(|o| o.as_str());
+        assert_eq!(
+            outcomes,
+            vec![Outcome::Applied, Outcome::Duplicate],
+            "round {round}"
+        );
+    }
+    db.cleanup().await;
+}
+
 both_backends! {
+    rejected_bodies_are_stored_bounded => rejected_bodies_are_stored_bounded;
+    one_delivery_id_on_two_subjects_concurrently => one_delivery_id_on_two_subjects_concurrently;
     legacy_story_links_then_unlinks => legacy_story;
     duplicates_and_stale_events_have_no_effect => duplicates_and_stale_events;
     a_confirmation_before_registration_is_kept => confirmation_before_registration;

@@ -3,6 +3,7 @@
 //! the subscription row is locked first, so concurrent appliers serialize per subscription.
 
 mod rows;
+mod view;
 
 use crate::config::DatabaseUrl;
 use crate::event::{license_id, Event, InboundMessage};
@@ -13,7 +14,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use thiserror::Error;
 
-pub use rows::{StatusDetails, StatusFilter, StatusRow};
+pub use rows::{status_rows, StatusDetails, StatusFilter, StatusRow};
+pub use view::{LinkRows, StatusPages, STATUS_PAGE_ROWS};
 
 /// The embedded, versioned migrations in `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -655,11 +657,15 @@ impl Store {
         Ok(previous)
     }
 
-    /// Every subscription with its link, filtered; see [`StatusRow`].
+    /// Every subscription with its link, filtered, collected from [`Store::status_pages`]; see
+    /// [`StatusRow`]. Without a filter this holds the whole view: stream the pages instead.
     pub async fn status(&self, filter: &StatusFilter) -> Result<Vec<StatusRow>, StoreError> {
-        let subs = self.subscriptions().await?;
-        let links = self.links().await?;
-        Ok(rows::status_rows(&subs, &links, filter))
+        let mut pages = self.status_pages(filter);
+        let mut out = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            out.extend(page);
+        }
+        Ok(out)
     }
 
     /// Every subscription in the ledger, in key order.
@@ -673,13 +679,10 @@ impl Store {
 
     /// Every link request, in organization order.
     pub async fn links(&self) -> Result<Vec<LinkRequest>, StoreError> {
-        let found = sqlx::query(
-            "SELECT org_id, product_code, customer_identifier, customer_aws_account_id, license_arn, requested_at \
-             FROM mplink_org_links ORDER BY org_id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("reading links"))?;
+        let found = sqlx::query(&format!("{} ORDER BY org_id", rows::SELECT_LINKS))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading links"))?;
         found.iter().map(rows::link_from_row).collect()
     }
 
@@ -780,6 +783,24 @@ impl Store {
         .map_err(q("counting double applications"))?;
         Ok(n as u64)
     }
+}
+
+/// The keys under which a registration could name `sub` (see [`link_key`]): a link matches
+/// the subscription exactly when its key is one of these.
+fn link_keys_naming(sub: &Subscription) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(lic) = &sub.license_arn {
+        keys.push(format!("lic:{}", license_id(lic)));
+    }
+    if let Some(product) = &sub.product_code {
+        if let Some(cust) = &sub.customer_identifier {
+            keys.push(format!("cust:{product}:{cust}"));
+        }
+        if let Some(acct) = &sub.customer_aws_account_id {
+            keys.push(format!("acct:{product}:{acct}"));
+        }
+    }
+    keys
 }
 
 /// Milliseconds since the epoch, now.

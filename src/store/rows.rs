@@ -27,6 +27,11 @@ pub(super) const SELECT_SUBSCRIPTIONS: &str = subscription_select!("");
 /// Every subscription.
 pub(super) const SELECT_ALL_SUBSCRIPTIONS: &str = subscription_select!("ORDER BY sub_key");
 
+/// Link requests; the caller adds the condition. Read by [`link_from_row`].
+pub(super) const SELECT_LINKS: &str =
+    "SELECT org_id, product_code, customer_identifier, customer_aws_account_id, license_arn, requested_at \
+     FROM mplink_org_links ";
+
 fn get<'r, T>(row: &'r AnyRow, column: &'static str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
@@ -139,6 +144,29 @@ pub(super) fn tuples(backend: Backend, rows: usize, width: usize, start: usize) 
         out.push(')');
     }
     out
+}
+
+/// The `n`th bind placeholder (from 1) in `backend`'s dialect; see [`tuples`].
+pub(super) fn placeholder(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Postgres => format!("${n}"),
+        Backend::Sqlite => "?".to_string(),
+    }
+}
+
+/// `(a = $s AND b = $s+1) OR …` for `pairs` pairs of values bound in that order: both backends
+/// answer each term from an index on (a, b), where a row-value `IN` list is not always planned so.
+pub(super) fn pairs_any(backend: Backend, a: &str, b: &str, pairs: usize, start: usize) -> String {
+    (0..pairs)
+        .map(|i| {
+            format!(
+                "({a} = {} AND {b} = {})",
+                placeholder(backend, start + 2 * i),
+                placeholder(backend, start + 2 * i + 1)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
 }
 
 /// Columns written by [`write_subscriptions`], in bind order.
@@ -373,7 +401,11 @@ fn rfc3339(ms: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-fn row_for(sub: Option<&Subscription>, link: Option<(&LinkRequest, LinkState)>) -> StatusRow {
+/// The status line of a subscription and the link resolved to it; either may be missing.
+pub(super) fn row_for(
+    sub: Option<&Subscription>,
+    link: Option<(&LinkRequest, LinkState)>,
+) -> StatusRow {
     let from_link = |f: fn(&LinkRequest) -> Option<String>| link.and_then(|(l, _)| f(l));
     StatusRow {
         org_id: link.map(|(l, _)| l.org_id.clone()),
@@ -426,9 +458,11 @@ fn details_columns(details: &SubscriptionDetails) -> StatusDetails {
     }
 }
 
-/// Builds the status view: each subscription with the links that resolve to it, then links
-/// whose subscription no event has named yet.
-pub(super) fn status_rows(
+/// The status view of a whole ledger held in memory: each subscription (in key order) with the
+/// links that resolve to it (in organization order), then the links whose subscription no event
+/// has named yet. The store builds the same view page by page from keyed lookups
+/// ([`super::StatusPages`]); this is the definition it is checked against.
+pub fn status_rows(
     subs: &[Subscription],
     links: &[LinkRequest],
     filter: &StatusFilter,

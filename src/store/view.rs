@@ -1,0 +1,478 @@
+//! Reading the ledger one link at a time. Every per-organization operation loads only the rows
+//! its link can reach ([`Store::link_rows`]) through indexed lookups, and `status` without a
+//! filter walks the ledger in keyset pages ([`StatusPages`]), so no command holds the whole
+//! ledger and none scans it to answer for one organization.
+
+use super::rows::{self, row_for, SELECT_LINKS, SELECT_SUBSCRIPTIONS};
+use super::{link_keys_naming, q, StatusFilter, StatusRow, Store, StoreError, BULK_ROWS};
+use crate::event::license_id;
+use crate::ledger::{resolve_link_among, LinkRequest, LinkState, LinkView, Subscription};
+use std::collections::{HashMap, HashSet};
+
+/// Rows per `status` page: bounds what one page holds in memory.
+pub const STATUS_PAGE_ROWS: usize = 1000;
+
+/// Links resolved against one [`LinkRows`]: `resolve_link` compares a link with every row it is
+/// handed, so the rows shared by a batch are kept few.
+const RESOLVE_BATCH: usize = 100;
+
+/// The rows that decide some links: the subscriptions each link names and every renewal or
+/// replacement that follows them through `previous_agreement_id`. What resolving a link needs
+/// beyond that (other registrations of the same account, say) belongs here too.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LinkRows {
+    /// The subscriptions reached, each once.
+    pub subscriptions: Vec<Subscription>,
+    /// License ids (`l-…`) of reached subscriptions that a registration names by license: an
+    /// account-keyed registration does not take them.
+    pub claimed_licenses: HashSet<String>,
+}
+
+impl LinkRows {
+    /// Resolves one of the links these rows were loaded for.
+    pub fn resolve<'a>(&'a self, link: &LinkRequest) -> LinkView<'a> {
+        let claimed: HashSet<&str> = self.claimed_licenses.iter().map(String::as_str).collect();
+        resolve_link_among(link, &self.subscriptions, &claimed)
+    }
+}
+
+impl Store {
+    /// Loads the rows relevant to `links` (see [`LinkRows`]): one indexed lookup per kind of
+    /// key, then one per step along the agreement chains.
+    pub async fn link_rows(&self, links: &[LinkRequest]) -> Result<LinkRows, StoreError> {
+        let mut licenses: Vec<String> = Vec::new();
+        let mut customers: Vec<(String, String)> = Vec::new();
+        let mut accounts: Vec<(String, String)> = Vec::new();
+        // The same precedence as `LinkRequest::matches`: the most specific key alone decides.
+        for link in links {
+            if let Some(lic) = &link.license_arn {
+                licenses.push(license_id(lic).to_string());
+            } else if let Some(cust) = &link.customer_identifier {
+                customers.push((link.product_code.clone(), cust.clone()));
+            } else if let Some(acct) = &link.customer_aws_account_id {
+                accounts.push((acct.clone(), link.product_code.clone()));
+            }
+        }
+        for keys in [&mut customers, &mut accounts] {
+            keys.sort();
+            keys.dedup();
+        }
+        licenses.sort();
+        licenses.dedup();
+
+        let mut reached = Reached::default();
+        for chunk in licenses.chunks(BULK_ROWS) {
+            let condition = format!(
+                "license_id IN {}",
+                rows::tuples(self.backend, 1, chunk.len(), 1)
+            );
+            let found = self.subscriptions_where(&condition, chunk).await?;
+            reached.add(found);
+        }
+        for (pairs, a, b) in [
+            (&customers, "product_code", "customer_identifier"),
+            (&accounts, "customer_aws_account_id", "product_code"),
+        ] {
+            for chunk in pairs.chunks(BULK_ROWS / 2) {
+                let binds: Vec<String> = chunk
+                    .iter()
+                    .flat_map(|(x, y)| [x.clone(), y.clone()])
+                    .collect();
+                let condition = rows::pairs_any(self.backend, a, b, chunk.len(), 1);
+                let found = self.subscriptions_where(&condition, &binds).await?;
+                reached.add(found);
+            }
+        }
+
+        // Follow renewals and replacements forward until no new subscription turns up; every
+        // subscription is added once, so a cycle of agreements ends the walk too.
+        let mut frontier: Vec<String> = reached
+            .subs
+            .iter()
+            .filter_map(|s| s.agreement_id.clone())
+            .collect();
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for chunk in frontier.chunks(BULK_ROWS) {
+                let condition = format!(
+                    "previous_agreement_id IN {}",
+                    rows::tuples(self.backend, 1, chunk.len(), 1)
+                );
+                let found = self.subscriptions_where(&condition, chunk).await?;
+                next.extend(
+                    reached
+                        .add(found)
+                        .iter()
+                        .filter_map(|s| s.agreement_id.clone()),
+                );
+            }
+            frontier = next;
+        }
+
+        // Which reached licenses a registration claims: a lookup on the unique link key.
+        let license_keys: Vec<String> = reached
+            .subs
+            .iter()
+            .filter_map(|s| s.license_arn.as_deref())
+            .map(|l| format!("lic:{}", license_id(l)))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut claimed_licenses = HashSet::new();
+        for chunk in license_keys.chunks(BULK_ROWS) {
+            let sql = format!(
+                "SELECT link_key FROM mplink_org_links WHERE link_key IN {}",
+                rows::tuples(self.backend, 1, chunk.len(), 1)
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for key in chunk {
+                query = query.bind(key);
+            }
+            for key in query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("looking up claimed licenses"))?
+            {
+                if let Some(id) = key.strip_prefix("lic:") {
+                    claimed_licenses.insert(id.to_string());
+                }
+            }
+        }
+        Ok(LinkRows {
+            subscriptions: reached.subs,
+            claimed_licenses,
+        })
+    }
+
+    /// One organization's link and the rows that decide it, if the organization has a link.
+    pub async fn org_link(
+        &self,
+        org_id: &str,
+    ) -> Result<Option<(LinkRequest, LinkRows)>, StoreError> {
+        let sql = format!("{SELECT_LINKS} WHERE org_id = $1");
+        let found = sqlx::query(&sql)
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading an organization's link"))?;
+        let Some(row) = found else {
+            return Ok(None);
+        };
+        let link = rows::link_from_row(&row)?;
+        let relevant = self.link_rows(std::slice::from_ref(&link)).await?;
+        Ok(Some((link, relevant)))
+    }
+
+    /// The status view in pages; see [`StatusPages`].
+    pub fn status_pages(&self, filter: &StatusFilter) -> StatusPages<'_> {
+        let stage = match &filter.org_id {
+            Some(_) => Stage::Org,
+            None => Stage::Subscriptions { after: None },
+        };
+        StatusPages {
+            store: self,
+            filter: filter.clone(),
+            page_rows: STATUS_PAGE_ROWS,
+            stage,
+        }
+    }
+
+    async fn subscriptions_where<S: AsRef<str>>(
+        &self,
+        condition: &str,
+        binds: &[S],
+    ) -> Result<Vec<Subscription>, StoreError> {
+        let sql = format!("{SELECT_SUBSCRIPTIONS} WHERE {condition}");
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(b.as_ref());
+        }
+        let found = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("looking up subscriptions"))?;
+        found.iter().map(rows::subscription_from_row).collect()
+    }
+
+    /// Keyset page: rows after `after` in `order` (the table's key), with an optional equality.
+    async fn page_where(
+        &self,
+        select: &str,
+        order: &str,
+        equal: Option<(&str, &str)>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        let mut conditions = Vec::new();
+        let mut binds = Vec::new();
+        if let Some((column, value)) = equal {
+            binds.push(value);
+            conditions.push(format!(
+                "{column} = {}",
+                rows::placeholder(self.backend, binds.len())
+            ));
+        }
+        if let Some(after) = after {
+            binds.push(after);
+            conditions.push(format!(
+                "{order} > {}",
+                rows::placeholder(self.backend, binds.len())
+            ));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!("{select}{filter} ORDER BY {order} LIMIT {limit}");
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(b);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading a status page"))
+    }
+
+    /// The links that resolve to subscriptions of `page`, by subscription key, each list in
+    /// organization order. A link reaches a subscription it names or one that follows such a
+    /// subscription, so the candidates are the links naming `page` or its predecessors.
+    async fn links_resolving_to(
+        &self,
+        page: &[Subscription],
+    ) -> Result<HashMap<String, Vec<(LinkRequest, LinkState)>>, StoreError> {
+        let mut reached = Reached::default();
+        let mut wanted: Vec<String> = reached
+            .add(page.to_vec())
+            .iter()
+            .filter_map(|s| s.previous_agreement_id.clone())
+            .collect();
+        while !wanted.is_empty() {
+            let mut next = Vec::new();
+            for chunk in wanted.chunks(BULK_ROWS) {
+                let condition = format!(
+                    "agreement_id IN {}",
+                    rows::tuples(self.backend, 1, chunk.len(), 1)
+                );
+                let found = self.subscriptions_where(&condition, chunk).await?;
+                next.extend(
+                    reached
+                        .add(found)
+                        .iter()
+                        .filter_map(|s| s.previous_agreement_id.clone()),
+                );
+            }
+            wanted = next;
+        }
+        let mut keys: Vec<String> = reached.subs.iter().flat_map(link_keys_naming).collect();
+        keys.sort();
+        keys.dedup();
+
+        let mut candidates = Vec::new();
+        for chunk in keys.chunks(BULK_ROWS) {
+            let sql = format!(
+                "{SELECT_LINKS} WHERE link_key IN {}",
+                rows::tuples(self.backend, 1, chunk.len(), 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query.bind(key);
+            }
+            for row in query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("looking up links"))?
+            {
+                candidates.push(rows::link_from_row(&row)?);
+            }
+        }
+        candidates.sort_by(|a, b| a.org_id.cmp(&b.org_id));
+
+        let in_page: HashSet<&str> = page.iter().map(|s| s.key.as_str()).collect();
+        let mut resolved: HashMap<String, Vec<(LinkRequest, LinkState)>> = HashMap::new();
+        for batch in candidates.chunks(RESOLVE_BATCH) {
+            let relevant = self.link_rows(batch).await?;
+            for link in batch {
+                let view = relevant.resolve(link);
+                if let Some(sub) = view
+                    .subscription
+                    .filter(|s| in_page.contains(s.key.as_str()))
+                {
+                    resolved
+                        .entry(sub.key.clone())
+                        .or_default()
+                        .push((link.clone(), view.state));
+                }
+            }
+        }
+        Ok(resolved)
+    }
+}
+
+/// Subscriptions gathered from several lookups, each kept once.
+#[derive(Default)]
+struct Reached {
+    subs: Vec<Subscription>,
+    keys: HashSet<String>,
+}
+
+impl Reached {
+    /// Adds the subscriptions not seen yet and returns them.
+    fn add(&mut self, found: Vec<Subscription>) -> &[Subscription] {
+        let start = self.subs.len();
+        for sub in found {
+            if self.keys.insert(sub.key.clone()) {
+                self.subs.push(sub);
+            }
+        }
+        &self.subs[start..]
+    }
+}
+
+enum Stage {
+    /// One organization: a keyed lookup.
+    Org,
+    /// Subscriptions in key order, each with the links resolved to it.
+    Subscriptions {
+        after: Option<String>,
+    },
+    /// Links in organization order whose subscription is not among the rows printed.
+    Unresolved {
+        after: Option<String>,
+    },
+    Done,
+}
+
+/// The status view ([`rows::status_rows`]) read in pages of at most a page size of
+/// subscriptions or links: memory stays flat however large the ledger, and each page costs a
+/// few indexed queries.
+pub struct StatusPages<'s> {
+    store: &'s Store,
+    filter: StatusFilter,
+    page_rows: usize,
+    stage: Stage,
+}
+
+impl StatusPages<'_> {
+    /// Reads pages of at most `rows` subscriptions or links (at least one).
+    pub fn page_rows(mut self, rows: usize) -> Self {
+        self.page_rows = rows.max(1);
+        self
+    }
+
+    /// The next rows of the view, or None once it is exhausted. A page is never empty.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<StatusRow>>, StoreError> {
+        loop {
+            let rows = match std::mem::replace(&mut self.stage, Stage::Done) {
+                Stage::Done => return Ok(None),
+                Stage::Org => self.org().await?,
+                Stage::Subscriptions { after } => self.subscriptions(after).await?,
+                Stage::Unresolved { after } => self.unresolved(after).await?,
+            };
+            if !rows.is_empty() {
+                return Ok(Some(rows));
+            }
+        }
+    }
+
+    fn wants_customer(&self, row: &StatusRow) -> bool {
+        self.filter
+            .customer_identifier
+            .as_ref()
+            .is_none_or(|c| row.customer_identifier.as_ref() == Some(c))
+    }
+
+    async fn org(&mut self) -> Result<Vec<StatusRow>, StoreError> {
+        let org_id = self.filter.org_id.as_deref().unwrap_or_default();
+        let Some((link, relevant)) = self.store.org_link(org_id).await? else {
+            return Ok(Vec::new());
+        };
+        let view = relevant.resolve(&link);
+        let row = row_for(view.subscription, Some((&link, view.state)));
+        Ok(Some(row)
+            .into_iter()
+            .filter(|r| self.wants_customer(r))
+            .collect())
+    }
+
+    async fn subscriptions(&mut self, after: Option<String>) -> Result<Vec<StatusRow>, StoreError> {
+        let customer = self.filter.customer_identifier.as_deref();
+        let found = self
+            .store
+            .page_where(
+                SELECT_SUBSCRIPTIONS,
+                "sub_key",
+                customer.map(|c| ("customer_identifier", c)),
+                after.as_deref(),
+                self.page_rows,
+            )
+            .await?;
+        let page: Vec<Subscription> = found
+            .iter()
+            .map(rows::subscription_from_row)
+            .collect::<Result<_, _>>()?;
+        self.stage = match page.last() {
+            Some(last) => Stage::Subscriptions {
+                after: Some(last.key.clone()),
+            },
+            None => Stage::Unresolved { after: None },
+        };
+        let mut resolved = self.store.links_resolving_to(&page).await?;
+        let mut out = Vec::with_capacity(page.len());
+        for sub in &page {
+            match resolved.remove(&sub.key) {
+                None => out.push(row_for(Some(sub), None)),
+                Some(links) => out.extend(
+                    links
+                        .iter()
+                        .map(|(link, state)| row_for(Some(sub), Some((link, *state)))),
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn unresolved(&mut self, after: Option<String>) -> Result<Vec<StatusRow>, StoreError> {
+        let customer = self.filter.customer_identifier.as_deref();
+        let found = self
+            .store
+            .page_where(
+                SELECT_LINKS,
+                "org_id",
+                customer.map(|c| ("customer_identifier", c)),
+                after.as_deref(),
+                self.page_rows,
+            )
+            .await?;
+        let links: Vec<LinkRequest> = found
+            .iter()
+            .map(rows::link_from_row)
+            .collect::<Result<_, _>>()?;
+        self.stage = match links.last() {
+            Some(last) => Stage::Unresolved {
+                after: Some(last.org_id.clone()),
+            },
+            None => Stage::Done,
+        };
+        let mut out = Vec::new();
+        for batch in links.chunks(RESOLVE_BATCH) {
+            let relevant = self.store.link_rows(batch).await?;
+            for link in batch {
+                let view = relevant.resolve(link);
+                // Printed with its subscription already, unless the customer filter skipped a
+                // subscription that has no customer identifier of its own.
+                let printed = view
+                    .subscription
+                    .is_some_and(|s| customer.is_none() || s.customer_identifier.is_some());
+                if !printed {
+                    let row = row_for(view.subscription, Some((link, view.state)));
+                    if self.wants_customer(&row) {
+                        out.push(row);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
