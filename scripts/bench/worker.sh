@@ -50,6 +50,7 @@ measure() {
     /usr/bin/time -f '%U %S %M' -o "$tmp/$name.time" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
     end="$(date +%s.%N)"
     read -r user sys rss <"$tmp/$name.time"
+    cp "$tmp/$name.err" "$out/$name.log"
     echo "$name $sent $(python3 -c "print($end - $start)") $(python3 -c "print($user + $sys)") $rss" >>"$tmp/rows"
 }
 
@@ -74,7 +75,15 @@ fi
 
 python3 - "$tmp/rows" "$out/worker.json" <<'EOF'
 import json, sys
+import re
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+
+def summary(name):
+    """The worker's own totals from its exit line: a figure over rejected messages is no figure."""
+    for line in open("target/bench/%s.log" % name, errors="replace"):
+        if "worker stopped" in line:
+            return {k: int(v) for k, v in re.findall(r"(\w+): (\d+)", line)}
+    return {}
 table = []
 ceiling = None
 for name, sent, wall, cpu, rss in rows:
@@ -87,9 +96,14 @@ for name, sent, wall, cpu, rss in rows:
                   "ratio_to_ceiling": round(rate / ceiling, 2) if ceiling else None,
                   "cpu_s_per_10k": round(cpu / sent * 10000, 2),
                   "peak_rss_mib": round(rss / 1024, 1)})
-print("| run | messages | msg/s | ratio to ceiling | CPU-s per 10k | peak RSS MiB |")
-print("|---|---|---|---|---|---|")
+    if name != "ceiling":
+        totals = summary(name)
+        table[-1].update({k: totals.get(k) for k in ("received", "applied", "stale", "duplicate", "rejected")})
+print("| run | messages | msg/s | ratio to ceiling | CPU-s per 10k | peak RSS MiB | applied+stale / duplicate / rejected |")
+print("|---|---|---|---|---|---|---|")
 for r in table:
-    print("| {run} | {messages} | {msg_per_s} | {ratio_to_ceiling} | {cpu_s_per_10k} | {peak_rss_mib} |".format(**r))
+    decided = "-" if r["run"] == "ceiling" else "%s / %s / %s" % (
+        (r.get("applied") or 0) + (r.get("stale") or 0), r.get("duplicate"), r.get("rejected"))
+    print("| {run} | {messages} | {msg_per_s} | {ratio_to_ceiling} | {cpu_s_per_10k} | {peak_rss_mib} | ".format(**r) + decided + " |")
 json.dump(table, open(sys.argv[2], "w"), indent=1)
 EOF
