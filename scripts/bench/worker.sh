@@ -19,7 +19,7 @@ pg_url="${MPLINK_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 scripts/localstack.sh start
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
-export AWS_REGION="${AWS_REGION:-us-east-1}"
+export AWS_REGION="${AWS_REGION:-us-east-1}" AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 
 profile="${MPLINK_BENCH_PROFILE:-release}"
 cargo build --locked --profile "$profile" --bin mplink --example sqs_ceiling --example bench_load
@@ -27,11 +27,26 @@ case "$profile" in dev) bin=target/debug ;; *) bin="target/$profile" ;; esac
 out=target/bench
 mkdir -p "$out"
 tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
 run_id="$(date +%s)"
+venv="${MPLINK_LOCALSTACK_VENV:-$PWD/.localstack-venv}"
+aws() { "$venv/bin/aws" --endpoint-url "$AWS_ENDPOINT_URL" --output text "$@"; }
+# LocalStack is shared: the rule (it matches every marketplace event on the default bus), the
+# topic and the queues of this run go when it ends.
+cleanup() {
+    set +e
+    aws events remove-targets --rule "mplink-bench-$run_id" --ids "$(aws events list-targets-by-rule \
+        --rule "mplink-bench-$run_id" --query 'Targets[].Id' | tr '\t' ' ')" >/dev/null 2>&1
+    aws events delete-rule --name "mplink-bench-$run_id" >/dev/null 2>&1
+    [ -n "${topic:-}" ] && aws sns delete-topic --topic-arn "$topic" >/dev/null 2>&1
+    for q in $(aws sqs list-queues --queue-name-prefix "mplink-bench-" --query 'QueueUrls[]' 2>/dev/null); do
+        case "$q" in *"-$run_id" | *"-$run_id-dlq") aws sqs delete-queue --queue-url "$q" >/dev/null 2>&1 ;; esac
+    done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
 
 provisioned="$("$bin/mplink" provision --queue-name "mplink-bench-staging-$run_id" \
-    --create-topics-for-product benchproduct --eventbridge-rule "mplink-bench-$run_id" --json)"
+    --create-topics-for-product "bench$run_id" --eventbridge-rule "mplink-bench-$run_id" --json)"
 read -r staging topic < <(python3 -c 'import json,sys; p=json.load(sys.stdin); print(p["queue_url"], p["topic_arns"][0])' <<<"$provisioned")
 "$bin/examples/bench_load" capture "$topic" "$staging" "$messages" "$tmp/bodies.jsonl"
 
