@@ -37,7 +37,7 @@ cleanup() {
     aws events remove-targets --rule "mplink-bench-$run_id" --ids "$(aws events list-targets-by-rule \
         --rule "mplink-bench-$run_id" --query 'Targets[].Id' | tr '\t' ' ')" >/dev/null 2>&1
     aws events delete-rule --name "mplink-bench-$run_id" >/dev/null 2>&1
-    [ -n "${topic:-}" ] && aws sns delete-topic --topic-arn "$topic" >/dev/null 2>&1
+    for t in ${topics:-}; do aws sns delete-topic --topic-arn "$t" >/dev/null 2>&1; done
     for q in $(aws sqs list-queues --queue-name-prefix "mplink-bench-" --query 'QueueUrls[]' 2>/dev/null); do
         case "$q" in *"-$run_id" | *"-$run_id-dlq") aws sqs delete-queue --queue-url "$q" >/dev/null 2>&1 ;; esac
     done
@@ -48,6 +48,8 @@ trap cleanup EXIT
 provisioned="$("$bin/mplink" provision --queue-name "mplink-bench-staging-$run_id" \
     --create-topics-for-product "bench$run_id" --eventbridge-rule "mplink-bench-$run_id" --json)"
 read -r staging topic < <(python3 -c 'import json,sys; p=json.load(sys.stdin); print(p["queue_url"], p["topic_arns"][0])' <<<"$provisioned")
+# Provisioning made the product's subscription and entitlement topics; both go at the end.
+topics="$(python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["topic_arns"]))' <<<"$provisioned")"
 "$bin/examples/bench_load" capture "$topic" "$staging" "$messages" "$tmp/bodies.jsonl"
 
 # A new queue holding the load; sets $queue and $sent.
