@@ -38,3 +38,6 @@ bash scripts/check-deploy.sh
 cargo test --locked --test faults -- --nocapture --test-threads=1
 # Everything else.
 cargo test --locked
+# The worker benchmark at a tiny size on the debug build: it keeps working; its figures mean
+# nothing at this size (scripts/bench.sh measures).
+MPLINK_BENCH_PROFILE=dev scripts/bench/worker.sh 200

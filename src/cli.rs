@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and one function per command.
 
 use crate::config::{DatabaseUrl, DATABASE_URL_ENV, DEFAULT_DATABASE_URL};
+use crate::consumer::defaults;
 use crate::event::{normalize_identifier, InboundMessage, SENT_TIMESTAMP_ATTRIBUTE};
 use crate::ledger::{LinkRequest, Outcome};
 use crate::process::Processed;
@@ -266,24 +267,31 @@ pub struct RunArgs {
     #[arg(long, env = "MPLINK_QUEUE_URL")]
     pub queue_url: String,
     /// Concurrent ReceiveMessage long-poll loops.
-    #[arg(long, env = "MPLINK_RECEIVE_LOOPS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "MPLINK_RECEIVE_LOOPS", default_value_t = defaults::RECEIVE_LOOPS, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub receive_loops: u16,
-    /// Most messages worked on at once (a slow one holds only its own slot).
-    #[arg(long, env = "MPLINK_MAX_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    /// Most messages received and not yet deleted (a slow one holds only its own slot).
+    #[arg(long, env = "MPLINK_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_in_flight: u16,
     /// Long-poll wait per receive, in seconds (0-20).
-    #[arg(long, env = "MPLINK_WAIT_TIME", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
+    #[arg(long, env = "MPLINK_WAIT_TIME", default_value_t = defaults::WAIT_TIME_S, value_parser = clap::value_parser!(u64).range(0..=20))]
     pub wait_time: u64,
     /// Visibility timeout in seconds; renewed while a message is still being worked on.
-    #[arg(long, env = "MPLINK_VISIBILITY_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    #[arg(long, env = "MPLINK_VISIBILITY_TIMEOUT", default_value_t = defaults::VISIBILITY_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..=43_200))]
     pub visibility_timeout: u64,
     /// Seconds allowed after SIGTERM/Ctrl-C to finish in-flight messages and flush deletes
     /// (keep it below ECS's stopTimeout, 30 s by default).
-    #[arg(long, env = "MPLINK_GRACE_PERIOD", default_value_t = 25)]
+    #[arg(long, env = "MPLINK_GRACE_PERIOD", default_value_t = defaults::GRACE_PERIOD_S)]
     pub grace_period: u64,
     /// Longest backoff, in seconds, after SQS or database failures.
-    #[arg(long, env = "MPLINK_BACKOFF_CAP", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    #[arg(long, env = "MPLINK_BACKOFF_CAP", default_value_t = defaults::BACKOFF_CAP_S, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub backoff_cap: u64,
+    /// Milliseconds a full receive (a busy queue) waits for further receives to share its
+    /// transaction; a short receive is applied at once. 0 combines only receives already waiting.
+    #[arg(long, env = "MPLINK_BATCH_LINGER_MS", default_value_t = defaults::BATCH_LINGER_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub batch_linger_ms: u64,
+    /// Most messages applied in one transaction (1 commits every message alone).
+    #[arg(long, env = "MPLINK_MAX_BATCH", default_value_t = defaults::MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_batch: u16,
     /// Address of the HTTP endpoint (/healthz, /readyz, /metrics).
     #[arg(long, env = "MPLINK_HTTP_ADDR", default_value = "127.0.0.1:9090")]
     pub http_addr: std::net::SocketAddr,
@@ -588,6 +596,8 @@ impl RunArgs {
         config.visibility_timeout = Duration::from_secs(self.visibility_timeout);
         config.grace_period = Duration::from_secs(self.grace_period);
         config.backoff_cap = Duration::from_secs(self.backoff_cap);
+        config.batch_linger = Duration::from_millis(self.batch_linger_ms);
+        config.max_batch = self.max_batch.into();
         config.exit_when_idle = self.exit_when_idle;
         config
     }
@@ -616,6 +626,8 @@ async fn run_worker(store: &Store, url: &DatabaseUrl, args: RunArgs) -> Result<E
         visibility_timeout_s = config.visibility_timeout.as_secs(),
         grace_period_s = config.grace_period.as_secs(),
         backoff_cap_s = config.backoff_cap.as_secs(),
+        batch_linger_ms = config.batch_linger.as_millis() as u64,
+        max_batch = config.max_batch,
         exit_when_idle = config.exit_when_idle,
         "mplink worker starting"
     );

@@ -9,11 +9,10 @@ use crate::redrive::{
     Claim, RedriveKey, ORIGINAL_MESSAGE_ID_ATTRIBUTE, ORIGINAL_SENT_TIMESTAMP_ATTRIBUTE,
     SIGNATURE_ATTRIBUTE,
 };
-use crate::sqs::{Received, SQS_MAX_BATCH};
+use crate::sqs::{delete_entries, visibility_entries, Received, SQS_MAX_BATCH};
 use crate::store::Store;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
     SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client as SqsClient;
@@ -55,6 +54,9 @@ pub enum DlqError {
     /// Output failed.
     #[error("cannot write output: {0}")]
     Write(#[from] std::io::Error),
+    /// A batch entry could not be built (a bug, never skipped).
+    #[error(transparent)]
+    Entry(#[from] crate::sqs::EntryError),
     /// A dead letter lacks what moving it needs (a bug or an SQS change, never skipped).
     #[error("dead letter {message_id} cannot be moved: {why}")]
     Unmovable {
@@ -140,18 +142,7 @@ async fn receive_pass(
 /// Makes messages visible again at once (the tool is done looking at them).
 async fn release(client: &SqsClient, queue_url: &str, letters: &[&Letter]) -> Result<(), DlqError> {
     for chunk in letters.chunks(SQS_MAX_BATCH) {
-        let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(l.receipt())
-                    .visibility_timeout(0)
-                    .build()
-                    .ok()
-            })
-            .collect();
+        let entries = visibility_entries(chunk.iter().map(|l| l.receipt()), Duration::ZERO)?;
         let out = client
             .change_message_visibility_batch()
             .queue_url(queue_url)
@@ -177,17 +168,7 @@ async fn delete(
 ) -> Result<usize, DlqError> {
     let mut failed = 0;
     for chunk in letters.chunks(SQS_MAX_BATCH) {
-        let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(l.receipt())
-                    .build()
-                    .ok()
-            })
-            .collect();
+        let entries = delete_entries(chunk.iter().map(|l| l.receipt()))?;
         let out = client
             .delete_message_batch()
             .queue_url(queue_url)

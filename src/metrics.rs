@@ -49,6 +49,17 @@ pub struct Metrics {
 
 /// The outcomes `mplink_webhook_deliveries_total` counts.
 pub const WEBHOOK_OUTCOMES: [&str; 4] = ["delivered", "retry", "parked", "lease_lost"];
+/// Buckets of `mplink_apply_seconds`: fine between 5 and 50 ms, where a healthy commit lands.
+pub const APPLY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 1.0, 2.5,
+    10.0,
+];
+/// Buckets of `mplink_event_age_seconds`: the 5-50 ms of a light-load delivery, then the
+/// seconds to a day of a backlog or a redrive.
+pub const EVENT_AGE_BUCKETS: [f64; 20] = [
+    0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0,
+    3600.0, 21600.0, 86400.0, 604800.0,
+];
 
 /// Distinct detail-type labels `mplink_unrecognised_events_total` takes before counting the
 /// rest as `other`: a sender can invent names, a metric must not grow without bound.
@@ -103,9 +114,7 @@ impl Metrics {
                 "mplink_apply_seconds",
                 "Time from receipt to committed decision",
             )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+            .buckets(APPLY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
         let event_age_seconds = Histogram::with_opts(
@@ -113,9 +122,7 @@ impl Metrics {
                 "mplink_event_age_seconds",
                 "Now minus the event's own time at decision",
             )
-            .buckets(vec![
-                0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
-            ]),
+            .buckets(EVENT_AGE_BUCKETS.to_vec()),
         )
         .expect("valid metric");
         let in_flight =

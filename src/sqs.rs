@@ -4,11 +4,82 @@
 
 use crate::event::InboundMessage;
 use crate::redrive::{self, RedriveError, RedriveKey};
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName,
+};
+use std::time::Duration;
+use thiserror::Error;
 
 /// SQS returns at most this many messages per ReceiveMessage, and takes at most this many
 /// entries per batch call.
 pub const SQS_MAX_BATCH: usize = 10;
+
+/// A batch entry the SDK would not build. Every entry gets an id and a receipt handle, so this
+/// is a bug or an SDK change: the whole call is refused rather than one entry quietly left out
+/// (a left-out delete returns as a duplicate, a left-out release waits out its visibility).
+#[derive(Debug, Error)]
+#[error("cannot build a {call} entry for receipt handle #{index}: {source}")]
+pub struct EntryError {
+    /// The batch call.
+    pub call: &'static str,
+    /// Position of the entry in the batch.
+    pub index: usize,
+    /// The SDK's reason.
+    #[source]
+    pub source: aws_sdk_sqs::error::BuildError,
+}
+
+/// DeleteMessageBatch entries for `receipts`, each with its position as id.
+pub fn delete_entries<'a>(
+    receipts: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<DeleteMessageBatchRequestEntry>, EntryError> {
+    receipts
+        .into_iter()
+        .enumerate()
+        .map(|(index, receipt)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(index.to_string())
+                .receipt_handle(receipt)
+                .build()
+                .map_err(|source| EntryError {
+                    call: "DeleteMessageBatch",
+                    index,
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// ChangeMessageVisibilityBatch entries setting `visibility` on `receipts`, each with its
+/// position as id.
+pub fn visibility_entries<'a>(
+    receipts: impl IntoIterator<Item = &'a str>,
+    visibility: Duration,
+) -> Result<Vec<ChangeMessageVisibilityBatchRequestEntry>, EntryError> {
+    let seconds = i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX);
+    receipts
+        .into_iter()
+        .enumerate()
+        .map(|(index, receipt)| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(index.to_string())
+                .receipt_handle(receipt)
+                .visibility_timeout(seconds)
+                .build()
+                .map_err(|source| EntryError {
+                    call: "ChangeMessageVisibilityBatch",
+                    index,
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// The position a batch answer's entry id names, if it is one of the `len` sent.
+pub fn entry_index(id: &str, len: usize) -> Option<usize> {
+    id.parse::<usize>().ok().filter(|i| *i < len)
+}
 
 /// An SQS message as the pipeline sees it.
 #[derive(Debug, Clone)]
@@ -61,5 +132,25 @@ pub fn received(message: &Message, key: Option<&RedriveKey>) -> Received {
             inbound: own,
             untrusted_claim: Some(e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_carry_their_position_and_receipt() {
+        let entries = delete_entries(["a", "b"]).expect("entries");
+        let ids: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e.id(), e.receipt_handle()))
+            .collect();
+        assert_eq!(ids, [("0", "a"), ("1", "b")]);
+        let entries = visibility_entries(["x"], Duration::from_secs(45)).expect("entries");
+        assert_eq!(entries[0].visibility_timeout(), Some(45));
+        assert_eq!(entry_index("1", 2), Some(1));
+        assert_eq!(entry_index("2", 2), None);
+        assert_eq!(entry_index("x", 2), None);
     }
 }

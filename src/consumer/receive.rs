@@ -1,0 +1,306 @@
+//! Receiving: the long-poll loops, the combiner that turns receives into commit batches, and
+//! the task that takes one batch through the pipeline to its acks.
+
+use super::ack::Ack;
+use super::{visibility, Ctx};
+use crate::backoff::Backoff;
+use crate::metrics::Metrics;
+use crate::process::Processed;
+use crate::sqs::{Received, SQS_MAX_BATCH};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
+
+/// The messages of one ReceiveMessage, each with its in-flight slot. The token counts it as
+/// work in progress from the moment it is received, so an idle exit never overlooks it.
+pub(super) struct Receipt {
+    messages: Vec<(Message, OwnedSemaphorePermit)>,
+    work: TaskTrackerToken,
+}
+
+pub(super) async fn receive_loop(
+    ctx: Ctx,
+    permits: Arc<Semaphore>,
+    tasks: TaskTracker,
+    batches: mpsc::Sender<Receipt>,
+    stop: CancellationToken,
+    idle: CancellationToken,
+) {
+    let mut backoff = Backoff::new(ctx.config.backoff_base, ctx.config.backoff_cap);
+    loop {
+        if idle.is_cancelled() {
+            return;
+        }
+        // While the database is down, receiving would only burn receive counts towards the
+        // dead-letter queue: wait for it instead.
+        if !ctx.health.database_ok() {
+            // A ping can wait out the pool's acquire timeout: a shutdown must not wait with it.
+            let ping = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = ctx.pipeline.store.ping() => p,
+            };
+            match ping {
+                Ok(()) => {
+                    tracing::info!("database reachable again");
+                    ctx.health.set_database_ok(true);
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "database unreachable; waiting before receiving");
+                    if sleep_or_stop(delay, &stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let mut held = vec![first];
+        while held.len() < SQS_MAX_BATCH {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let request = ctx
+            .sqs
+            .receive_message()
+            .queue_url(&ctx.config.queue_url)
+            .max_number_of_messages(held.len() as i32)
+            .wait_time_seconds(ctx.config.wait_time.as_secs() as i32)
+            .visibility_timeout(ctx.config.visibility_timeout.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .set_message_attribute_names(Some(
+                crate::redrive::ATTRIBUTES.map(String::from).to_vec(),
+            ))
+            .send();
+        // Dropping the request future on shutdown cancels the open long poll at once.
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = request => r,
+        };
+        let messages = match received {
+            Ok(out) => {
+                ctx.health.receive_ok();
+                backoff.reset();
+                out.messages.unwrap_or_default()
+            }
+            Err(e) => {
+                ctx.metrics.receive_errors.inc();
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
+                    delay_ms = delay.as_millis() as u64,
+                    attempt = backoff.attempts(),
+                    "receive failed; backing off"
+                );
+                drop(held);
+                if sleep_or_stop(delay, &stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            drop(held);
+            if ctx.config.exit_when_idle && tasks.is_empty() {
+                tracing::info!("queue drained; stopping (--exit-when-idle)");
+                idle.cancel();
+                return;
+            }
+            continue;
+        }
+        ctx.metrics.received.inc_by(messages.len() as u64);
+        let receipt = Receipt {
+            messages: messages.into_iter().zip(held.drain(..)).collect(),
+            work: tasks.token(),
+        };
+        if batches.send(receipt).await.is_err() {
+            tracing::error!("the combiner stopped before the receive loops");
+            return;
+        }
+    }
+}
+
+/// Sleeps for `delay`; true when `stop` fired first.
+async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// Turns receives into commit batches: whatever receives are already waiting go into one
+/// transaction, and after a full receive (a busy queue) it waits up to the configured linger
+/// for more. A short receive means a quiet queue and is applied at once, so light-load latency
+/// never pays the linger.
+pub(super) async fn combine(
+    ctx: Ctx,
+    mut receipts: mpsc::Receiver<Receipt>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) {
+    let max = ctx.config.max_batch.max(1);
+    while let Some(first) = receipts.recv().await {
+        let mut full = first.messages.len() >= SQS_MAX_BATCH;
+        let mut batch = vec![first];
+        let mut size = batch[0].messages.len();
+        while size < max {
+            match receipts.try_recv() {
+                Ok(r) => {
+                    size += r.messages.len();
+                    full = r.messages.len() >= SQS_MAX_BATCH;
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        if full && size < max && !ctx.config.batch_linger.is_zero() {
+            let linger = tokio::time::sleep(ctx.config.batch_linger);
+            tokio::pin!(linger);
+            while size < max {
+                tokio::select! {
+                    _ = &mut linger => break,
+                    next = receipts.recv() => match next {
+                        Some(r) => { size += r.messages.len(); batch.push(r); }
+                        None => break,
+                    },
+                }
+            }
+        }
+        tasks.spawn(handle_batch(
+            ctx.clone(),
+            batch,
+            stop.clone(),
+            abort.clone(),
+        ));
+    }
+}
+
+/// One message of a batch, tracked until it is acked, rejected or released.
+struct Pending {
+    received: Received,
+    receipt: String,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Applies a batch in one transaction (the pipeline retries its members one by one when the
+/// database refuses the batch), hands the committed ones to the deleter and leaves the rejected
+/// ones for the dead-letter queue. Members that hit a transient failure are retried together.
+async fn handle_batch(
+    ctx: Ctx,
+    receipts: Vec<Receipt>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) {
+    let count = receipts.iter().map(|r| r.messages.len()).sum::<usize>();
+    let _gauge = GaugeGuard::new(&ctx.metrics, count as i64);
+    // The work tokens end with this task, whatever way it ends.
+    let mut works = Vec::with_capacity(receipts.len());
+    let mut pending = Vec::with_capacity(count);
+    for Receipt { messages, work } in receipts {
+        works.push(work);
+        for (message, slot) in messages {
+            let received = crate::sqs::received(&message, ctx.pipeline.verifier.redrive_key());
+            let message_id = &received.inbound.message_id;
+            let Some(receipt) = message.receipt_handle().map(str::to_string) else {
+                tracing::error!(%message_id, "message without receipt handle; cannot acknowledge");
+                continue;
+            };
+            tracing::debug!(%message_id, "received");
+            ctx.in_flight
+                .track(message_id, &receipt, ctx.config.visibility_timeout);
+            pending.push(Pending {
+                received,
+                receipt,
+                slot,
+            });
+        }
+    }
+    let mut backoff = Backoff::new(ctx.config.backoff_base, ctx.config.backoff_cap);
+    while !pending.is_empty() {
+        let refs: Vec<&Received> = pending.iter().map(|p| &p.received).collect();
+        let results = tokio::select! {
+            _ = abort.cancelled() => { release(&ctx, &pending).await; return; }
+            r = ctx.pipeline.process_received_batch(&refs) => r,
+        };
+        drop(refs);
+        let mut retry = Vec::new();
+        let mut transient = None;
+        for (p, result) in pending.into_iter().zip(results) {
+            match result {
+                Processed::Done(_) => {
+                    ctx.health.set_database_ok(true);
+                    // The deleter owns the message (and its slot) from here; it stays tracked,
+                    // and its visibility extended, until the delete is done.
+                    let ack = Ack {
+                        message_id: p.received.inbound.message_id,
+                        receipt_handle: p.receipt,
+                        _slot: p.slot,
+                    };
+                    if ctx.acks.send(ack).await.is_err() {
+                        tracing::error!("the deleter stopped before every ack was sent");
+                    }
+                }
+                Processed::Rejected { .. } => {
+                    // Not deleted: it becomes visible again and the redrive policy moves it to
+                    // the dead-letter queue after maxReceiveCount receives.
+                    ctx.in_flight.untrack([p.receipt.as_str()]);
+                }
+                Processed::Retry(e) => {
+                    transient = Some(e);
+                    retry.push(p);
+                }
+            }
+        }
+        pending = retry;
+        if let Some(e) = transient {
+            ctx.health.set_database_ok(false);
+            let delay = backoff.next_delay();
+            tracing::warn!(count = pending.len(), first_message_id = %pending[0].received.inbound.message_id, error = %e, delay_ms = delay.as_millis() as u64, "transient failure; retrying");
+            let stopped = tokio::select! {
+                _ = abort.cancelled() => true,
+                _ = stop.cancelled() => true,
+                _ = tokio::time::sleep(delay) => false,
+            };
+            if stopped {
+                // Give them back now rather than sit on them through the shutdown.
+                release(&ctx, &pending).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn release(ctx: &Ctx, pending: &[Pending]) {
+    let messages: Vec<(&str, &str)> = pending
+        .iter()
+        .map(|p| (p.received.inbound.message_id.as_str(), p.receipt.as_str()))
+        .collect();
+    visibility::release(ctx, &messages).await;
+}
+
+/// Counts a batch in the in-flight gauge while its task runs, however it ends.
+struct GaugeGuard<'a>(&'a Metrics, i64);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(metrics: &'a Metrics, count: i64) -> GaugeGuard<'a> {
+        metrics.in_flight.add(count);
+        GaugeGuard(metrics, count)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.sub(self.1);
+    }
+}
