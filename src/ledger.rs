@@ -630,6 +630,33 @@ pub struct LinkView<'a> {
     pub state: LinkState,
 }
 
+/// The subscriptions `link` reaches among `subs`: those it names and, along
+/// `previous_agreement_id`, every renewal or replacement that follows them.
+pub fn reach<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> Vec<&'a Subscription> {
+    let mut reached: Vec<&Subscription> = subs.iter().filter(|s| link.matches(s)).collect();
+    // Each step adds at least one new subscription, so the number of subscriptions bounds the
+    // walk and a cycle of agreements cannot loop.
+    let mut frontier = reached.clone();
+    for _ in 0..subs.len() {
+        let next: Vec<&Subscription> = subs
+            .iter()
+            .filter(|s| {
+                s.previous_agreement_id.as_deref().is_some_and(|prev| {
+                    frontier
+                        .iter()
+                        .any(|f| f.agreement_id.as_deref() == Some(prev))
+                }) && !reached.iter().any(|r| r.key == s.key)
+            })
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        reached.extend(next.iter().copied());
+        frontier = next;
+    }
+    reached
+}
+
 /// Resolves `link` against `subs` (any superset of the subscriptions it could reach), with no
 /// subscription claimed by another registration; see [`resolve_link_among`].
 pub fn resolve_link<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> LinkView<'a> {
@@ -650,26 +677,7 @@ pub fn resolve_link_among<'a>(
     subs: &'a [Subscription],
     claimed_licenses: &HashSet<&str>,
 ) -> LinkView<'a> {
-    let mut reached: Vec<&Subscription> = subs.iter().filter(|s| link.matches(s)).collect();
-    // Follow successors, bounded by the number of subscriptions so a cycle cannot loop.
-    let mut frontier = reached.clone();
-    for _ in 0..subs.len() {
-        let next: Vec<&Subscription> = subs
-            .iter()
-            .filter(|s| {
-                s.previous_agreement_id.as_deref().is_some_and(|prev| {
-                    frontier
-                        .iter()
-                        .any(|f| f.agreement_id.as_deref() == Some(prev))
-                }) && !reached.iter().any(|r| r.key == s.key)
-            })
-            .collect();
-        if next.is_empty() {
-            break;
-        }
-        reached.extend(next.iter().copied());
-        frontier = next;
-    }
+    let reached = reach(link, subs);
     let superseded = |s: &Subscription| {
         s.agreement_id.as_deref().is_some_and(|id| {
             reached

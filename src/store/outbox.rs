@@ -318,7 +318,7 @@ pub(super) async fn rows_for_steps(
     let slices: Vec<Vec<String>> = links
         .iter()
         .map(|link| {
-            let reached = resolve_reach(link, &last);
+            let reached = crate::ledger::reach(link, &last);
             reached.into_iter().map(|s| s.key.clone()).collect()
         })
         .collect();
@@ -363,30 +363,6 @@ pub(super) async fn rows_for_steps(
         }
     }
     Ok(out)
-}
-
-/// The subscriptions `link` reaches among `subs`: those it names and their successors.
-fn resolve_reach<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> Vec<&'a Subscription> {
-    let mut reached: Vec<&Subscription> = subs.iter().filter(|s| link.matches(s)).collect();
-    let mut frontier = reached.clone();
-    for _ in 0..subs.len().min(MAX_CHAIN_STEPS) {
-        let next: Vec<&Subscription> = subs
-            .iter()
-            .filter(|s| {
-                s.previous_agreement_id.as_deref().is_some_and(|prev| {
-                    frontier
-                        .iter()
-                        .any(|f| f.agreement_id.as_deref() == Some(prev))
-                }) && !reached.iter().any(|r| r.key == s.key)
-            })
-            .collect();
-        if next.is_empty() {
-            break;
-        }
-        reached.extend(next.iter().copied());
-        frontier = next;
-    }
-    reached
 }
 
 /// The rows telling each organization what changed between `before` and `after`. An
