@@ -84,30 +84,16 @@ impl Store {
             }
         }
 
-        // Follow renewals and replacements forward until no new subscription turns up; every
-        // subscription is added once, so a cycle of agreements ends the walk too.
-        let mut frontier: Vec<String> = reached
+        // Follow renewals and replacements forward.
+        let frontier: Vec<String> = reached
             .subs
             .iter()
             .filter_map(|s| s.agreement_id.clone())
             .collect();
-        while !frontier.is_empty() {
-            let mut next = Vec::new();
-            for chunk in frontier.chunks(BULK_ROWS) {
-                let condition = format!(
-                    "previous_agreement_id IN {}",
-                    rows::tuples(self.backend, 1, chunk.len(), 1)
-                );
-                let found = self.subscriptions_where(&condition, chunk).await?;
-                next.extend(
-                    reached
-                        .add(found)
-                        .iter()
-                        .filter_map(|s| s.agreement_id.clone()),
-                );
-            }
-            frontier = next;
-        }
+        self.walk_chain(&mut reached, frontier, "previous_agreement_id", |s| {
+            s.agreement_id.clone()
+        })
+        .await?;
 
         // Which reached licenses a registration claims: a lookup on the unique link key.
         let license_keys: Vec<String> = reached
@@ -142,6 +128,31 @@ impl Store {
             subscriptions: reached.subs,
             claimed_licenses,
         })
+    }
+
+    /// Walks an agreement chain one indexed lookup per step: the subscriptions whose `column`
+    /// is in `frontier`, then those whose `column` is `next` of what turned up, until nothing new
+    /// does. Every subscription is added once, so a cycle of agreements ends the walk too.
+    async fn walk_chain(
+        &self,
+        reached: &mut Reached,
+        mut frontier: Vec<String>,
+        column: &str,
+        next: fn(&Subscription) -> Option<String>,
+    ) -> Result<(), StoreError> {
+        while !frontier.is_empty() {
+            let mut found_next = Vec::new();
+            for chunk in frontier.chunks(BULK_ROWS) {
+                let condition = format!(
+                    "{column} IN {}",
+                    rows::tuples(self.backend, 1, chunk.len(), 1)
+                );
+                let found = self.subscriptions_where(&condition, chunk).await?;
+                found_next.extend(reached.add(found).iter().filter_map(next));
+            }
+            frontier = found_next;
+        }
+        Ok(())
     }
 
     /// One organization's link and the rows that decide it, if the organization has a link.
@@ -242,29 +253,17 @@ impl Store {
         &self,
         page: &[Subscription],
     ) -> Result<HashMap<String, Vec<(LinkRequest, LinkState)>>, StoreError> {
+        // Follow the agreements backwards to the ones they renew or replace.
         let mut reached = Reached::default();
-        let mut wanted: Vec<String> = reached
+        let wanted: Vec<String> = reached
             .add(page.to_vec())
             .iter()
             .filter_map(|s| s.previous_agreement_id.clone())
             .collect();
-        while !wanted.is_empty() {
-            let mut next = Vec::new();
-            for chunk in wanted.chunks(BULK_ROWS) {
-                let condition = format!(
-                    "agreement_id IN {}",
-                    rows::tuples(self.backend, 1, chunk.len(), 1)
-                );
-                let found = self.subscriptions_where(&condition, chunk).await?;
-                next.extend(
-                    reached
-                        .add(found)
-                        .iter()
-                        .filter_map(|s| s.previous_agreement_id.clone()),
-                );
-            }
-            wanted = next;
-        }
+        self.walk_chain(&mut reached, wanted, "agreement_id", |s| {
+            s.previous_agreement_id.clone()
+        })
+        .await?;
         let mut keys: Vec<String> = reached.subs.iter().flat_map(link_keys_naming).collect();
         keys.sort();
         keys.dedup();
