@@ -1,0 +1,129 @@
+//! Command-line interface: the arguments ([`args`], [`worker_args`]), the dispatch below, and
+//! one module per command family.
+
+mod apply;
+mod args;
+mod dlq;
+mod error;
+mod output;
+mod provision;
+mod status;
+mod worker;
+mod worker_args;
+
+pub use apply::{inbound_from_line, ApplySummary};
+pub use args::*;
+pub use error::CliError;
+pub use output::render_table;
+pub use worker_args::{RunArgs, VerifyArgs, WebhookArgs};
+
+use crate::config::{DatabaseUrl, DEFAULT_DATABASE_URL};
+use crate::store::Store;
+use std::future::Future;
+use std::process::ExitCode;
+
+impl Cli {
+    /// The database URL from the flag, `MPLINK_DATABASE_URL`, `DATABASE_URL`, or the default.
+    pub fn database(&self) -> DatabaseUrl {
+        let url = self
+            .database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+        DatabaseUrl::new(url)
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let url = cli.database();
+    match cli.command {
+        // Commands that only talk to AWS open no database.
+        Command::Provision(args) => provision::provision(args).await,
+        Command::Healthcheck(args) => Ok(crate::healthcheck::run(&args).await),
+        Command::Dlq(DlqArgs { command }) => match command {
+            DlqCommand::Redrive(args) => dlq::redrive(args).await,
+            DlqCommand::Export(args) => dlq::export(args).await,
+            DlqCommand::Inspect(args) => {
+                with_store(
+                    &url,
+                    |store| async move { dlq::inspect(&store, args).await },
+                )
+                .await
+            }
+            DlqCommand::Replay(args) => {
+                with_store(&url, |store| async move { dlq::replay(&store, args).await }).await
+            }
+        },
+        Command::Migrate => {
+            with_store(&url, |_| async {
+                println!("database {} is up to date", url.redacted());
+                Ok(ExitCode::SUCCESS)
+            })
+            .await
+        }
+        Command::Link(args) => {
+            with_store(
+                &url,
+                |store| async move { status::link(&store, args).await },
+            )
+            .await
+        }
+        Command::Apply(args) => {
+            with_store(
+                &url,
+                |store| async move { apply::apply(&store, args).await },
+            )
+            .await
+        }
+        Command::Status(args) => {
+            with_store(
+                &url,
+                |store| async move { status::status(&store, args).await },
+            )
+            .await
+        }
+        Command::Run(args) => {
+            let worker_url = url.clone();
+            with_store(&url, |store| async move {
+                worker::run(&store, &worker_url, args).await
+            })
+            .await
+        }
+        Command::Events(args) => {
+            with_store(&url, |store| async move {
+                crate::outbox::commands::events(&store, args).await
+            })
+            .await
+        }
+        Command::Outbox(OutboxArgs { command }) => {
+            with_store(&url, |store| async move {
+                match command {
+                    OutboxCommand::Inspect(args) => {
+                        crate::outbox::commands::inspect(&store, args).await
+                    }
+                    OutboxCommand::Retry(args) => {
+                        crate::outbox::commands::retry(&store, args).await
+                    }
+                    OutboxCommand::Deliver(args) => {
+                        crate::outbox::commands::deliver(&store, args).await
+                    }
+                }
+            })
+            .await
+        }
+    }
+}
+
+/// Opens (and migrates) the database, runs `command` on it and closes it, whatever the outcome.
+async fn with_store<F, Fut>(url: &DatabaseUrl, command: F) -> Result<ExitCode, CliError>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = Result<ExitCode, CliError>>,
+{
+    tracing::debug!(database = %url, "opening database");
+    let store = Store::open(url).await?;
+    let result = command(store.clone()).await;
+    store.close().await;
+    result
+}

@@ -1,0 +1,79 @@
+//! `mplink run`: the worker, with its webhook deliverer and HTTP surface.
+
+use super::{CliError, RunArgs};
+use crate::config::DatabaseUrl;
+use crate::store::Store;
+use std::process::ExitCode;
+
+pub(super) async fn run(
+    store: &Store,
+    url: &DatabaseUrl,
+    args: RunArgs,
+) -> Result<ExitCode, CliError> {
+    // A webhook URL that is not http(s), or URLs without a secret, stop the start.
+    let webhooks = args.webhooks.config()?;
+    let config = args.worker_config();
+    // Above the long-poll wait, so a receive that the network swallowed cannot hang the loop.
+    let attempt_timeout = config.wait_time + std::time::Duration::from_secs(10);
+    let sdk = crate::aws::sdk_config(attempt_timeout).await;
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|source| CliError::Listen {
+            addr: args.http_addr,
+            source,
+        })?;
+    tracing::info!(
+        database = %url,
+        queue_url = %config.queue_url,
+        http_addr = %listener.local_addr().unwrap_or(args.http_addr),
+        receive_loops = config.receive_loops,
+        max_in_flight = config.max_in_flight,
+        wait_time_s = config.wait_time.as_secs(),
+        visibility_timeout_s = config.visibility_timeout.as_secs(),
+        grace_period_s = config.grace_period.as_secs(),
+        backoff_cap_s = config.backoff_cap.as_secs(),
+        batch_linger_ms = config.batch_linger.as_millis() as u64,
+        max_batch = config.max_batch,
+        exit_when_idle = config.exit_when_idle,
+        "mplink worker starting"
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::app::shutdown_signal().await;
+        on_signal.cancel();
+    });
+    tracing::info!(verify = ?args.verify.config(), "trusting");
+    let pipeline = args.verify.pipeline(store)?;
+    // The deliverer stops with the worker, whether a signal or an idle queue stopped it.
+    let deliverer_stop = shutdown.child_token();
+    let deliverer = crate::outbox::commands::spawn_deliverer(
+        store,
+        webhooks,
+        pipeline.metrics.clone(),
+        deliverer_stop.clone(),
+    )?;
+    let summary = crate::app::run(
+        crate::aws::worker_sqs_client(&sdk),
+        pipeline,
+        config,
+        listener,
+        shutdown,
+    )
+    .await;
+    deliverer_stop.cancel();
+    if let Some(handle) = deliverer {
+        let _ = handle.await;
+    }
+    println!(
+        "received {}, applied {}, stale {}, duplicate {}, rejected {}, released {}, delete failures {}",
+        summary.received,
+        summary.applied,
+        summary.stale,
+        summary.duplicate,
+        summary.rejected,
+        summary.released,
+        summary.delete_failures
+    );
+    Ok(ExitCode::SUCCESS)
+}
