@@ -2,6 +2,7 @@
 //! migrations. Applying events and recording them in the event log happen in one transaction;
 //! the subscription row is locked first, so concurrent appliers serialize per subscription.
 
+mod listen;
 mod outbox;
 mod rows;
 mod view;
@@ -15,7 +16,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use thiserror::Error;
 
-pub use outbox::{AttemptResult, OutboxStats, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING};
+pub use listen::OutboxListener;
+pub use outbox::{
+    AttemptResult, OutboxStats, OUTBOX_CHANNEL, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING,
+};
 pub use rows::{status_rows, StatusDetails, StatusFilter, StatusRow};
 pub use view::{LinkRows, StatusPages, STATUS_PAGE_ROWS};
 
@@ -156,6 +160,8 @@ pub struct LinkOutcome {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Kept for connections outside the pool (the outbox listener).
+    url: DatabaseUrl,
 }
 
 impl Store {
@@ -207,7 +213,11 @@ impl Store {
                 url: url.redacted(),
                 source,
             })?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url: url.clone(),
+        })
     }
 
     /// Runs pending migrations (idempotent).

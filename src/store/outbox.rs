@@ -15,6 +15,11 @@ use crate::outbox::{rfc3339, EventType, NewRow, OrgView, OutboxRow, Subscription
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+/// The PostgreSQL channel a transaction that wrote outbox rows notifies on commit; the payload
+/// is the newest sequence. Channels are per database, not per schema: a deployment sharing the
+/// database with another only sees extra wake-ups, never a missed one.
+pub const OUTBOX_CHANNEL: &str = "mplink_outbox";
+
 /// How far renewal chains are followed when looking for the links a change reaches.
 const MAX_CHAIN_STEPS: usize = 64;
 
@@ -487,6 +492,15 @@ pub(super) async fn insert(
             .execute(&mut *conn)
             .await
             .map_err(q("writing the outbox"))?;
+    }
+    if backend == Backend::Postgres {
+        // Delivered at commit (and not at all on rollback): wakes every deliverer listening.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(OUTBOX_CHANNEL)
+            .bind(last.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(q("notifying the outbox's listeners"))?;
     }
     Ok(())
 }
