@@ -4,6 +4,7 @@
 
 mod listen;
 mod outbox;
+mod reach;
 mod rows;
 mod view;
 
@@ -21,7 +22,8 @@ pub use outbox::{
     AttemptResult, OutboxStats, OUTBOX_CHANNEL, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING,
 };
 pub use rows::{status_rows, StatusDetails, StatusFilter, StatusRow};
-pub use view::{LinkRows, StatusPages, STATUS_PAGE_ROWS};
+pub use reach::LinkRows;
+pub use view::{StatusPages, STATUS_PAGE_ROWS};
 
 /// The embedded, versioned migrations in `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -658,10 +660,13 @@ impl Store {
         // subscription, and those whose links share its subscriptions (a registration by license
         // takes its agreement away from one by account).
         let reached =
-            outbox::link_universe(self.backend, &mut tx, std::slice::from_ref(link)).await?;
-        let mut orgs =
-            outbox::affected_orgs(self.backend, &mut tx, &reached.iter().collect::<Vec<_>>())
-                .await?;
+            reach::load_link_rows(self.backend, &mut tx, std::slice::from_ref(link)).await?;
+        let mut orgs = outbox::affected_orgs(
+            self.backend,
+            &mut tx,
+            &reached.subscriptions.iter().collect::<Vec<_>>(),
+        )
+        .await?;
         orgs.insert(link.org_id.clone());
         orgs.extend(previous.clone());
         let views_before = outbox::org_views(self.backend, &mut tx, &orgs).await?;
@@ -840,6 +845,25 @@ impl Store {
         .await
         .map_err(q("counting double applications"))?;
         Ok(n as u64)
+    }
+
+    /// Outbox rows caused by events (not by links), and how many (cause, organization, type)
+    /// groups hold more than one: a delivery notifies each organization of each change once,
+    /// so the second figure is a measure of double application (the fault suite's).
+    pub async fn notifications_by_event(&self) -> Result<(u64, u64), StoreError> {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM mplink_outbox WHERE cause NOT LIKE 'link:%'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(q("counting notifications"))?;
+        let repeated: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT cause FROM mplink_outbox WHERE cause NOT LIKE 'link:%' \
+             GROUP BY cause, org_id, event_type HAVING COUNT(*) > 1) twice",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("counting repeated notifications"))?;
+        Ok((rows as u64, repeated as u64))
     }
 }
 
