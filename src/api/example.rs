@@ -192,9 +192,12 @@ impl IntoResponse for ExampleError {
 }
 
 /// The example's routes: pages under `/example/`, the host backend under `/example/api/`.
-/// `v1` is mplink's finished API router (authentication included); `token` is one of the tokens
-/// it accepts.
-pub fn router(v1: Router, token: SecretString) -> Router {
+/// `v1` is a finished router serving mplink's `/v1` (authentication included); `token` is one
+/// of the tokens it accepts. The routes need no state, so they merge into any router.
+pub fn router<S>(v1: Router, token: SecretString) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     let backend = Backend { v1, token };
     Router::new()
         .route(
