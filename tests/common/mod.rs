@@ -2,6 +2,7 @@
 //! the reference model the ledger is checked against.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod localstack;
 pub mod marketplace;
 
