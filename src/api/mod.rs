@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod example;
 pub mod reasons;
 pub mod routes;
 pub mod state;
@@ -31,8 +32,9 @@ pub const FORM_BODY_LIMIT: usize = 16 * 1024;
 /// What the router serves besides the API itself.
 #[derive(Debug, Clone, Default)]
 pub struct ApiOptions {
-    /// Serve the example host pages under `/example/` (`mplink serve --example`).
-    pub example: bool,
+    /// Serve the example host pages under `/example/` (`mplink serve --example`); their backend
+    /// calls `/v1` with this token (the first configured).
+    pub example: Option<secrecy::SecretString>,
 }
 
 /// The whole router: `/marketplace/register`, `/v1/*` behind the bearer tokens, `/openapi.json`
@@ -59,11 +61,15 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         )
         .route("/openapi.json", get(openapi::get))
         .route("/healthz", get(|| async { "ok\n" }))
-        .nest("/v1", v1)
+        .nest("/v1", v1.clone())
         .fallback(route_not_found);
-    // The example host pages (`--example`) are merged here, e.g.
-    // `let app = if options.example { app.merge(example::router(state.clone())) } else { app };`
-    let _ = options.example;
+    let app = match &options.example {
+        Some(token) => {
+            let v1 = Router::new().nest("/v1", v1).with_state(state.clone());
+            app.merge(example::router(v1, token.clone()))
+        }
+        None => app,
+    };
     app.layer(from_fn_with_state(state.clone(), error::count_errors))
         .with_state(state)
 }

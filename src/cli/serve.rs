@@ -91,7 +91,11 @@ pub(super) async fn serve(
         on_signal.cancel();
     });
     let options = ApiOptions {
-        example: args.api.example,
+        example: args
+            .api
+            .example
+            .then(|| args.api.api_tokens.first().cloned())
+            .flatten(),
     };
     let api = tokio::spawn(crate::api::serve(listener, state, options));
     let result = match worker {
