@@ -1,15 +1,18 @@
-//! `mplink serve --example` with its worker, as a child process on a free port.
+//! `mplink serve --example` as a child process on a free port, and `mplink run` beside it on
+//! the same database.
 
-use crate::common::localstack::{binary_env, endpoint, Stack};
+use crate::common::localstack::{binary_env, endpoint, Stack, WorkerProcess};
 use crate::driver::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running `mplink serve --example --worker`, killed when dropped.
+/// A running `mplink serve --example` and its worker, killed when dropped.
 pub struct Serve {
     child: Child,
     log: PathBuf,
+    /// The worker consuming the test's queue into the same database.
+    pub worker: WorkerProcess,
     /// Its base URL, e.g. `http://127.0.0.1:40123`.
     pub base: String,
 }
@@ -33,15 +36,6 @@ impl Serve {
             .args(["--api-token", token])
             .args(["--marketplace-endpoint-url", marketplace])
             .arg("--example")
-            .args(["--worker", "--queue-url", &stack.queue.queue_url])
-            .args(["--http-addr", "127.0.0.1:0", "--wait-time", "1"])
-            // SNS signatures are verified as in production; LocalStack's signing certificate
-            // and its topics (in LocalStack's account) are trusted explicitly.
-            .args([
-                "--sns-cert-url-prefix",
-                &format!("{}/_aws/sns/", endpoint()),
-            ])
-            .args(stack.topic_flags())
             .envs(binary_env())
             .env("MPLINK_LOG_FORMAT", "json")
             .env("MPLINK_LOG", "info")
@@ -49,9 +43,18 @@ impl Serve {
             .stderr(Stdio::from(stderr))
             .spawn()
             .expect("spawn mplink serve");
+        // Signatures are verified as in production; LocalStack's signing certificate and its
+        // topics (in LocalStack's account) are trusted explicitly.
+        let cert_prefix = format!("{}/_aws/sns/", endpoint());
+        let mut worker_flags = vec!["--verify-signatures", "true"];
+        worker_flags.extend(["--sns-cert-url-prefix", cert_prefix.as_str()]);
+        let topic_flags = stack.topic_flags();
+        worker_flags.extend(topic_flags.iter().map(String::as_str));
+        let worker = WorkerProcess::spawn(db_url, &stack.queue.queue_url, &worker_flags);
         let mut serve = Serve {
             child,
             log,
+            worker,
             base: format!("http://127.0.0.1:{port}"),
         };
         serve.wait_ready().await;
@@ -82,9 +85,13 @@ impl Serve {
         }
     }
 
-    /// The log so far, for failure messages.
+    /// The logs so far, for failure messages.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        format!(
+            "mplink serve:\n{}\nmplink run:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            self.worker.log_text()
+        )
     }
 }
 
