@@ -148,6 +148,9 @@ pub enum ExampleError {
     /// The browser's request body was refused.
     #[error("request body refused: {0}")]
     BadBody(String),
+    /// The browser's request body is over the limit.
+    #[error("request body over {MAX_BODY_BYTES} bytes")]
+    BodyTooLarge,
     /// `/v1` answered something that is not JSON.
     #[error("the mplink API answered {status} to {route} with a body that is not JSON")]
     ApiAnswer {
@@ -166,6 +169,7 @@ impl ExampleError {
             ExampleError::BadRegistrationId(_) => "invalid_registration_id",
             ExampleError::UnknownOrganization(_) => "unknown_organization",
             ExampleError::BadBody(_) => "invalid_body",
+            ExampleError::BodyTooLarge => "body_too_large",
             ExampleError::ApiAnswer { .. } => "bad_api_answer",
         }
     }
@@ -178,6 +182,7 @@ impl ExampleError {
             ExampleError::BadRegistrationId(_) | ExampleError::BadBody(_) => {
                 StatusCode::BAD_REQUEST
             }
+            ExampleError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ExampleError::ApiAnswer { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -387,7 +392,10 @@ async fn link(
     body: Result<Json<LinkBody>, JsonRejection>,
 ) -> Result<Response, ExampleError> {
     let id = registration_id(id)?;
-    let Json(body) = body.map_err(|e| ExampleError::BadBody(e.body_text()))?;
+    let Json(body) = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ExampleError::BodyTooLarge,
+        _ => ExampleError::BadBody(e.body_text()),
+    })?;
     let org = host_organization(&body.org_id)?;
     let (status, answer) = backend
         .call(

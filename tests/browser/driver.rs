@@ -39,7 +39,7 @@ pub fn chromedriver_or_skip() -> Option<PathBuf> {
         return None;
     }
     panic!(
-        "the browser test needs {missing}, which is not on PATH: run scripts/chromium.sh ensure \
+        "the browser test needs {missing}, not found on PATH: run scripts/chromium.sh ensure \
          (or set {SWITCH_ENV}=off to skip this test on a machine without a browser)"
     );
 }
