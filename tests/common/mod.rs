@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod localstack;
+pub mod marketplace;
 
 use mplink::config::DatabaseUrl;
 use mplink::event::{decode, Event, InboundMessage};
