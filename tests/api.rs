@@ -940,3 +940,15 @@ fn the_openapi_file_validates() {
         "the validator accepted a broken document"
     );
 }
+
+/// The README's table of reasons says what the code says: every code with its exact tooltip.
+#[test]
+fn the_readme_lists_every_reason_with_its_text() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .expect("README.md");
+    for reason in mplink::api::reasons::Reason::ALL {
+        let row = format!("| `{}` | {} |", reason.code(), reason.text());
+        assert!(readme.contains(&row), "README.md lacks the row {row:?}");
+    }
+}

@@ -66,10 +66,10 @@ pub(super) async fn serve(
         .state(store, metrics.clone(), shutdown.clone())
         .await?;
     let worker = match (args.worker, args.run) {
-        (true, Some(run)) => Some(run),
-        (true, None) => {
+        (true, run) if run.queue_url.trim().is_empty() => {
             return Err(CliError::Setup("--worker needs --queue-url".into()));
         }
+        (true, run) => Some(run),
         (false, _) => None,
     };
     let listener = tokio::net::TcpListener::bind(args.api.listen)

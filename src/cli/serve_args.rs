@@ -5,7 +5,7 @@ use super::worker_args::RunArgs;
 /// Arguments of `mplink serve`. Every flag can also be set by the environment variable shown.
 /// The worker's flags are `mplink run`'s; its queue URL is needed only with `--worker`.
 #[derive(Debug, clap::Args)]
-#[command(mut_arg("queue_url", |a| a.required(false)))]
+#[command(mut_arg("queue_url", |a| a.required(false).default_value("").hide_default_value(true)))]
 pub struct ServeArgs {
     /// The API's configuration.
     #[command(flatten)]
@@ -15,9 +15,10 @@ pub struct ServeArgs {
     /// The process stops when either stops.
     #[arg(long, env = "MPLINK_SERVE_WORKER", requires = "queue_url")]
     pub worker: bool,
-    /// The worker's flags, used with --worker.
+    /// The worker's flags, used with --worker (clap cannot make a flattened group with nested
+    /// groups optional, so they are always parsed; the queue URL defaults to empty).
     #[command(flatten)]
-    pub run: Option<RunArgs>,
+    pub run: RunArgs,
 }
 
 /// The HTTP API's configuration.
@@ -63,4 +64,30 @@ pub struct ApiArgs {
 /// Never fails, so clap never prints the value in an error; the token is checked later.
 fn secret_text(text: &str) -> Result<secrecy::SecretString, std::convert::Infallible> {
     Ok(secrecy::SecretString::from(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn serve(args: &[&str]) -> Result<super::ServeArgs, clap::Error> {
+        let mut all = vec!["mplink", "serve"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Serve(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_worker_flags_are_needed_only_with_worker() {
+        let api_only = serve(&["--api-token", "t"]).unwrap();
+        assert!(!api_only.worker);
+        let both = serve(&["--worker", "--queue-url", "https://q", "--wait-time", "1"]).unwrap();
+        assert!(both.worker);
+        assert_eq!(both.run.queue_url, "https://q");
+        assert_eq!(both.run.wait_time, 1);
+        assert!(serve(&["--worker"]).is_err());
+    }
 }
