@@ -1,7 +1,7 @@
-//! `mplink serve --example` as a child process on a free port, and `mplink run` beside it on
-//! the same database.
+//! `mplink serve --example --worker` as a child process on a free port: the API, the example
+//! host and the worker in one process, on one database pool.
 
-use crate::common::localstack::{binary_env, endpoint, Stack, WorkerProcess};
+use crate::common::localstack::{binary_env, endpoint, Stack};
 use crate::driver::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 pub struct Serve {
     child: Child,
     log: PathBuf,
-    /// The worker consuming the test's queue into the same database.
-    pub worker: WorkerProcess,
     /// Its base URL, e.g. `http://127.0.0.1:40123`.
     pub base: String,
 }
@@ -36,6 +34,15 @@ impl Serve {
             .args(["--api-token", token])
             .args(["--marketplace-endpoint-url", marketplace])
             .arg("--example")
+            .args(["--worker", "--queue-url", &stack.queue.queue_url])
+            .args(["--http-addr", "127.0.0.1:0", "--wait-time", "1"])
+            // Signatures are verified as in production; LocalStack's signing certificate and
+            // its topics (in LocalStack's account) are trusted explicitly.
+            .args([
+                "--sns-cert-url-prefix",
+                &format!("{}/_aws/sns/", endpoint()),
+            ])
+            .args(stack.topic_flags())
             .envs(binary_env())
             .env("MPLINK_LOG_FORMAT", "json")
             .env("MPLINK_LOG", "info")
@@ -43,18 +50,9 @@ impl Serve {
             .stderr(Stdio::from(stderr))
             .spawn()
             .expect("spawn mplink serve");
-        // Signatures are verified as in production; LocalStack's signing certificate and its
-        // topics (in LocalStack's account) are trusted explicitly.
-        let cert_prefix = format!("{}/_aws/sns/", endpoint());
-        let mut worker_flags = vec!["--verify-signatures", "true"];
-        worker_flags.extend(["--sns-cert-url-prefix", cert_prefix.as_str()]);
-        let topic_flags = stack.topic_flags();
-        worker_flags.extend(topic_flags.iter().map(String::as_str));
-        let worker = WorkerProcess::spawn(db_url, &stack.queue.queue_url, &worker_flags);
         let mut serve = Serve {
             child,
             log,
-            worker,
             base: format!("http://127.0.0.1:{port}"),
         };
         serve.wait_ready().await;
@@ -85,13 +83,9 @@ impl Serve {
         }
     }
 
-    /// The logs so far, for failure messages.
+    /// The log so far, for failure messages.
     pub fn log_text(&self) -> String {
-        format!(
-            "mplink serve:\n{}\nmplink run:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-            self.worker.log_text()
-        )
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
