@@ -239,8 +239,8 @@ diff -u "$tmp/clusters-before" "$tmp/clusters-after" >&2 \
     || die "the clusters table changed (diff above): mplink must only touch its own tables"
 
 # ---------------------------------------------------------------------------------------------
-# The buyer's path: mplink serve (the HTTP API), a worker, and the example host pages.
-heading "Starting the AWS Marketplace test double (ResolveCustomer), mplink serve --example and the worker"
+# The buyer's path: mplink serve (the HTTP API and the worker) and the example host pages.
+heading "Starting the AWS Marketplace test double (ResolveCustomer) and mplink serve --example --worker"
 # The double prints its endpoint URL on its first line.
 "${CARGO_TARGET_DIR:-target}/debug/mplink-marketplace-double" --listen 127.0.0.1:0 \
     >"$tmp/double.out" 2>"$tmp/double.log" &
@@ -263,15 +263,14 @@ seed_customer "$web_token" "$web_license"
 api_token="demo-api-token-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
+# --worker: the same process consumes the queue (with `run`'s flags), sharing the database pool.
 "$mplink" --database-url "$db" serve --listen "127.0.0.1:$port" --api-token "$api_token" \
-    --marketplace-endpoint-url "$double_url" --example >"$tmp/serve.log" 2>&1 &
+    --marketplace-endpoint-url "$double_url" --example \
+    --worker --queue-url "$queue_url" --wait-time 1 --http-addr 127.0.0.1:0 \
+    --sns-cert-url-prefix "$AWS_ENDPOINT_URL/_aws/sns/" --allowed-topic-arn "$subscription_topic" \
+    >"$tmp/serve.log" 2>&1 &
 serve_pid=$!
 background+=("$serve_pid")
-# The worker beside it, on the same database, consuming the queue until the demo ends.
-"$mplink" --database-url "$db" run --queue-url "$queue_url" --wait-time 1 --http-addr 127.0.0.1:0 \
-    --sns-cert-url-prefix "$AWS_ENDPOINT_URL/_aws/sns/" --allowed-topic-arn "$subscription_topic" \
-    >"$tmp/worker.log" 2>&1 &
-background+=("$!")
 for _ in $(seq 1 100); do
     curl -sf "$base/example/" >/dev/null 2>&1 && break
     kill -0 "$serve_pid" 2>/dev/null || die "mplink serve exited: $(tail -n 20 "$tmp/serve.log")"
@@ -339,7 +338,7 @@ curl -sf -X POST -H 'content-type: application/json' -d '{"org_id":"org-acme"}' 
 wait_billing 'b["syncing"] and b["payment_method"] is None' "the syncing notice"
 
 web_license_detail="{\"agreement\":{\"id\":\"$web_agreement\"},\"product\":{\"code\":\"$product\",\"id\":\"prod-demo\"},\"license\":{\"arn\":\"$web_license\"}}"
-heading "AWS Marketplace confirms (EventBridge → SQS → the worker)"
+heading "AWS Marketplace confirms (EventBridge → SQS → the worker inside mplink serve)"
 put_event "Purchase Agreement Created - Proposer" \
     "{\"agreement\":{\"id\":\"$web_agreement\",\"intent\":\"NEW\",\"status\":\"ACTIVE\"}}"
 put_event "License Updated - Manufacturer" "$web_license_detail"
