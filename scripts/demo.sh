@@ -68,6 +68,8 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
+# Background jobs of a script ignore Ctrl-C: on Ctrl-C or SIGTERM exit, so cleanup stops them.
+trap 'exit 130' INT TERM
 
 # A per-run suffix: LocalStack keeps queues between runs, and a queue of an interrupted run may
 # still hold messages that would otherwise end up in this run's fresh ledger.
