@@ -80,7 +80,20 @@ impl Example {
         let resp = request.send().await.expect("request");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        (status, headers, resp.text().await.expect("body"))
+        let body = resp.text().await.expect("body");
+        // Whatever the browser gets, the token is never in it.
+        assert!(
+            !body.contains(TOKEN),
+            "an answer carries the API token: {body}"
+        );
+        assert!(
+            headers.values().all(|v| !v
+                .as_bytes()
+                .windows(TOKEN.len())
+                .any(|w| w == TOKEN.as_bytes())),
+            "a header carries the API token: {headers:?}"
+        );
+        (status, headers, body)
     }
 
     async fn get(&self, path: &str) -> (u16, reqwest::header::HeaderMap, String) {

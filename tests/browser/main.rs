@@ -357,6 +357,10 @@ async fn buyer_path_in_chromium() {
     .await;
     assert_eq!(page.payment_method, AWS_TEXT, "{page:?}");
     assert!(!page.edit_enabled, "{page:?}");
+    assert!(
+        page.notice.is_some(),
+        "the cancellation is announced: {page:?}"
+    );
     artifacts
         .screenshot(&client, "billing-unsubscribe-pending")
         .await;
