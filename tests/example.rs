@@ -20,6 +20,7 @@ struct Example {
     http: reqwest::Client,
     shutdown: CancellationToken,
     double: MarketplaceDouble,
+    metrics: Arc<mplink::metrics::Metrics>,
 }
 
 /// The API with `example` as its example-host token (None: no example host), over `db`.
@@ -41,6 +42,7 @@ async fn start(db: &TestDb, example: Option<&str>) -> Example {
         },
     );
     let shutdown = CancellationToken::new();
+    let metrics = Arc::new(mplink::metrics::Metrics::new());
     let state = ApiState {
         store: db.store.clone(),
         metering: metering_client(&double.endpoint_url()).await,
@@ -48,7 +50,7 @@ async fn start(db: &TestDb, example: Option<&str>) -> Example {
         select_organization_url: SelectUrl::new("/example/select.html").expect("select url"),
         registration_ttl: mplink::api::DEFAULT_REGISTRATION_TTL,
         product_codes: Vec::new(),
-        metrics: Arc::new(mplink::metrics::Metrics::new()),
+        metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     };
     let options = ApiOptions {
@@ -68,6 +70,7 @@ async fn start(db: &TestDb, example: Option<&str>) -> Example {
         http,
         shutdown,
         double,
+        metrics,
     }
 }
 
@@ -268,6 +271,12 @@ async fn pages_and_backend(backend: Backend) {
         (status, missing["code"].as_str()),
         (404, Some("registration_not_found"))
     );
+
+    // The example's refusals and /v1's errors passed through are counted like /v1's own.
+    let counted = |code: &str| app.metrics.api_errors.with_label_values(&[code]).get();
+    assert_eq!(counted("unknown_organization"), 1);
+    assert_eq!(counted("invalid_registration_id"), 1);
+    assert_eq!(counted("registration_not_found"), 1);
 
     // The browser itself gets nothing from /v1.
     let (status, _, _) = app.get("/v1/organizations/org-acme/billing").await;

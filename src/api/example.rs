@@ -5,26 +5,25 @@
 //! marketplace, one where the user may not change billing) and their resources, and calls the
 //! `/v1` router in-process with the first configured API token, exactly as a host's backend
 //! would over HTTP; the token never reaches the browser. Not for production: it exists to show
-//! the flow and to be driven by the browser test (tests/browser.rs).
+//! the flow and to be driven by the browser test (tests/browser/).
 
-use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
+mod backend;
+mod host;
+
+pub use host::{HostOrganization, Resource, ORGANIZATIONS};
+
+use super::error::ErrorCode;
 use axum::extract::{DefaultBodyLimit, Path};
-use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use backend::{billing, link, organizations, Backend};
+use secrecy::SecretString;
+use serde_json::json;
 
 /// Largest body the example backend accepts from the browser (a link request is ~30 bytes).
 const MAX_BODY_BYTES: usize = 4 * 1024;
-/// Largest `/v1` answer the backend reads back.
-const MAX_V1_ANSWER_BYTES: usize = 1024 * 1024;
-/// Longest registration id passed on to `/v1` (mplink's own are far shorter).
-const MAX_REGISTRATION_ID_LEN: usize = 128;
 /// Only the pages' own script and style may run or load; the form posts to this origin.
 const CONTENT_SECURITY_POLICY: &str =
     "default-src 'self'; script-src 'self'; style-src 'self'; form-action 'self'; frame-ancestors 'none'";
@@ -52,87 +51,6 @@ const PAGES: &[(&str, &str, &str)] = &[
 ];
 const HTML: &str = "text/html; charset=utf-8";
 
-/// One of the signed-in user's organizations, with the billing facts the host knows about it.
-#[derive(Debug, Clone, Copy)]
-pub struct HostOrganization {
-    /// The host's id for it (what mplink links).
-    pub org_id: &'static str,
-    /// Display name.
-    pub name: &'static str,
-    /// How it pays today, as the host's billing page would say.
-    pub billing_today: &'static str,
-    /// A card (or other method) is on file with the SaaS.
-    pub payment_method_on_file: bool,
-    /// The other marketplace it pays through, if any.
-    pub other_marketplace: Option<&'static str>,
-    /// Under a contract that an AWS subscription cannot replace.
-    pub under_contract: bool,
-    /// Whether the signed-in user's role may change its billing.
-    pub can_change_billing: bool,
-    /// Its resources: the SaaS's own data, which outlives any billing link.
-    pub resources: &'static [Resource],
-}
-
-/// One of an organization's resources.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Resource {
-    /// What it is ("cluster").
-    pub kind: &'static str,
-    /// Its name.
-    pub name: &'static str,
-    /// Its status.
-    pub status: &'static str,
-}
-
-/// The signed-in user's organizations in the example.
-pub const ORGANIZATIONS: &[HostOrganization] = &[
-    HostOrganization {
-        org_id: "org-acme",
-        name: "Acme Corp",
-        billing_today: "No payment method",
-        payment_method_on_file: false,
-        other_marketplace: None,
-        under_contract: false,
-        can_change_billing: true,
-        resources: &[
-            Resource {
-                kind: "cluster",
-                name: "prod-eu",
-                status: "running",
-            },
-            Resource {
-                kind: "cluster",
-                name: "staging",
-                status: "running",
-            },
-        ],
-    },
-    HostOrganization {
-        org_id: "org-globex",
-        name: "Globex",
-        billing_today: "Google Cloud Marketplace",
-        payment_method_on_file: false,
-        other_marketplace: Some("gcp"),
-        under_contract: false,
-        can_change_billing: true,
-        resources: &[Resource {
-            kind: "cluster",
-            name: "analytics",
-            status: "running",
-        }],
-    },
-    HostOrganization {
-        org_id: "org-initech",
-        name: "Initech",
-        billing_today: "Credit card",
-        payment_method_on_file: true,
-        other_marketplace: None,
-        under_contract: false,
-        can_change_billing: false,
-        resources: &[],
-    },
-];
-
 /// What can go wrong in the example backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ExampleError {
@@ -151,8 +69,10 @@ pub enum ExampleError {
     /// The browser's request body is over the limit.
     #[error("request body over {MAX_BODY_BYTES} bytes")]
     BodyTooLarge,
-    /// `/v1` answered something that is not JSON.
-    #[error("the mplink API answered {status} to {route} with a body that is not JSON")]
+    /// `/v1` answered something that is not JSON, or not of the shape it documents.
+    #[error(
+        "the mplink API answered {status} to {route} with a body that is not what it documents"
+    )]
     ApiAnswer {
         /// The route called.
         route: &'static str,
@@ -192,7 +112,10 @@ impl IntoResponse for ExampleError {
     fn into_response(self) -> Response {
         tracing::warn!(code = self.code(), error = %self, "example host request refused");
         let body = json!({ "code": self.code(), "message": self.to_string() });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        // Counted in mplink_api_errors_total like /v1's errors (api::error::count_errors).
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        response
     }
 }
 
@@ -240,202 +163,10 @@ async fn page(Path(file): Path<String>) -> Result<Response, ExampleError> {
     Ok(response)
 }
 
-/// The host's server side: calls `/v1` in-process with the token.
-#[derive(Clone)]
-struct Backend {
-    v1: Router,
-    token: SecretString,
-}
-
-impl Backend {
-    /// Calls `/v1` and returns its status and JSON answer as they are.
-    async fn call(
-        &self,
-        route: &'static str,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(StatusCode, Value), ExampleError> {
-        let bearer = format!("Bearer {}", self.token.expose_secret());
-        let builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, bearer)
-            .header(header::ACCEPT, "application/json");
-        let request = match body {
-            Some(body) => builder
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string())),
-            None => builder.body(Body::empty()),
-        };
-        // The path is built from checked parts, so building cannot fail; answer 400 if it does.
-        let request = request.map_err(|e| ExampleError::BadBody(e.to_string()))?;
-        let response = match self.v1.clone().oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), MAX_V1_ANSWER_BYTES)
-            .await
-            .map_err(|_| ExampleError::ApiAnswer { route, status })?;
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|_| ExampleError::ApiAnswer { route, status })?;
-        Ok((status, value))
-    }
-}
-
-fn registration_id(id: String) -> Result<String, ExampleError> {
-    let valid = !id.is_empty()
-        && id.len() <= MAX_REGISTRATION_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if valid {
-        Ok(id)
-    } else {
-        Err(ExampleError::BadRegistrationId(id))
-    }
-}
-
-fn host_organization(org_id: &str) -> Result<&'static HostOrganization, ExampleError> {
-    ORGANIZATIONS
-        .iter()
-        .find(|o| o.org_id == org_id)
-        .ok_or_else(|| ExampleError::UnknownOrganization(org_id.to_string()))
-}
-
-/// A `/v1` error answer passed on to the browser as it is (its `code` and `message`).
-fn passed_on(status: StatusCode, answer: Value) -> Response {
-    (status, Json(answer)).into_response()
-}
-
-/// The registration and the user's organizations, each with mplink's verdict on linking it.
-async fn organizations(
-    Extension(backend): Extension<Backend>,
-    Path(id): Path<String>,
-) -> Result<Response, ExampleError> {
-    let id = registration_id(id)?;
-    let (status, registration) = backend
-        .call(
-            "GET /v1/registrations/{id}",
-            Method::GET,
-            &format!("/v1/registrations/{id}"),
-            None,
-        )
-        .await?;
-    if !status.is_success() {
-        return Ok(passed_on(status, registration));
-    }
-    let facts: Vec<Value> = ORGANIZATIONS
-        .iter()
-        .map(|o| {
-            json!({
-                "org_id": o.org_id,
-                "payment_method_on_file": o.payment_method_on_file,
-                "other_marketplace": o.other_marketplace,
-                "under_contract": o.under_contract,
-                "can_change_billing": o.can_change_billing,
-            })
-        })
-        .collect();
-    let (status, verdicts) = backend
-        .call(
-            "POST /v1/registrations/{id}/organizations",
-            Method::POST,
-            &format!("/v1/registrations/{id}/organizations"),
-            Some(json!({ "organizations": facts })),
-        )
-        .await?;
-    if !status.is_success() {
-        return Ok(passed_on(status, verdicts));
-    }
-    let verdicts = verdicts["organizations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let organizations: Vec<Value> = ORGANIZATIONS
-        .iter()
-        .map(|o| {
-            let verdict = verdicts
-                .iter()
-                .find(|v| v["org_id"] == o.org_id)
-                .cloned()
-                .unwrap_or(Value::Null);
-            json!({
-                "org_id": o.org_id,
-                "name": o.name,
-                "billing_today": o.billing_today,
-                // An organization mplink gave no verdict on is not offered.
-                "linkable": verdict["linkable"].as_bool().unwrap_or(false),
-                "reason": verdict["reason"],
-                "reason_text": verdict["reason_text"],
-            })
-        })
-        .collect();
-    Ok(
-        Json(json!({ "registration": registration, "organizations": organizations }))
-            .into_response(),
-    )
-}
-
-/// The browser's link request.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LinkBody {
-    org_id: String,
-}
-
-/// Links one of the user's organizations to the registration.
-async fn link(
-    Extension(backend): Extension<Backend>,
-    Path(id): Path<String>,
-    body: Result<Json<LinkBody>, JsonRejection>,
-) -> Result<Response, ExampleError> {
-    let id = registration_id(id)?;
-    let Json(body) = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ExampleError::BodyTooLarge,
-        _ => ExampleError::BadBody(e.body_text()),
-    })?;
-    let org = host_organization(&body.org_id)?;
-    let (status, answer) = backend
-        .call(
-            "POST /v1/registrations/{id}/link",
-            Method::POST,
-            &format!("/v1/registrations/{id}/link"),
-            Some(json!({ "org_id": org.org_id })),
-        )
-        .await?;
-    Ok(passed_on(status, answer))
-}
-
-/// The billing page's view: mplink's billing view plus the host's name and resources.
-async fn billing(
-    Extension(backend): Extension<Backend>,
-    Path(org_id): Path<String>,
-) -> Result<Response, ExampleError> {
-    let org = host_organization(&org_id)?;
-    let (status, billing) = backend
-        .call(
-            "GET /v1/organizations/{org_id}/billing",
-            Method::GET,
-            &format!("/v1/organizations/{}/billing", org.org_id),
-            None,
-        )
-        .await?;
-    if !status.is_success() {
-        return Ok(passed_on(status, billing));
-    }
-    Ok(Json(json!({
-        "org_id": org.org_id,
-        "name": org.name,
-        "resources": org.resources,
-        "billing": billing,
-    }))
-    .into_response())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::backend::registration_id;
+    use super::host::host_organization;
     use super::*;
 
     #[test]
