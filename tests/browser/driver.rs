@@ -166,7 +166,7 @@ pub async fn text(client: &Client, css: &str) -> Option<String> {
     client.find(Locator::Css(css)).await.ok()?.text().await.ok()
 }
 
-/// Screenshots, numbered in the order taken, in `target/browser-artifacts/`.
+/// Screenshots, numbered in the order taken, in `target/browser-artifacts/<name>/`.
 pub struct Artifacts {
     dir: PathBuf,
     taken: u32,
@@ -175,13 +175,14 @@ pub struct Artifacts {
 }
 
 impl Artifacts {
-    /// Empties (or creates) the artifacts directory.
-    pub fn new() -> Artifacts {
+    /// Empties (or creates) the artifacts directory `name` (one per test).
+    pub fn new(name: &str) -> Artifacts {
         // CARGO_TARGET_TMPDIR is <target>/tmp; the artifacts go next to it.
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .parent()
             .expect("target dir")
-            .join("browser-artifacts");
+            .join("browser-artifacts")
+            .join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("artifacts dir");
         Artifacts {

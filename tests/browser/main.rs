@@ -7,108 +7,35 @@
 //! buyer cancels (pending, then final) → no payment method, Edit enabled, the notice that the
 //! data was kept, the resources still listed.
 //!
-//! ResolveCustomer gives the registration a license ARN, so the link is keyed on it and AWS's
-//! word arrives as EventBridge agreement and license events (the SNS subscribe-success /
-//! unsubscribe-pending / unsubscribe-success of legacy listings name no license): Purchase
-//! Agreement Created + License Updated confirm, Purchase Agreement Ended starts the
-//! cancellation, License Deprovisioned ends it. They go through real EventBridge and SQS on
-//! LocalStack to the worker in the `serve` process.
+//! It runs for both kinds of listing (see [`aws::Listing`]): a current one, whose registration
+//! carries a license ARN and whose confirmation and cancellation arrive as EventBridge agreement
+//! and license events, and a legacy SNS one (subscribe-success, unsubscribe-pending,
+//! unsubscribe-success), each through real LocalStack EventBridge or SNS and SQS to the worker
+//! in the `serve` process.
 //!
-//! A screenshot of every step is kept in `target/browser-artifacts/NN-step.png`. Without
-//! Chromium the test fails unless `MPLINK_BROWSER_TEST=off` (scripts/chromium.sh installs it).
+//! A screenshot of every step is kept in `target/browser-artifacts/<listing>/NN-step.png`, with
+//! the chromedriver and `mplink serve` logs. Without Chromium the test fails unless
+//! `MPLINK_BROWSER_TEST=off` (scripts/chromium.sh installs it).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod app;
+mod aws;
 mod driver;
 
+use aws::{Aws, Listing};
 use common::localstack::Stack;
 use common::{Backend, TestDb};
 use driver::{text, wait_for, Artifacts, Driver};
 use fantoccini::{Client, Locator};
-use mplink::marketplace_double::{MarketplaceDouble, ResolvedCustomer};
-use serde_json::json;
+use mplink::marketplace_double::MarketplaceDouble;
 use std::time::Duration;
 
 const API_TOKEN: &str = "example-host-token-0123456789";
 const REGISTRATION_TOKEN: &str = "browser-test-registration-token";
-const ACCOUNT: &str = "845735284135";
-const SELLER: &str = "123456789012";
 const AWS_TEXT: &str = "AWS Marketplace Subscription";
 const NO_METHOD: &str = "No payment method";
-
-/// AWS Marketplace's events about the buyer's agreement and license, on the test's own bus.
-struct Events<'a> {
-    stack: &'a Stack,
-    agreement: String,
-    license: String,
-    /// Event times are spaced from here, so their order is the intended one.
-    t0: i64,
-}
-
-impl Events<'_> {
-    fn agreement_detail(&self, agreement: serde_json::Value) -> serde_json::Value {
-        let mut a = json!({ "id": self.agreement });
-        if let (Some(a), Some(extra)) = (a.as_object_mut(), agreement.as_object()) {
-            a.extend(extra.clone());
-        }
-        json!({
-            "requestId": format!("req-{}", rand::random::<u32>()),
-            "catalog": "AWSMarketplace",
-            "agreement": a,
-            "acceptor": { "accountId": ACCOUNT },
-            "proposer": { "accountId": SELLER },
-        })
-    }
-
-    fn license_detail(&self) -> serde_json::Value {
-        json!({
-            "requestId": format!("req-{}", rand::random::<u32>()),
-            "catalog": "AWSMarketplace",
-            "agreement": { "id": self.agreement },
-            "product": { "code": self.stack.product, "id": "prod-browser" },
-            "license": { "arn": self.license },
-            "acceptor": { "accountId": ACCOUNT },
-            "proposer": { "accountId": SELLER },
-        })
-    }
-
-    /// The agreement is created and its license issued.
-    async fn confirm(&self) {
-        let created = self.agreement_detail(json!({"intent": "NEW", "status": "ACTIVE"}));
-        let stack = self.stack;
-        stack
-            .put_event("Purchase Agreement Created - Proposer", created, self.t0)
-            .await;
-        stack
-            .put_event(
-                "License Updated - Manufacturer",
-                self.license_detail(),
-                self.t0 + 1,
-            )
-            .await;
-    }
-
-    /// The buyer cancelled: the agreement ended.
-    async fn agreement_ended(&self) {
-        let ended = self.agreement_detail(json!({"status": "CANCELLED"}));
-        self.stack
-            .put_event("Purchase Agreement Ended - Proposer", ended, self.t0 + 60)
-            .await;
-    }
-
-    /// The license is gone: the cancellation is final.
-    async fn license_deprovisioned(&self) {
-        self.stack
-            .put_event(
-                "License Deprovisioned - Manufacturer",
-                self.license_detail(),
-                self.t0 + 120,
-            )
-            .await;
-    }
-}
 
 /// One organization row on the select page: (enabled, title, data-reason).
 async fn link_button(client: &Client, org: &str) -> (bool, Option<String>, Option<String>) {
@@ -179,38 +106,29 @@ async fn billing_until(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buyer_path_in_chromium() {
+async fn buyer_path_eventbridge_listing() {
+    buyer_path(Listing::EventBridge).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_path_legacy_sns_listing() {
+    buyer_path(Listing::LegacySns).await
+}
+
+async fn buyer_path(listing: Listing) {
     let Some(chromedriver) = driver::chromedriver_or_skip() else {
         return;
     };
     // fantoccini's rustls connector needs the process-wide provider (two are compiled in).
     mplink::tls::install_default_crypto_provider();
-    let mut artifacts = Artifacts::new();
+    let mut artifacts = Artifacts::new(listing.name());
     let db = TestDb::new(Backend::Sqlite).await;
     let stack = Stack::new(5, Duration::from_secs(30)).await;
     let double = MarketplaceDouble::start("127.0.0.1:0")
         .await
         .expect("marketplace double");
-    let license = format!(
-        "arn:aws:license-manager::{SELLER}:license:l-{}",
-        stack.suffix.replace('-', "")
-    );
-    let events = Events {
-        stack: &stack,
-        agreement: format!("agmt-{}", stack.suffix),
-        license: license.clone(),
-        t0: chrono::Utc::now().timestamp(),
-    };
-    double.add_customer(
-        REGISTRATION_TOKEN,
-        ResolvedCustomer {
-            customer_aws_account_id: ACCOUNT.into(),
-            license_arn: license,
-            product_code: stack.product.clone(),
-            customer_identifier: None,
-            agreement_id: None,
-        },
-    );
+    let aws = Aws::new(&stack, listing);
+    double.add_customer(REGISTRATION_TOKEN, aws.resolved());
     let serve = app::Serve::start(
         db.url.expose(),
         API_TOKEN,
@@ -336,9 +254,8 @@ async fn buyer_path_in_chromium() {
     assert_eq!(page.resources, ["prod-eu", "staging"]);
     artifacts.screenshot(&client, "billing-syncing").await;
 
-    // 5. AWS confirms (EventBridge → SQS → the worker): an AWS Marketplace subscription, not
-    // editable.
-    events.confirm().await;
+    // 5. AWS confirms (→ SQS → the worker): an AWS Marketplace subscription, not editable.
+    aws.confirm().await;
     let page = billing_until(&client, "the AWS Marketplace payment method", |p| {
         p.payment_method == AWS_TEXT
     })
@@ -348,9 +265,8 @@ async fn buyer_path_in_chromium() {
     assert_eq!(page.link_state, "linked", "{page:?}");
     artifacts.screenshot(&client, "billing-linked").await;
 
-    // 6. The buyer cancels: the agreement ends (still paying through AWS until the license
-    // goes) …
-    events.agreement_ended().await;
+    // 6. The buyer cancels: the cancellation is pending (still paid through AWS) …
+    aws.cancel().await;
     let page = billing_until(&client, "unlink pending", |p| {
         p.link_state == "unlink_pending"
     })
@@ -362,11 +278,11 @@ async fn buyer_path_in_chromium() {
         "the cancellation is announced: {page:?}"
     );
     artifacts
-        .screenshot(&client, "billing-unsubscribe-pending")
+        .screenshot(&client, "billing-unlink-pending")
         .await;
 
-    // 7. … then the license is deprovisioned: no payment method, Edit enabled, data kept.
-    events.license_deprovisioned().await;
+    // 7. … then final: no payment method, Edit enabled, data kept.
+    aws.end().await;
     let page = billing_until(&client, "the unlinked billing page", |p| {
         p.payment_method == NO_METHOD && p.notice.is_some()
     })
