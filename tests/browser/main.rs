@@ -233,6 +233,17 @@ async fn buyer_path(listing: Listing) {
     assert_eq!(reason.as_deref(), Some("not_permitted"));
     assert_eq!(title, reason_text(1));
     artifacts.screenshot(&client, "select-organization").await;
+    // A disabled Link button does nothing when clicked.
+    client
+        .find(Locator::Css("#org-org-globex button.link"))
+        .await
+        .expect("globex button")
+        .click()
+        .await
+        .expect("click the disabled button");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = client.current_url().await.expect("url");
+    assert_eq!(url.path(), "/example/select.html", "a disabled Link linked");
 
     // 4. Link Acme: the billing page, no payment method yet, the "being synced" notice.
     client
@@ -296,6 +307,18 @@ async fn buyer_path(listing: Listing) {
     );
     assert_eq!(page.resources, ["prod-eu", "staging"], "resources stay");
     artifacts.screenshot(&client, "billing-unlinked").await;
+    // Edit is really usable again: the (example's stand-in) card form answers.
+    client
+        .find(Locator::Css("#edit-payment"))
+        .await
+        .expect("edit")
+        .click()
+        .await
+        .expect("click Edit");
+    wait_for(&client, "the Edit button's answer", || async {
+        visible_text(&client, "#edit-message").await
+    })
+    .await;
 
     // The token never reached the browser: not in any page, and /v1 refuses the browser.
     let status = client

@@ -103,7 +103,12 @@ var mplinkExample = (function () {
           button.dataset.reason = org.reason;
         }
         action.appendChild(button);
-        cell(row, org.linkable ? "" : org.reason_text, "reason");
+        var why = cell(row, org.linkable ? "" : org.reason_text, "reason");
+        if (!org.linkable) {
+          // Screen readers get the reason too (a tooltip alone is not announced everywhere).
+          why.id = "reason-" + org.org_id;
+          button.setAttribute("aria-describedby", why.id);
+        }
         body.appendChild(row);
       });
     }).catch(function (e) { showError(e.message); });
