@@ -357,6 +357,23 @@ put_event "License Deprovisioned - Manufacturer" "$web_license_detail"
 wait_billing 'b["link_state"] == "unlinked" and b["payment_method"] is None and b["edit_enabled"] and b["notice"]' \
     "no payment method with the notice that the data was kept"
 
+# With Chromium installed (scripts/chromium.sh ensure), a look at the pages the buyer saw.
+if command -v chromium >/dev/null 2>&1; then
+    heading "Screenshots of the example pages (headless Chromium)"
+    shoot() {
+        # --no-sandbox: Chromium's sandbox cannot start as root in a container.
+        if timeout 60 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+            --window-size=1100,760 --virtual-time-budget=3000 --screenshot="$PWD/demo/$1.png" \
+            "$2" >/dev/null 2>&1; then
+            echo "  demo/$1.png"
+        else
+            echo "  (no screenshot of $2: chromium failed)"
+        fi
+    }
+    shoot select "$base/example/select.html?registration=$registration"
+    shoot billing "$base/example/billing.html?org=org-acme"
+fi
+
 echo
 echo "Demo passed: both organizations were linked, then unlinked; their clusters are untouched;"
 echo "the buyer's path through mplink serve went from the landing to linked to cancelled."
