@@ -2,9 +2,12 @@
 # The whole job, for real, on one machine: LocalStack stands in for AWS (SQS, SNS, EventBridge),
 # two organizations subscribe through AWS Marketplace (one legacy SNS listing, one EventBridge
 # listing), the worker links them, they cancel, the worker unlinks them, and the SaaS's own data
-# is shown to be untouched.
+# is shown to be untouched. Then the buyer's path through `mplink serve --example` (the HTTP API,
+# its worker and the example host pages), with the Marketplace test double answering
+# ResolveCustomer: landing, the organization list, link, syncing, linked, cancelled.
 #
 #   scripts/demo.sh
+#   MPLINK_DEMO_KEEP_SERVING=1 scripts/demo.sh   # then keeps serving, for a browser, until Ctrl-C
 #
 # Needs cargo, python3 and curl. Safe to run again: every run uses its own queue, product code
 # and database, so nothing left over from an earlier (or interrupted) run can leak in.
@@ -55,8 +58,18 @@ db="sqlite://$db_file"
 mp() { "$mplink" --database-url "$db" "$@"; }
 
 # Scratch files (JSON for put-events, table snapshots) go away however the script ends.
+# So do the processes it starts in the background (by their own pids).
 tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
+background=()
+cleanup() {
+    local pid
+    for pid in "${background[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${background[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+# Background jobs of a script ignore Ctrl-C: on Ctrl-C or SIGTERM exit, so cleanup stops them.
+trap 'exit 130' INT TERM
 
 # A per-run suffix: LocalStack keeps queues between runs, and a queue of an interrupted run may
 # still hold messages that would otherwise end up in this run's fresh ledger.
@@ -227,7 +240,151 @@ clusters | tee "$tmp/clusters-after"
 diff -u "$tmp/clusters-before" "$tmp/clusters-after" >&2 \
     || die "the clusters table changed (diff above): mplink must only touch its own tables"
 
+# ---------------------------------------------------------------------------------------------
+# The buyer's path: mplink serve (the HTTP API and the worker) and the example host pages.
+heading "Starting the AWS Marketplace test double (ResolveCustomer) and mplink serve --example --worker"
+# The double prints its endpoint URL on its first line.
+"${CARGO_TARGET_DIR:-target}/debug/mplink-marketplace-double" --listen 127.0.0.1:0 \
+    >"$tmp/double.out" 2>"$tmp/double.log" &
+background+=("$!")
+for _ in $(seq 1 100); do [ -s "$tmp/double.out" ] && break; sleep 0.1; done
+double_url="$(head -n 1 "$tmp/double.out")"
+[ -n "$double_url" ] || die "the Marketplace test double printed no endpoint URL: $(cat "$tmp/double.log")"
+
+# One buyer: what ResolveCustomer returns for the token AWS Marketplace posts.
+web_token="demo-registration-token-${run_id}"
+web_license="arn:aws:license-manager::${seller_account}:license:l-$(printf '%032d' "$run_id")"
+web_agreement="agmt-web${run_id}"
+seed_customer() {
+    curl -sf -X POST "$double_url/_double/customers" -H 'content-type: application/json' \
+        -d "{\"token\":\"$1\",\"customer_aws_account_id\":\"$globex_account\",\"license_arn\":\"$2\",\"product_code\":\"$product\"}" \
+        >/dev/null || die "the double refused the customer for token $1"
+}
+seed_customer "$web_token" "$web_license"
+
+api_token="demo-api-token-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+base="http://127.0.0.1:$port"
+# --worker: the same process consumes the queue (with `run`'s flags), sharing the database pool.
+"$mplink" --database-url "$db" serve --listen "127.0.0.1:$port" --api-token "$api_token" \
+    --marketplace-endpoint-url "$double_url" --example \
+    --worker --queue-url "$queue_url" --wait-time 1 --http-addr 127.0.0.1:0 \
+    --sns-cert-url-prefix "$AWS_ENDPOINT_URL/_aws/sns/" --allowed-topic-arn "$subscription_topic" \
+    >"$tmp/serve.log" 2>&1 &
+serve_pid=$!
+background+=("$serve_pid")
+for _ in $(seq 1 100); do
+    curl -sf "$base/example/" >/dev/null 2>&1 && break
+    kill -0 "$serve_pid" 2>/dev/null || die "mplink serve exited: $(tail -n 20 "$tmp/serve.log")"
+    sleep 0.2
+done
+curl -sf "$base/example/" >/dev/null || die "mplink serve did not answer on $base"
+echo "Marketplace double: $double_url"
+echo "mplink serve:       $base   (API: $base/v1/…, OpenAPI: $base/openapi.json)"
+echo "example host:       $base/example/"
+echo "landing:            $base/example/aws-landing.html?token=$web_token"
+
+# Below, curl plays the browser on the same pages' backend (/example/api/…, which calls /v1
+# with the token server-side); tests/browser.rs drives the very same path in Chromium.
+heading "AWS Marketplace posts the buyer's token to /marketplace/register"
+read -r code location < <(curl -s -o /dev/null -w '%{http_code} %{redirect_url}\n' \
+    --data-urlencode "x-amzn-marketplace-token=$web_token" "$base/marketplace/register")
+[ "$code" = 303 ] || die "/marketplace/register answered $code, not 303 ($(tail -n 5 "$tmp/serve.log"))"
+registration="${location##*registration=}"
+echo "  303 See Other → $location"
+
+heading "Select an Organization to Link: mplink's verdict on each of the user's organizations"
+curl -sf "$base/example/api/registrations/$registration/organizations" >"$tmp/orgs.json" \
+    || die "the organization list did not load"
+python3 - "$tmp/orgs.json" <<'EOF' || die "the organization list is not as expected (see above)"
+import json, sys
+orgs = json.load(open(sys.argv[1]))["organizations"]
+for o in orgs:
+    print("  %-10s %-26s %s" % (o["name"], o["billing_today"],
+          "[Link]" if o["linkable"] else "[Link disabled] tooltip: " + o["reason_text"]))
+linkable = [o["org_id"] for o in orgs if o["linkable"]]
+assert linkable == ["org-acme"], linkable
+assert all(o["reason_text"] for o in orgs if not o["linkable"])
+EOF
+
+billing() { curl -sf "$base/example/api/organizations/org-acme/billing" >"$tmp/billing.json"; }
+show_billing() {
+    python3 - "$tmp/billing.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1])); b = d["billing"]
+print("  payment method: %s   Edit: %s   link: %s" % (b["payment_method_text"] or "none",
+      "enabled" if b["edit_enabled"] else "disabled", b["link_state"]))
+if b["notice"]:
+    print("  notice: " + b["notice"])
+print("  resources: " + ", ".join(r["name"] for r in d["resources"]))
+EOF
+}
+# wait_billing EXPR WHAT: polls the billing page's view (as the page does, every second) until
+# the Python expression EXPR over b (mplink's billing view) holds.
+wait_billing() {
+    for _ in $(seq 1 60); do
+        if billing && python3 -c 'import json, sys
+b = json.load(open(sys.argv[1]))["billing"]
+sys.exit(0 if eval(sys.argv[2]) else 1)' "$tmp/billing.json" "$1"; then
+            show_billing
+            return
+        fi
+        sleep 0.5
+    done
+    die "the billing page never showed $2 (last: $(cat "$tmp/billing.json" 2>/dev/null); serve log: $(tail -n 5 "$tmp/serve.log"))"
+}
+
+heading "The buyer links Acme Corp: the billing page shows the sync in progress"
+curl -sf -X POST -H 'content-type: application/json' -d '{"org_id":"org-acme"}' \
+    "$base/example/api/registrations/$registration/link" >/dev/null || die "linking org-acme failed"
+wait_billing 'b["syncing"] and b["payment_method"] is None' "the syncing notice"
+
+web_license_detail="{\"agreement\":{\"id\":\"$web_agreement\"},\"product\":{\"code\":\"$product\",\"id\":\"prod-demo\"},\"license\":{\"arn\":\"$web_license\"}}"
+heading "AWS Marketplace confirms (EventBridge → SQS → the worker inside mplink serve)"
+put_event "Purchase Agreement Created - Proposer" \
+    "{\"agreement\":{\"id\":\"$web_agreement\",\"intent\":\"NEW\",\"status\":\"ACTIVE\"}}"
+put_event "License Updated - Manufacturer" "$web_license_detail"
+wait_billing 'b["payment_method"] == "aws_marketplace" and not b["edit_enabled"]' "the AWS Marketplace subscription"
+
+heading "The buyer cancels: the agreement ends, then the license is deprovisioned"
+# EventBridge event times have second resolution and order the events: keep them apart.
+sleep 1
+put_event "Purchase Agreement Ended - Proposer" \
+    "{\"agreement\":{\"id\":\"$web_agreement\",\"status\":\"CANCELLED\"}}"
+wait_billing 'b["link_state"] == "unlink_pending"' "the pending cancellation"
+sleep 1
+put_event "License Deprovisioned - Manufacturer" "$web_license_detail"
+wait_billing 'b["link_state"] == "unlinked" and b["payment_method"] is None and b["edit_enabled"] and b["notice"]' \
+    "no payment method with the notice that the data was kept"
+
+# With Chromium installed (scripts/chromium.sh ensure), a look at the pages the buyer saw.
+if command -v chromium >/dev/null 2>&1; then
+    heading "Screenshots of the example pages (headless Chromium)"
+    shoot() {
+        # --no-sandbox: Chromium's sandbox cannot start as root in a container.
+        if timeout 60 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+            --window-size=1100,760 --virtual-time-budget=3000 --screenshot="$PWD/demo/$1.png" \
+            "$2" >/dev/null 2>&1; then
+            echo "  demo/$1.png"
+        else
+            echo "  (no screenshot of $2: chromium failed)"
+        fi
+    }
+    shoot select "$base/example/select.html?registration=$registration"
+    shoot billing "$base/example/billing.html?org=org-acme"
+fi
+
 echo
-echo "Demo passed: both organizations were linked, then unlinked; their clusters are untouched."
+echo "Demo passed: both organizations were linked, then unlinked; their clusters are untouched;"
+echo "the buyer's path through mplink serve went from the landing to linked to cancelled."
 echo "Database: $PWD/$db_file (try: $mplink --database-url $db status --json)"
+echo "The same path in Chromium, with screenshots: cargo test --test browser (target/browser-artifacts/)"
+if [ "${MPLINK_DEMO_KEEP_SERVING:-}" = 1 ]; then
+    fresh="demo-registration-token-${run_id}-browser"
+    seed_customer "$fresh" "arn:aws:license-manager::${seller_account}:license:l-$(printf '%031d9' "$run_id")"
+    echo
+    echo "Serving until Ctrl-C. Open in a browser: $base/example/aws-landing.html?token=$fresh"
+    echo "(the link then stays syncing until AWS's events for its license arrive, as above)"
+    wait "$serve_pid" || true
+fi
 echo "LocalStack keeps running for another try; stop it with: scripts/localstack.sh stop"

@@ -26,6 +26,8 @@ fi
 if [ "$MPLINK_TEST_POSTGRES_URL" = off ]; then echo "PostgreSQL tests: off"; else echo "PostgreSQL tests: on"; fi
 
 scripts/localstack.sh start
+# Debian's Chromium and chromedriver for the browser test (tests/browser), installed if missing.
+scripts/chromium.sh ensure
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
 
 cargo fmt --all -- --check

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 /// The life of one AWS subscription (legacy customer or EventBridge agreement).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SubState {
     /// Known, but AWS has not confirmed it.
@@ -545,7 +545,7 @@ impl LinkRequest {
 }
 
 /// The link's billing state as the organization sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkState {
     /// Linked, waiting for AWS to confirm; payment method empty.
@@ -588,7 +588,7 @@ impl fmt::Display for LinkState {
 }
 
 /// An organization's payment method, as far as mplink owns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentMethod {
     /// "AWS Marketplace Subscription", not editable by the customer.
@@ -600,6 +600,13 @@ impl PaymentMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             PaymentMethod::AwsMarketplace => "aws_marketplace",
+        }
+    }
+
+    /// What the billing page and the `status` table show for it.
+    pub fn display_text(self) -> &'static str {
+        match self {
+            PaymentMethod::AwsMarketplace => "AWS Marketplace Subscription",
         }
     }
 }

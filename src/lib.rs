@@ -3,8 +3,10 @@
 //! The path of one message: [`event`] decodes it, [`verify`] decides whether to trust it,
 //! [`ledger`] decides what it does (pure), [`store`] records the decision in one transaction.
 //! [`process`] is that path; [`consumer`] feeds it from SQS, [`app`] runs the consumer with its
-//! [`http`] surface, [`dlq`] replays dead letters through it. [`cli`] drives everything.
+//! [`http`] surface, [`dlq`] replays dead letters through it. [`api`] is the HTTP API the host
+//! application builds the buyer's pages on. [`cli`] drives everything.
 
+pub mod api;
 pub mod app;
 pub mod aws;
 pub mod backoff;
@@ -17,6 +19,7 @@ pub mod failpoint;
 pub mod healthcheck;
 pub mod http;
 pub mod ledger;
+pub mod marketplace_double;
 pub mod metrics;
 pub mod outbox;
 pub mod process;

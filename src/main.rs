@@ -7,7 +7,9 @@ fn main() -> ExitCode {
     let cli = mplink::cli::Cli::parse();
     // The worker reports what it does; one-shot commands speak only when something is wrong.
     let default_filter = match cli.command {
-        mplink::cli::Command::Run(_) | mplink::cli::Command::Provision(_) => "info",
+        mplink::cli::Command::Run(_)
+        | mplink::cli::Command::Serve(_)
+        | mplink::cli::Command::Provision(_) => "info",
         _ => "warn",
     };
     mplink::telemetry::init(mplink::telemetry::LogFormat::from_env(), default_filter);

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// Time from an outbox row's commit to its delivery.
     pub webhook_latency_seconds: Histogram,
+    /// Error answers of the HTTP API, by stable code.
+    pub api_errors: IntCounterVec,
+    /// Buyers' landings on `/marketplace/register`, by outcome.
+    pub registrations: IntCounterVec,
 }
 
 /// The outcomes `mplink_webhook_deliveries_total` counts.
@@ -166,11 +170,29 @@ impl Metrics {
         for o in WEBHOOK_OUTCOMES {
             webhook_deliveries.with_label_values(&[o]);
         }
+        let api_errors = IntCounterVec::new(
+            Opts::new(
+                "mplink_api_errors_total",
+                "Error answers of the HTTP API, by stable code",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let registrations = IntCounterVec::new(
+            Opts::new(
+                "mplink_registrations_total",
+                "Buyers' landings from AWS Marketplace, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(outbox_pending.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(outbox_oldest_age_seconds.clone()),
             Box::new(webhook_deliveries.clone()),
             Box::new(webhook_latency_seconds.clone()),
+            Box::new(api_errors.clone()),
+            Box::new(registrations.clone()),
             Box::new(received.clone()),
             Box::new(outcomes.clone()),
             Box::new(rejected.clone()),
@@ -214,6 +236,8 @@ impl Metrics {
             outbox_oldest_age_seconds,
             webhook_deliveries,
             webhook_latency_seconds,
+            api_errors,
+            registrations,
         }
     }
 

@@ -33,6 +33,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Consume the SQS queue: apply every message, serve /healthz, /readyz and /metrics.
     Run(RunArgs),
+    /// Serve the HTTP API: the AWS Marketplace landing, the host application's /v1 routes
+    /// (registrations, organizations to link, the link, billing, events) and /openapi.json;
+    /// with --worker, also consume the queue in this process.
+    Serve(super::ServeArgs),
     /// Create the queue, dead-letter queue, policy, SNS subscriptions and EventBridge rule
     /// (idempotent; for local use and tests, production uses the deploy templates).
     Provision(ProvisionArgs),

@@ -7,6 +7,8 @@ mod dlq;
 mod error;
 mod output;
 mod provision;
+mod serve;
+mod serve_args;
 mod status;
 mod worker;
 mod worker_args;
@@ -15,6 +17,7 @@ pub use apply::{inbound_from_line, ApplySummary};
 pub use args::*;
 pub use error::CliError;
 pub use output::render_table;
+pub use serve_args::{ApiArgs, ServeArgs};
 pub use worker_args::{RunArgs, VerifyArgs, WebhookArgs};
 
 use crate::config::{DatabaseUrl, DEFAULT_DATABASE_URL};
@@ -87,6 +90,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let worker_url = url.clone();
             with_store(&url, |store| async move {
                 worker::run(&store, &worker_url, args).await
+            })
+            .await
+        }
+        Command::Serve(args) => {
+            let api_url = url.clone();
+            with_store(&url, |store| async move {
+                serve::serve(&store, &api_url, args).await
             })
             .await
         }

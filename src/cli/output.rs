@@ -78,7 +78,7 @@ fn table_cells(r: &StatusRow) -> [String; 10] {
         r.link_state.map_or_else(dash, |s| s.to_string()),
         match (r.link_state, r.payment_method) {
             (None, _) => dash(),
-            (Some(_), Some(_)) => "AWS Marketplace Subscription".to_string(),
+            (Some(_), Some(method)) => method.display_text().to_string(),
             (Some(_), None) => "(none)".to_string(),
         },
         r.last_event_time.clone().unwrap_or_else(dash),

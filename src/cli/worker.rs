@@ -2,13 +2,34 @@
 
 use super::{CliError, RunArgs};
 use crate::config::DatabaseUrl;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 pub(super) async fn run(
     store: &Store,
     url: &DatabaseUrl,
     args: RunArgs,
+) -> Result<ExitCode, CliError> {
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::app::shutdown_signal().await;
+        on_signal.cancel();
+    });
+    run_until(store, url, args, None, shutdown).await
+}
+
+/// The worker until `shutdown` (or an idle queue with `--exit-when-idle`), counting in `metrics`
+/// when given (`mplink serve --worker` shares the API's).
+pub(super) async fn run_until(
+    store: &Store,
+    url: &DatabaseUrl,
+    args: RunArgs,
+    metrics: Option<Arc<Metrics>>,
+    shutdown: CancellationToken,
 ) -> Result<ExitCode, CliError> {
     // A webhook URL that is not http(s), or URLs without a secret, stop the start.
     let webhooks = args.webhooks.config()?;
@@ -37,14 +58,11 @@ pub(super) async fn run(
         exit_when_idle = config.exit_when_idle,
         "mplink worker starting"
     );
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        crate::app::shutdown_signal().await;
-        on_signal.cancel();
-    });
     tracing::info!(verify = ?args.verify.config(), "trusting");
-    let pipeline = args.verify.pipeline(store)?;
+    let mut pipeline = args.verify.pipeline(store)?;
+    if let Some(metrics) = metrics {
+        pipeline.metrics = metrics;
+    }
     // The deliverer stops with the worker, whether a signal or an idle queue stopped it.
     let deliverer_stop = shutdown.child_token();
     let deliverer = crate::outbox::commands::spawn_deliverer(

@@ -5,6 +5,7 @@
 mod listen;
 mod outbox;
 mod reach;
+mod registrations;
 mod rows;
 mod view;
 
@@ -21,8 +22,11 @@ pub use listen::OutboxListener;
 pub use outbox::{
     AttemptResult, OutboxStats, OUTBOX_CHANNEL, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING,
 };
-pub use rows::{status_rows, StatusDetails, StatusFilter, StatusRow};
 pub use reach::LinkRows;
+pub use registrations::{
+    still_billing, LinkRefusal, NewRegistration, Registration, RegistrationLink,
+};
+pub use rows::{status_rows, StatusDetails, StatusFilter, StatusRow};
 pub use view::{StatusPages, STATUS_PAGE_ROWS};
 
 /// The embedded, versioned migrations in `migrations/`.
@@ -648,33 +652,46 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         let mut tx = self.begin().await?;
         outbox::lock(&mut tx).await?;
+        let previous = self.link_in(&mut tx, link, link_key).await?;
+        tx.commit().await.map_err(q("committing a link"))?;
+        Ok(previous)
+    }
+
+    /// The link itself, in `tx` (which holds the outbox lock): records the link, moving it from
+    /// the organization that held `link_key` if any (returned), and writes the outbox rows of
+    /// every organization whose view changed.
+    async fn link_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        link: &LinkRequest,
+        link_key: &str,
+    ) -> Result<Option<String>, StoreError> {
         let previous: Option<String> = sqlx::query_scalar(
             "SELECT org_id FROM mplink_org_links WHERE link_key = $1 AND org_id <> $2",
         )
         .bind(link_key)
         .bind(&link.org_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(q("looking up an existing link"))?;
         // Everyone this link can change: the organization itself, the one losing the
         // subscription, and those whose links share its subscriptions (a registration by license
         // takes its agreement away from one by account).
-        let reached =
-            reach::load_link_rows(self.backend, &mut tx, std::slice::from_ref(link)).await?;
+        let reached = reach::load_link_rows(self.backend, tx, std::slice::from_ref(link)).await?;
         let mut orgs = outbox::affected_orgs(
             self.backend,
-            &mut tx,
+            tx,
             &reached.subscriptions.iter().collect::<Vec<_>>(),
         )
         .await?;
         orgs.insert(link.org_id.clone());
         orgs.extend(previous.clone());
-        let views_before = outbox::org_views(self.backend, &mut tx, &orgs).await?;
+        let views_before = outbox::org_views(self.backend, tx, &orgs).await?;
         if previous.is_some() {
             sqlx::query("DELETE FROM mplink_org_links WHERE link_key = $1 AND org_id <> $2")
                 .bind(link_key)
                 .bind(&link.org_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(q("moving a link"))?;
         }
@@ -693,10 +710,10 @@ impl Store {
         .bind(&link.customer_aws_account_id)
         .bind(&link.license_arn)
         .bind(link.requested_at_ms)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(q("recording a link"))?;
-        let views_after = outbox::org_views(self.backend, &mut tx, &orgs).await?;
+        let views_after = outbox::org_views(self.backend, tx, &orgs).await?;
         let cause = format!("link:{}:{}", link.org_id, link.requested_at_ms);
         let new = outbox::diff(
             &views_before,
@@ -704,8 +721,7 @@ impl Store {
             Some(&link.org_id),
             |_, _, _| (cause.clone(), link.requested_at_ms),
         );
-        outbox::insert(self.backend, &mut tx, &new, now_ms()).await?;
-        tx.commit().await.map_err(q("committing a link"))?;
+        outbox::insert(self.backend, tx, &new, now_ms()).await?;
         Ok(previous)
     }
 
@@ -884,6 +900,9 @@ fn link_keys_naming(sub: &Subscription) -> Vec<String> {
     }
     keys
 }
+
+/// Who holds a link key: [`Store::link_key_holder`] and the registration link's check.
+const SELECT_LINK_KEY_HOLDER: &str = "SELECT org_id FROM mplink_org_links WHERE link_key = $1";
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {

@@ -2,7 +2,9 @@
 //! the reference model the ledger is checked against.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod localstack;
+pub mod marketplace;
 
 use mplink::config::DatabaseUrl;
 use mplink::event::{decode, Event, InboundMessage};

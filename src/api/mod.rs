@@ -1,0 +1,98 @@
+//! The HTTP API the host application (the SaaS's own web app) builds the buyer's pages on, and
+//! the landing AWS Marketplace sends the buyer to. `mplink serve` runs it ([`serve`]); the
+//! worker's health endpoints stay apart in [`crate::http`].
+//!
+//! [`auth`] checks the host's bearer tokens, [`error`] shapes every `/v1` error as JSON,
+//! [`reasons`] is the one home of why an organization cannot be linked, [`routes`] holds the
+//! handlers and the OpenAPI description generated from them.
+
+pub mod auth;
+pub mod error;
+pub mod example;
+pub mod reasons;
+pub mod routes;
+pub mod state;
+
+pub use auth::ApiTokens;
+pub use state::{ApiState, SelectUrl, DEFAULT_REGISTRATION_TTL};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use axum::Router;
+use error::ApiError;
+use tokio::net::TcpListener;
+
+/// Largest `/v1` request body, bytes: larger ones get 413 `body_too_large`.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Largest registration form AWS Marketplace may post, bytes.
+pub const FORM_BODY_LIMIT: usize = 16 * 1024;
+
+/// What the router serves besides the API itself.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// Serve the example host pages under `/example/` (`mplink serve --example`); their backend
+    /// calls `/v1` with this token (the first configured).
+    pub example: Option<secrecy::SecretString>,
+}
+
+/// The whole router: `/marketplace/register`, `/v1/*` behind the bearer tokens, `/openapi.json`
+/// and `/healthz`.
+pub fn router(state: ApiState, options: &ApiOptions) -> Router {
+    use routes::{billing, events, openapi, register, registrations};
+    let v1 = Router::new()
+        .route("/registrations/{id}", get(registrations::get))
+        .route(
+            "/registrations/{id}/organizations",
+            post(registrations::organizations),
+        )
+        .route("/registrations/{id}/link", post(registrations::link))
+        .route("/organizations/{org_id}/billing", get(billing::get))
+        .route("/events", get(events::get))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), auth::require_token))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    let app = Router::new()
+        .route(
+            "/marketplace/register",
+            post(register::register).layer(DefaultBodyLimit::max(FORM_BODY_LIMIT)),
+        )
+        .route("/openapi.json", get(openapi::get))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .nest("/v1", v1.clone())
+        .fallback(route_not_found);
+    let app = match &options.example {
+        Some(token) => {
+            let v1 = Router::new().nest("/v1", v1).with_state(state.clone());
+            app.merge(example::router(v1, token.clone()))
+        }
+        None => app,
+    };
+    app.layer(from_fn_with_state(state.clone(), error::count_errors))
+        .with_state(state)
+}
+
+async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().chars().take(200).collect(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Serves the API on `listener` until `state.shutdown` is cancelled (long polls answer then).
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    options: ApiOptions,
+) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    axum::serve(listener, router(state, &options))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

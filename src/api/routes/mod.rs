@@ -1,0 +1,69 @@
+//! The API's handlers, one module per resource, and the checks of what paths carry.
+
+pub mod billing;
+pub mod events;
+pub mod openapi;
+pub mod register;
+pub mod registrations;
+
+use super::error::ApiError;
+
+/// Longest organization id accepted.
+pub const MAX_ORG_ID_CHARS: usize = 128;
+
+/// Refuses an organization id that is empty, longer than [`MAX_ORG_ID_CHARS`], padded with
+/// whitespace or holding control characters.
+pub fn check_org_id(field: &str, org_id: &str) -> Result<(), ApiError> {
+    let problem = if org_id.is_empty() {
+        "is empty"
+    } else if org_id.chars().count() > MAX_ORG_ID_CHARS {
+        "is longer than 128 characters"
+    } else if org_id.trim() != org_id {
+        "starts or ends with whitespace"
+    } else if org_id.chars().any(char::is_control) {
+        "holds control characters"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::field(field, problem))
+}
+
+/// True for what [`register::new_registration_id`] makes: `reg_` and 32 lowercase hex digits.
+pub fn check_registration_id(id: &str) -> bool {
+    id.strip_prefix("reg_").is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn organization_ids_are_checked() {
+        assert!(check_org_id("org_id", "org-1").is_ok());
+        assert!(check_org_id("org_id", &"x".repeat(128)).is_ok());
+        for bad in ["", " org", "org\n", "a\u{7}b"] {
+            assert!(check_org_id("org_id", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_org_id("org_id", &"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn registration_ids_are_checked() {
+        assert!(check_registration_id(
+            "reg_0123456789abcdef0123456789abcdef"
+        ));
+        for bad in [
+            "reg_0123456789ABCDEF0123456789abcdef",
+            "reg_0123",
+            "0123456789abcdef0123456789abcdef",
+            "reg_0123456789abcdef0123456789abcdeg",
+        ] {
+            assert!(!check_registration_id(bad), "{bad}");
+        }
+    }
+}
