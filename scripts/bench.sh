@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks that print figures (never timed tests): the apply engine's throughput, the
-# per-organization lookups and whole-ledger status at scale, and the worker draining a queue
-# against the bare SQS loop (scripts/bench/worker.sh), on SQLite and PostgreSQL.
+# per-organization lookups and whole-ledger status at scale, a link change's way to its webhook,
+# and the worker draining a queue against the bare SQS loop (scripts/bench/worker.sh), on SQLite
+# and PostgreSQL.
 #
 #   scripts/bench.sh                  # 1,000,000 subscriptions, 200,000 links (the size)
 #   scripts/bench.sh --size 10000     # a quick run: 10,000 subscriptions, 2,000 links
@@ -39,6 +40,9 @@ fi
 if [ "$lookup" = 1 ]; then
     MPLINK_BENCH_BIN="$PWD/target/release/mplink" MPLINK_BENCH_OUT="$PWD/target/bench/lookup.json" \
         cargo bench --locked --bench lookup
+fi
+if [ "$lookup" = 1 ]; then
+    cargo bench --locked --bench webhook_latency
 fi
 if [ "$worker" = 1 ]; then
     scripts/bench/worker.sh
