@@ -30,11 +30,26 @@ scripts/localstack.sh start
 scripts/chromium.sh ensure
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
 
+# The production templates: both stacks linted, the queue stack deployed to LocalStack and
+# exercised end to end, the Dockerfile linted with hadolint (scripts/hadolint.sh). It mostly
+# waits on LocalStack, so it runs while the code is linted and compiled; its log follows.
+deploy_log="$(mktemp)"
+bash scripts/check-deploy.sh >"$deploy_log" 2>&1 &
+deploy_pid=$!
+
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-# The production templates: both stacks linted, the queue stack deployed to LocalStack and
-# exercised end to end, the Dockerfile linted with hadolint (scripts/hadolint.sh).
-bash scripts/check-deploy.sh
+cargo test --locked --no-run
+cargo test --locked --no-run --test faults
+
+deploy_status=0
+wait "$deploy_pid" || deploy_status=$?
+cat "$deploy_log"
+rm -f "$deploy_log"
+if [ "$deploy_status" != 0 ]; then
+    echo "scripts/check-deploy.sh failed (exit status $deploy_status)" >&2
+    exit 1
+fi
 # The fault suite, one scenario at a time so they do not distort each other's figures; its
 # summary tables are printed. MPLINK_FAULT_SCALE=10 runs it ten times bigger.
 cargo test --locked --test faults -- --nocapture --test-threads=1
