@@ -17,6 +17,7 @@ pub mod failpoint;
 pub mod healthcheck;
 pub mod http;
 pub mod ledger;
+pub mod marketplace_double;
 pub mod metrics;
 pub mod outbox;
 pub mod process;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod localstack;
+pub mod marketplace;
 
 use mplink::config::DatabaseUrl;
 use mplink::event::{decode, Event, InboundMessage};
