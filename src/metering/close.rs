@@ -1,0 +1,109 @@
+//! Closing hours: usage becomes meter records, once across replicas (see
+//! [`crate::store::Store::close_hour`] for the serialization).
+
+use super::{hour_of, MeterConfig, HOUR_MS};
+use crate::ledger::{LinkState, SubState};
+use crate::store::{CloseRules, MeterTarget, Store, StoreError};
+
+/// Links resolved per lookup, as the status view does.
+const RESOLVE_CHUNK: usize = 100;
+
+/// What one pass of [`close_due`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloseSummary {
+    /// Hours this replica closed.
+    pub hours_closed: Vec<i64>,
+    /// Subscriptions whose final usage this replica closed.
+    pub finals_closed: Vec<String>,
+    /// Records written.
+    pub records: usize,
+}
+
+/// The subscriptions metered now: each linked organization's subscription while it is active
+/// (linked) or cancelling (unlink pending), with the link's identifiers filling what the
+/// subscription has not learned yet.
+pub async fn metered_targets(store: &Store) -> Result<Vec<MeterTarget>, StoreError> {
+    let links = store.links().await?;
+    let mut out = Vec::new();
+    for chunk in links.chunks(RESOLVE_CHUNK) {
+        let rows = store.link_rows(chunk).await?;
+        for link in chunk {
+            let view = rows.resolve(link);
+            let Some(sub) = view.subscription else {
+                continue;
+            };
+            let metered = matches!(view.state, LinkState::Linked | LinkState::UnlinkPending)
+                && matches!(sub.state, SubState::Active | SubState::Cancelling);
+            if !metered {
+                continue;
+            }
+            out.push(MeterTarget {
+                sub_key: sub.key.clone(),
+                product_code: sub.product_code.clone().or(Some(link.product_code.clone())),
+                customer_aws_account_id: sub
+                    .customer_aws_account_id
+                    .clone()
+                    .or(link.customer_aws_account_id.clone()),
+                license_arn: sub.license_arn.clone().or(link.license_arn.clone()),
+                customer_identifier: sub
+                    .customer_identifier
+                    .clone()
+                    .or(link.customer_identifier.clone()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Closes every hour that is due at `now_ms` (ended more than the grace ago) and not closed
+/// yet, and the final usage of every cancelled subscription that has usage.
+pub async fn close_due(
+    store: &Store,
+    config: &MeterConfig,
+    now_ms: i64,
+) -> Result<CloseSummary, StoreError> {
+    let rules = CloseRules {
+        expired_before_ms: config.expired_before(now_ms),
+        now_ms,
+    };
+    let mut summary = CloseSummary::default();
+    // The newest hour that ended at least the grace ago, and any older hour holding usage.
+    let newest = hour_of(now_ms - config.close_grace.as_millis() as i64) - HOUR_MS;
+    let mut hours = store.unclosed_usage_hours(newest).await?;
+    if !store.is_hour_closed(newest).await? {
+        hours.push(newest);
+    }
+    if !hours.is_empty() {
+        let targets = metered_targets(store).await?;
+        for hour in hours {
+            // Zero records only where they could still be sent.
+            let zero: &[MeterTarget] = if hour + HOUR_MS - 1_000 < rules.expired_before_ms {
+                &[]
+            } else {
+                &targets
+            };
+            if let Some(n) = store
+                .close_hour(hour, zero, &config.zero_dimensions, &config.owner, rules)
+                .await?
+            {
+                tracing::info!(hour = %super::send::rfc3339(hour), records = n, "closed a metering hour");
+                summary.hours_closed.push(hour);
+                summary.records += n;
+            }
+        }
+    }
+    for (target, state) in store.final_usage_due().await? {
+        // A cancelling subscription is still linked: it gets zero records like any hour's.
+        let zero: &[String] = if state == SubState::Cancelling.as_str() {
+            &config.zero_dimensions
+        } else {
+            &[]
+        };
+        if let Some(n) = store.close_final(&target, zero, rules).await? {
+            tracing::info!(sub_key = %target.sub_key, records = n, "closed final usage of a cancelled subscription");
+            summary.finals_closed.push(target.sub_key.clone());
+            summary.records += n;
+        }
+    }
+    Ok(summary)
+}
