@@ -567,6 +567,90 @@ async fn a_crash_between_answer_and_commit_resends_identical_records(backend: Ba
     s.db.cleanup().await;
 }
 
+fn mplink(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
+        .args(args)
+        .env("MPLINK_DATABASE_URL", db.url.expose())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn usage_and_meter_commands() {
+    let s = Story::new(Backend::Sqlite).await;
+    s.subscribed("org-a", "cust-a").await;
+    let time = mplink::metering::send::rfc3339(s.at(1, 10));
+    let record = |key: &str, org: &str, quantity: &str| {
+        mplink(
+            &s.db,
+            &[
+                "usage",
+                "record",
+                "--org",
+                org,
+                "--dimension",
+                DIM,
+                &format!("--quantity={quantity}"),
+                "--time",
+                &time,
+                "--key",
+                key,
+                "--json",
+            ],
+        )
+    };
+    let (code, out, err) = record("cli-1", "org-a", "3");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["accepted"].as_bool(), v["replayed"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let (code, out, _) = record("cli-1", "org-a", "3");
+    assert_eq!(code, 0);
+    assert!(out.contains("\"replayed\":true"), "{out}");
+    let (code, out, _) = record("cli-2", "org-unknown", "3");
+    assert_eq!(code, i32::from(mplink::cli::EXIT_REFUSED));
+    assert!(out.contains("not_linked"), "{out}");
+    let (code, _, err) = record("cli-3", "org-a", "-1");
+    assert_eq!(code, 1);
+    assert!(err.contains("quantity"), "{err}");
+    let (code, _, err) = record("cli-1", "org-a", "4");
+    assert_eq!(code, 1, "a key reused for another report is an error");
+    assert!(err.contains("already used"), "{err}");
+
+    s.tick_at(s.now).await;
+    let (code, out, err) = mplink(&s.db, &["meter", "status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let hour = rows
+        .iter()
+        .find(|r| r["hour"] == mplink::metering::send::rfc3339(s.at(1, 0)))
+        .expect("the hour's record");
+    assert_eq!(
+        (hour["quantity"].as_i64(), hour["status"].as_str()),
+        (Some(3), Some("Success"))
+    );
+    let (code, out, _) = mplink(&s.db, &["meter", "status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Success") && out.contains("usage refused: not_linked 1"),
+        "{out}"
+    );
+    let (code, out, _) = mplink(&s.db, &["meter", "retry"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("0 records"), "{out}");
+    s.db.cleanup().await;
+}
+
 both_backends! {
     meters_each_hour_once_with_zero_records => meters_each_hour_once_with_zero_records;
     throttling_and_unprocessed_records_are_retried => throttling_and_unprocessed_records_are_retried;

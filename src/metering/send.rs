@@ -110,7 +110,15 @@ async fn send_batch(
                 wire.push(u);
                 sendable.push(r);
             }
-            Err(e) => fates.push((r, failed(config, r, e, now_ms))),
+            // Nothing a resend could fix (a sum above AWS's limit, no customer): parked.
+            Err(e) => fates.push((
+                r,
+                MeterResult::Failed {
+                    error: e,
+                    retry_at_ms: now_ms,
+                    park: true,
+                },
+            )),
         }
     }
     if !wire.is_empty() {

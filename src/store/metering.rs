@@ -365,6 +365,23 @@ impl Store {
     /// metering ended (checked under the metering lock, so never into an hour being closed).
     /// Returns the stored row and whether this call inserted it.
     pub async fn insert_usage(&self, report: &UsageRow) -> Result<(UsageRow, bool), StoreError> {
+        // Two writers of one key at once: the loser's insert hits the primary key, and its
+        // second round finds the winner's row.
+        let mut attempt = 0;
+        loop {
+            match self.try_insert_usage(report).await {
+                Err(StoreError::Query {
+                    source: sqlx::Error::Database(db),
+                    ..
+                }) if attempt < 2 && super::is_unique_violation(db.code().as_deref()) => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_insert_usage(&self, report: &UsageRow) -> Result<(UsageRow, bool), StoreError> {
         let mut tx = self.begin().await?;
         meter_lock(self.backend, &mut tx, false).await?;
         let existing = sqlx::query("SELECT * FROM mplink_usage WHERE idempotency_key = $1")
