@@ -651,6 +651,48 @@ async fn usage_and_meter_commands() {
     s.db.cleanup().await;
 }
 
+#[tokio::test]
+async fn metering_figures_reach_the_metrics() {
+    let s = Story::new(Backend::Sqlite).await;
+    s.subscribed("org-a", "cust-a").await;
+    s.usage("org-a", "k1", 5, s.at(1, 10)).await;
+    s.usage("org-x", "k2", 5, s.at(1, 10)).await;
+    let metrics = mplink::metrics::Metrics::new();
+    let meter = mplink::metering::runner::MeterMetrics::new(&metrics).unwrap();
+    s.double
+        .fail_next(Operation::BatchMeterUsage, Failure::Throttling, 1);
+    s.tick_at(s.now).await;
+    meter.refresh(s.store(), s.now).await.unwrap();
+    let text = metrics.render();
+    assert!(
+        text.contains("mplink_meter_records{status=\"unsent\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mplink_usage_refused{reason=\"not_linked\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mplink_meter_final_window_seconds_left 3600"),
+        "{text}"
+    );
+    let age = meter.oldest_unsent_age_seconds.get();
+    assert!((0..=3600).contains(&age), "{age}");
+    s.tick_at(s.now + 1_000).await;
+    meter.refresh(s.store(), s.now).await.unwrap();
+    let text = metrics.render();
+    assert!(
+        text.contains("mplink_meter_records{status=\"unsent\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mplink_meter_records{status=\"Success\"} 1"),
+        "{text}"
+    );
+    assert_eq!(meter.oldest_unsent_age_seconds.get(), 0);
+    s.db.cleanup().await;
+}
+
 both_backends! {
     meters_each_hour_once_with_zero_records => meters_each_hour_once_with_zero_records;
     throttling_and_unprocessed_records_are_retried => throttling_and_unprocessed_records_are_retried;

@@ -3,12 +3,36 @@
 
 use super::close::{close_due, CloseSummary};
 use super::send::{send_due, SendSummary};
-use super::{MeterConfig, HOUR_MS};
+use super::{MeterConfig, Refusal, HOUR_MS};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Store, StoreError};
+use crate::store::{
+    METER_DUPLICATE, METER_EXPIRED, METER_FAILED, METER_NOT_SUBSCRIBED, METER_STOPPED,
+    METER_SUCCESS, METER_UNSENT,
+};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use tokio_util::sync::CancellationToken;
+
+/// Every status a meter record can have.
+const METER_STATUSES: [&str; 7] = [
+    METER_UNSENT,
+    METER_SUCCESS,
+    METER_NOT_SUBSCRIBED,
+    METER_DUPLICATE,
+    METER_EXPIRED,
+    METER_STOPPED,
+    METER_FAILED,
+];
+
+/// Every reason a report is refused for.
+const REFUSALS: [Refusal; 5] = [
+    Refusal::NotLinked,
+    Refusal::SubscriptionCancelled,
+    Refusal::CustomerNotSubscribed,
+    Refusal::HourClosed,
+    Refusal::TooOld,
+];
 
 /// The metering figures on `/metrics`.
 #[derive(Clone)]
@@ -75,11 +99,16 @@ impl MeterMetrics {
     /// Publishes the database's figures.
     pub async fn refresh(&self, store: &Store, now: i64) -> Result<(), StoreError> {
         let stats = store.meter_stats().await?;
-        for (status, n) in &stats.by_status {
-            self.records.with_label_values(&[status]).set(*n);
+        // Every status and reason is set, to zero when absent, so none keeps a stale value.
+        for status in METER_STATUSES {
+            let n = stats.by_status.get(status).copied().unwrap_or(0);
+            self.records.with_label_values(&[status]).set(n);
         }
-        for (reason, n) in &stats.refused {
-            self.usage_refused.with_label_values(&[reason]).set(*n);
+        for reason in REFUSALS {
+            let n = stats.refused.get(reason.as_str()).copied().unwrap_or(0);
+            self.usage_refused
+                .with_label_values(&[reason.as_str()])
+                .set(n);
         }
         self.oldest_unsent_age_seconds.set(
             stats
