@@ -1,0 +1,103 @@
+//! Usage reports: stored once per idempotency key, refused when their hour is closed or
+//! their subscription's metering ended.
+
+use super::{
+    ended_reason, hour_closed, meter_lock, usage_from, UsageRow, ENDED_FINAL, USAGE_ACCEPTED,
+    USAGE_REFUSED,
+};
+use crate::store::{q, Store, StoreError};
+
+impl Store {
+    /// Stores a usage report, or returns the one already stored under its idempotency key.
+    /// An accepted report is refused instead when its hour is closed or its subscription's
+    /// metering ended (checked under the metering lock, so never into an hour being closed).
+    /// Returns the stored row and whether this call inserted it.
+    pub async fn insert_usage(&self, report: &UsageRow) -> Result<(UsageRow, bool), StoreError> {
+        // Two writers of one key at once: the loser's insert hits the primary key, and its
+        // second round finds the winner's row.
+        let mut attempt = 0;
+        loop {
+            match self.try_insert_usage(report).await {
+                Err(StoreError::Query {
+                    source: sqlx::Error::Database(db),
+                    ..
+                }) if attempt < 2 && crate::store::is_unique_violation(db.code().as_deref()) => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_insert_usage(&self, report: &UsageRow) -> Result<(UsageRow, bool), StoreError> {
+        let mut tx = self.begin().await?;
+        meter_lock(self.backend, &mut tx, false).await?;
+        let existing = sqlx::query("SELECT * FROM mplink_usage WHERE idempotency_key = $1")
+            .bind(&report.idempotency_key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("reading a usage report"))?;
+        if let Some(row) = existing {
+            return Ok((usage_from(&row)?, false));
+        }
+        let mut row = report.clone();
+        if row.status == USAGE_ACCEPTED {
+            let refusal = match &row.sub_key {
+                Some(sub) => match ended_reason(&mut tx, sub).await? {
+                    Some(r) if r == ENDED_FINAL => Some("subscription_cancelled"),
+                    Some(_) => Some("customer_not_subscribed"),
+                    None if hour_closed(&mut tx, row.usage_hour).await? => Some("hour_closed"),
+                    None => None,
+                },
+                None => Some("not_linked"),
+            };
+            if let Some(reason) = refusal {
+                row.status = USAGE_REFUSED.to_string();
+                row.reason = Some(reason.to_string());
+                row.sub_key = None;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO mplink_usage (idempotency_key, org_id, sub_key, dimension, quantity, usage_time, \
+             usage_hour, status, reason, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&row.idempotency_key)
+        .bind(&row.org_id)
+        .bind(row.sub_key.clone())
+        .bind(&row.dimension)
+        .bind(row.quantity)
+        .bind(row.usage_time)
+        .bind(row.usage_hour)
+        .bind(&row.status)
+        .bind(row.reason.clone())
+        .bind(row.recorded_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("storing a usage report"))?;
+        tx.commit().await.map_err(q("storing a usage report"))?;
+        Ok((row, true))
+    }
+
+    /// Hours before `before_ms` holding accepted usage that no close has covered yet.
+    pub async fn unclosed_usage_hours(&self, before_ms: i64) -> Result<Vec<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT u.usage_hour FROM mplink_usage u WHERE u.status = 'accepted' \
+             AND u.usage_hour < $1 AND NOT EXISTS \
+             (SELECT 1 FROM mplink_meter_hours h WHERE h.usage_hour = u.usage_hour) ORDER BY u.usage_hour",
+        )
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("finding hours to close"))
+    }
+
+    /// Whether `hour` is closed.
+    pub async fn is_hour_closed(&self, hour: i64) -> Result<bool, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(q("reading closed hours"))?;
+        hour_closed(&mut conn, hour).await
+    }
+}
