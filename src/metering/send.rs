@@ -73,7 +73,9 @@ fn key_of(u: &UsageRecord) -> AnswerKey {
         customer,
         u.license_arn().unwrap_or_default().to_string(),
         u.dimension().to_string(),
-        u.timestamp().to_millis().unwrap_or_default(),
+        // Whole seconds: records are written on the second, and a float round trip may move
+        // the milliseconds.
+        u.timestamp().secs(),
     )
 }
 

@@ -95,7 +95,8 @@ async fn insert_records(
     Ok(written)
 }
 
-/// How a closing decides each record's first status.
+/// How a closing decides each record's first status. Record times are whole seconds (the
+/// hour's last second, or now for a partial hour) so they survive the wire's float seconds.
 #[derive(Debug, Clone, Copy)]
 pub struct CloseRules {
     /// Records with a `record_time` before this are past AWS's window: written `expired`.
@@ -197,7 +198,8 @@ impl Store {
         };
         let is_ended =
             |sub: &str, reason: &str| ended.contains(&(sub.to_string(), reason.to_string()));
-        let record_time = (hour + 3_600_000 - 1_000).min(rules.now_ms);
+        let record_time =
+            (hour + 3_600_000 - 1_000).min(rules.now_ms - rules.now_ms.rem_euclid(1_000));
         let mut records = Vec::new();
         for ((sub, dimension), quantity) in &usage {
             let Some(target) = known.get(sub) else {
@@ -308,7 +310,8 @@ impl Store {
         let records: Vec<NewRecord<'_>> = usage
             .into_iter()
             .map(|((hour, dimension), quantity)| {
-                let record_time = (hour + 3_600_000 - 1_000).min(rules.now_ms);
+                let record_time =
+                    (hour + 3_600_000 - 1_000).min(rules.now_ms - rules.now_ms.rem_euclid(1_000));
                 let (status, last_error) = first_status(target, record_time, rules, false);
                 NewRecord {
                     target,
