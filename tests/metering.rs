@@ -693,7 +693,142 @@ async fn metering_figures_reach_the_metrics() {
     s.db.cleanup().await;
 }
 
+/// The seed story on a new (EventBridge) listing: the records name the buyer by
+/// `CustomerAWSAccountId` + `LicenseArn`, and a deprovisioned license after the cancellation
+/// sends nothing more.
+async fn seed_story_on_an_eventbridge_listing(backend: Backend) {
+    let s = Story::new(backend).await;
+    let (agmt, account) = ("agmt-meter-1", "845735284135");
+    let license = "arn:aws:license-manager::123456789012:license:l-meter0000000000000000000001";
+    s.store()
+        .link(&LinkRequest {
+            org_id: "org-eb".into(),
+            product_code: PRODUCT.into(),
+            customer_identifier: None,
+            customer_aws_account_id: Some(account.into()),
+            license_arn: Some(license.into()),
+            requested_at_ms: s.now - 5 * HOUR_MS,
+        })
+        .await
+        .unwrap();
+    s.double.add_customer(
+        "tok-eb",
+        ResolvedCustomer {
+            customer_aws_account_id: account.into(),
+            license_arn: license.into(),
+            product_code: PRODUCT.into(),
+            customer_identifier: None,
+            agreement_id: Some(agmt.into()),
+        },
+    );
+    let t = s.now - 4 * HOUR_MS;
+    for (id, body) in [
+        (
+            "c-p",
+            agreement_body(
+                "c-p",
+                "Created",
+                "Proposer",
+                agmt,
+                account,
+                serde_json::json!({"intent": "NEW", "status": "ACTIVE"}),
+                t,
+            ),
+        ),
+        (
+            "l-1",
+            license_body(
+                "l-1",
+                "Updated",
+                agmt,
+                PRODUCT,
+                license,
+                account,
+                t + 60_000,
+            ),
+        ),
+    ] {
+        s.store().apply(&decoded(id, &body), &body).await.unwrap();
+    }
+    for (i, hours_back) in [3, 2, 1].into_iter().enumerate() {
+        assert!(
+            s.usage(
+                "org-eb",
+                &format!("u{i}"),
+                1 + i as i64,
+                s.at(hours_back, 30)
+            )
+            .await
+            .accepted
+        );
+    }
+    let ended = agreement_body(
+        "e-p",
+        "Ended",
+        "Proposer",
+        agmt,
+        account,
+        serde_json::json!({"status": "CANCELLED"}),
+        s.now - 1_000,
+    );
+    s.store()
+        .apply(&decoded("e-p", &ended), &ended)
+        .await
+        .unwrap();
+    let (closed, sent) = s.tick_at(s.now).await;
+    assert_eq!(closed.finals_closed.len(), 1, "{closed:?}");
+    assert_eq!(sent.failed, 0, "{sent:?}");
+    for call in s.double.calls_of(Operation::BatchMeterUsage) {
+        for r in call.input["UsageRecords"].as_array().unwrap() {
+            assert_eq!(r["CustomerAWSAccountId"], account);
+            assert_eq!(r["LicenseArn"], license);
+            assert_eq!(
+                r["CustomerIdentifier"], "",
+                "new integrations send no CustomerIdentifier"
+            );
+        }
+    }
+    let billed: BTreeMap<i64, i64> = s
+        .double
+        .metered_records()
+        .iter()
+        .map(|r| (r.hour.timestamp_millis(), r.quantity))
+        .collect();
+    let expected: BTreeMap<i64, i64> = [
+        (s.at(3, 0), 1),
+        (s.at(2, 0), 2),
+        (s.at(1, 0), 3),
+        (hour_of(s.now), 0),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(billed, expected);
+    let gone = license_body(
+        "l-2",
+        "Deprovisioned",
+        agmt,
+        PRODUCT,
+        license,
+        account,
+        s.now,
+    );
+    s.store()
+        .apply(&decoded("l-2", &gone), &gone)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.usage("org-eb", "late", 1, s.now).await.refusal,
+        Some(Refusal::SubscriptionCancelled)
+    );
+    let calls = s.double.calls_of(Operation::BatchMeterUsage).len();
+    s.tick_at(s.now + HOUR_MS).await;
+    assert_eq!(s.double.calls_of(Operation::BatchMeterUsage).len(), calls);
+    assert_no_different_resend(&s.double);
+    s.db.cleanup().await;
+}
+
 both_backends! {
+    seed_story_on_an_eventbridge_listing => seed_story_on_an_eventbridge_listing;
     meters_each_hour_once_with_zero_records => meters_each_hour_once_with_zero_records;
     throttling_and_unprocessed_records_are_retried => throttling_and_unprocessed_records_are_retried;
     customer_not_subscribed_stops_that_customer => customer_not_subscribed_stops_that_customer;
