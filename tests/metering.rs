@@ -491,6 +491,11 @@ async fn seed_story_with_usage(backend: Backend) {
     assert_eq!(s.double.calls_of(Operation::BatchMeterUsage).len(), calls);
     let stats = s.store().meter_stats().await.unwrap();
     assert_eq!(stats.refused.get("subscription_cancelled"), Some(&2));
+    // The customer subscribes again (same legacy subscription key): metering reopens, and usage
+    // for the hour the final close already sent is refused rather than dropped.
+    s.event("resub", "subscribe-success", "cust-1", s.now + 2).await;
+    assert_eq!(s.usage("org-1", "again", 1, s.now).await.refusal, Some(Refusal::HourClosed));
+    assert!(s.store().metering_ended().await.unwrap().is_empty(), "metering reopened");
     assert_no_different_resend(&s.double);
     s.db.cleanup().await;
 }
@@ -648,6 +653,46 @@ async fn usage_and_meter_commands() {
     let (code, out, _) = mplink(&s.db, &["meter", "retry"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("0 records"), "{out}");
+    s.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_meters_until_shutdown() {
+    let s = Story::new(Backend::Sqlite).await;
+    s.subscribed("org-a", "cust-a").await;
+    s.usage("org-a", "k1", 8, s.at(1, 10)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let metrics = mplink::metrics::Metrics::new();
+    let meter = mplink::metering::runner::MeterMetrics::new(&metrics).unwrap();
+    let config = MeterConfig {
+        tick: Duration::from_millis(50),
+        ..s.config.clone()
+    };
+    // AWS throttles the first pass; a later one succeeds.
+    s.double
+        .fail_next(Operation::BatchMeterUsage, Failure::Throttling, 1);
+    let task = tokio::spawn(mplink::metering::runner::run(
+        s.store().clone(),
+        s.client.clone(),
+        config,
+        Some(meter.clone()),
+        stop.clone(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.double.metered_records().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop never metered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the loop stops on shutdown")
+        .unwrap();
+    assert_eq!(s.double.metered_records()[0].quantity, 8);
+    assert_eq!(meter.answers.with_label_values(&["Success"]).get(), 1);
     s.db.cleanup().await;
 }
 

@@ -253,6 +253,7 @@ pub async fn record_usage(
     validate(report, now, config.future_skew)?;
     let usage_time = report.time.timestamp_millis();
     let usage_hour = hour_of(usage_time);
+    let mut reopen = false;
     let refusal_for_link = if usage_time < config.expired_before(now.timestamp_millis()) {
         Err(Refusal::TooOld)
     } else {
@@ -262,6 +263,7 @@ pub async fn record_usage(
                 let view = rows.resolve(&link);
                 match (view.state, view.subscription) {
                     (LinkState::Linked | LinkState::UnlinkPending, Some(sub)) => {
+                        reopen = sub.state == SubState::Active;
                         Ok(sub.key.clone())
                     }
                     (_, Some(sub)) if sub.state == SubState::Cancelled => {
@@ -289,7 +291,7 @@ pub async fn record_usage(
         reason: refusal_for_link.err().map(|r| r.as_str().to_string()),
         recorded_at: now.timestamp_millis(),
     };
-    let (stored, inserted) = store.insert_usage(&row).await?;
+    let (stored, inserted) = store.insert_usage(&row, reopen).await?;
     let replayed = !inserted;
     if replayed
         && (stored.org_id != row.org_id

@@ -7,17 +7,43 @@ use super::{
 };
 use crate::store::{q, Store, StoreError};
 
+/// Whether the (subscription, dimension, hour) record is written already (a final close of a
+/// cancellation covers the current hour before the hourly close does).
+async fn record_exists(
+    conn: &mut sqlx::AnyConnection,
+    sub: &str,
+    dimension: &str,
+    hour: i64,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT usage_hour FROM mplink_meter_records WHERE sub_key = $1 AND dimension = $2 AND usage_hour = $3",
+    )
+    .bind(sub)
+    .bind(dimension)
+    .bind(hour)
+    .fetch_optional(conn)
+    .await
+    .map_err(q("reading meter records"))?;
+    Ok(found.is_some())
+}
+
 impl Store {
     /// Stores a usage report, or returns the one already stored under its idempotency key.
     /// An accepted report is refused instead when its hour is closed or its subscription's
     /// metering ended (checked under the metering lock, so never into an hour being closed).
-    /// Returns the stored row and whether this call inserted it.
-    pub async fn insert_usage(&self, report: &UsageRow) -> Result<(UsageRow, bool), StoreError> {
+    /// Returns the stored row and whether this call inserted it. `reopen`: the subscription is
+    /// active again after a cancellation whose final usage was closed (a legacy customer who
+    /// re-subscribed keeps its subscription key), so its metering starts again.
+    pub async fn insert_usage(
+        &self,
+        report: &UsageRow,
+        reopen: bool,
+    ) -> Result<(UsageRow, bool), StoreError> {
         // Two writers of one key at once: the loser's insert hits the primary key, and its
         // second round finds the winner's row.
         let mut attempt = 0;
         loop {
-            match self.try_insert_usage(report).await {
+            match self.try_insert_usage(report, reopen).await {
                 Err(StoreError::Query {
                     source: sqlx::Error::Database(db),
                     ..
@@ -29,7 +55,11 @@ impl Store {
         }
     }
 
-    async fn try_insert_usage(&self, report: &UsageRow) -> Result<(UsageRow, bool), StoreError> {
+    async fn try_insert_usage(
+        &self,
+        report: &UsageRow,
+        reopen: bool,
+    ) -> Result<(UsageRow, bool), StoreError> {
         let mut tx = self.begin().await?;
         meter_lock(self.backend, &mut tx, false).await?;
         let existing = sqlx::query("SELECT * FROM mplink_usage WHERE idempotency_key = $1")
@@ -43,12 +73,31 @@ impl Store {
         let mut row = report.clone();
         if row.status == USAGE_ACCEPTED {
             let refusal = match &row.sub_key {
-                Some(sub) => match ended_reason(&mut tx, sub).await? {
-                    Some(r) if r == ENDED_FINAL => Some("subscription_cancelled"),
-                    Some(_) => Some("customer_not_subscribed"),
-                    None if hour_closed(&mut tx, row.usage_hour).await? => Some("hour_closed"),
-                    None => None,
-                },
+                Some(sub) => {
+                    let mut ended = ended_reason(&mut tx, sub).await?;
+                    if reopen && ended.as_deref() == Some(ENDED_FINAL) {
+                        sqlx::query(
+                            "DELETE FROM mplink_meter_ended WHERE sub_key = $1 AND reason = $2",
+                        )
+                        .bind(sub)
+                        .bind(ENDED_FINAL)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("reopening a subscription's metering"))?;
+                        ended = None;
+                    }
+                    match ended {
+                        Some(r) if r == ENDED_FINAL => Some("subscription_cancelled"),
+                        Some(_) => Some("customer_not_subscribed"),
+                        None if hour_closed(&mut tx, row.usage_hour).await?
+                            || record_exists(&mut tx, sub, &row.dimension, row.usage_hour)
+                                .await? =>
+                        {
+                            Some("hour_closed")
+                        }
+                        None => None,
+                    }
+                }
                 None => Some("not_linked"),
             };
             if let Some(reason) = refusal {
