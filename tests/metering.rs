@@ -493,9 +493,16 @@ async fn seed_story_with_usage(backend: Backend) {
     assert_eq!(stats.refused.get("subscription_cancelled"), Some(&2));
     // The customer subscribes again (same legacy subscription key): metering reopens, and usage
     // for the hour the final close already sent is refused rather than dropped.
-    s.event("resub", "subscribe-success", "cust-1", s.now + 2).await;
-    assert_eq!(s.usage("org-1", "again", 1, s.now).await.refusal, Some(Refusal::HourClosed));
-    assert!(s.store().metering_ended().await.unwrap().is_empty(), "metering reopened");
+    s.event("resub", "subscribe-success", "cust-1", s.now + 2)
+        .await;
+    assert_eq!(
+        s.usage("org-1", "again", 1, s.now).await.refusal,
+        Some(Refusal::HourClosed)
+    );
+    assert!(
+        s.store().metering_ended().await.unwrap().is_empty(),
+        "metering reopened"
+    );
     assert_no_different_resend(&s.double);
     s.db.cleanup().await;
 }
