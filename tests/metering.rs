@@ -703,6 +703,74 @@ async fn the_loop_meters_until_shutdown() {
     s.db.cleanup().await;
 }
 
+/// `mplink run --meter`: the worker process meters too (one pass before an idle queue ends it),
+/// with LocalStack's SQS for the queue and the double for metering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_meters_with_its_flag() {
+    let s = Story::new(Backend::Sqlite).await;
+    s.subscribed("org-a", "cust-a").await;
+    s.usage("org-a", "k1", 4, s.at(1, 10)).await;
+    let sqs = aws_sdk_sqs::Client::new(&common::localstack::sdk().await);
+    let queue = sqs
+        .create_queue()
+        .queue_name(format!(
+            "mplink-meter-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+        .send()
+        .await
+        .expect("LocalStack answers")
+        .queue_url
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
+        .args([
+            "run",
+            "--queue-url",
+            &queue,
+            "--exit-when-idle",
+            "--wait-time",
+            "1",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--meter",
+            "--meter-zero-dimension",
+            DIM,
+            "--meter-close-grace",
+            "0",
+        ])
+        .envs(common::localstack::binary_env())
+        .env("MPLINK_DATABASE_URL", s.db.url.expose())
+        .env(
+            "AWS_ENDPOINT_URL_MARKETPLACE_METERING",
+            s.double.endpoint_url(),
+        )
+        .output()
+        .unwrap();
+    sqs.delete_queue().queue_url(&queue).send().await.ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let billed: Vec<(i64, i64)> = s
+        .double
+        .metered_records()
+        .iter()
+        .map(|r| (r.hour.timestamp_millis(), r.quantity))
+        .collect();
+    assert_eq!(billed, vec![(s.at(1, 0), 4)]);
+    let records = s.records().await;
+    assert!(
+        records.iter().all(|r| r.status == "Success"),
+        "{records:#?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.db.cleanup().await;
+}
+
 #[tokio::test]
 async fn metering_figures_reach_the_metrics() {
     let s = Story::new(Backend::Sqlite).await;
