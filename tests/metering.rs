@@ -58,6 +58,12 @@ impl Story {
 
     /// `org` links to legacy customer `customer`, whom AWS confirmed four hours ago.
     async fn subscribed(&self, org: &str, customer: &str) {
+        self.subscribed_at(org, customer, self.now - 4 * HOUR_MS)
+            .await;
+    }
+
+    /// `org` links to legacy customer `customer`, whom AWS confirmed at `at`.
+    async fn subscribed_at(&self, org: &str, customer: &str, at: i64) {
         self.store()
             .link(&LinkRequest {
                 org_id: org.into(),
@@ -73,7 +79,7 @@ impl Story {
             &format!("sub-{customer}"),
             "subscribe-success",
             customer,
-            self.now - 4 * HOUR_MS,
+            at,
         )
         .await;
         self.double.add_customer(
@@ -215,10 +221,15 @@ async fn meters_each_hour_once_with_zero_records(backend: Backend) {
     assert!(s.usage("org-a", "k3", 5, s.at(2, 1)).await.accepted);
     let refused = s.usage("org-nobody", "k4", 1, s.at(1, 1)).await;
     assert_eq!(refused.refusal, Some(Refusal::NotLinked));
+    // A customer who subscribed half-way through the last hour: zero records from that hour
+    // on only, and no usage before it (AWS would say CustomerNotSubscribed).
+    s.subscribed_at("org-c", "cust-c", s.at(1, 30)).await;
+    let early = s.usage("org-c", "k6", 1, s.at(1, 10)).await;
+    assert_eq!(early.refusal, Some(Refusal::BeforeSubscription));
 
     let (closed, sent) = s.tick_at(s.now).await;
     assert_eq!(closed.hours_closed.len(), 3, "{closed:?}");
-    assert_eq!(sent.answered.get("Success"), Some(&6), "{sent:?}");
+    assert_eq!(sent.answered.get("Success"), Some(&7), "{sent:?}");
     let billed: BTreeMap<(String, i64), i64> = s
         .double
         .metered_records()
@@ -237,11 +248,12 @@ async fn meters_each_hour_once_with_zero_records(backend: Backend) {
         (("acct-cust-b".to_string(), s.at(3, 0)), 0),
         (("acct-cust-b".to_string(), s.at(2, 0)), 0),
         (("acct-cust-b".to_string(), s.at(1, 0)), 0),
+        (("acct-cust-c".to_string(), s.at(1, 0)), 0),
     ]
     .into_iter()
     .collect();
     assert_eq!(billed, expected);
-    assert_eq!(s.double.metered_records().len(), 6, "each hour billed once");
+    assert_eq!(s.double.metered_records().len(), 7, "each hour billed once");
     // Each stored record carries AWS's answer.
     let ids: BTreeSet<String> = s
         .double
@@ -496,7 +508,7 @@ async fn seed_story_with_usage(backend: Backend) {
     s.event("resub", "subscribe-success", "cust-1", s.now + 2)
         .await;
     assert_eq!(
-        s.usage("org-1", "again", 1, s.now).await.refusal,
+        s.usage("org-1", "again", 1, s.now + 3).await.refusal,
         Some(Refusal::HourClosed)
     );
     assert!(

@@ -19,10 +19,20 @@ pub struct CloseSummary {
     pub records: usize,
 }
 
+/// A subscription metered now, and since when (epoch ms of its activation, when known).
+#[derive(Debug, Clone)]
+pub struct Metered {
+    /// Who the records name.
+    pub target: MeterTarget,
+    /// When it became active: no zero record is written for an hour that ended before, where
+    /// AWS would answer `CustomerNotSubscribed` and metering would stop for good.
+    pub active_since_ms: Option<i64>,
+}
+
 /// The subscriptions metered now: each linked organization's subscription while it is active
 /// (linked) or cancelling (unlink pending), with the link's identifiers filling what the
 /// subscription has not learned yet.
-pub async fn metered_targets(store: &Store) -> Result<Vec<MeterTarget>, StoreError> {
+pub async fn metered_targets(store: &Store) -> Result<Vec<Metered>, StoreError> {
     let links = store.links().await?;
     let mut out = Vec::new();
     for chunk in links.chunks(RESOLVE_CHUNK) {
@@ -37,7 +47,13 @@ pub async fn metered_targets(store: &Store) -> Result<Vec<MeterTarget>, StoreErr
             if !metered {
                 continue;
             }
-            out.push(MeterTarget {
+            // An active subscription's state stamp is its (latest) activation; a cancelling
+            // one's is the cancellation, so its first confirmation stands in.
+            let active_since_ms = match sub.state {
+                SubState::Active => sub.state_stamp.as_ref().map(|s| s.time_ms),
+                _ => sub.first_active.as_ref().map(|s| s.time_ms),
+            };
+            let target = MeterTarget {
                 sub_key: sub.key.clone(),
                 product_code: sub.product_code.clone().or(Some(link.product_code.clone())),
                 customer_aws_account_id: sub
@@ -49,6 +65,10 @@ pub async fn metered_targets(store: &Store) -> Result<Vec<MeterTarget>, StoreErr
                     .customer_identifier
                     .clone()
                     .or(link.customer_identifier.clone()),
+            };
+            out.push(Metered {
+                target,
+                active_since_ms,
             });
         }
     }
@@ -76,14 +96,18 @@ pub async fn close_due(
     if !hours.is_empty() {
         let targets = metered_targets(store).await?;
         for hour in hours {
-            // Zero records only where they could still be sent.
-            let zero: &[MeterTarget] = if hour + HOUR_MS - 1_000 < rules.expired_before_ms {
-                &[]
+            // Zero records only where they could still be sent, for subscriptions active then.
+            let zero: Vec<MeterTarget> = if hour + HOUR_MS - 1_000 < rules.expired_before_ms {
+                Vec::new()
             } else {
-                &targets
+                targets
+                    .iter()
+                    .filter(|m| m.active_since_ms.is_none_or(|t| t < hour + HOUR_MS))
+                    .map(|m| m.target.clone())
+                    .collect()
             };
             if let Some(n) = store
-                .close_hour(hour, zero, &config.zero_dimensions, &config.owner, rules)
+                .close_hour(hour, &zero, &config.zero_dimensions, &config.owner, rules)
                 .await?
             {
                 tracing::info!(hour = %super::send::rfc3339(hour), records = n, "closed a metering hour");

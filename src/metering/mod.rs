@@ -118,6 +118,8 @@ pub enum Refusal {
     HourClosed,
     /// Older than AWS accepts.
     TooOld,
+    /// Before the subscription became active (AWS would answer `CustomerNotSubscribed`).
+    BeforeSubscription,
 }
 
 impl Refusal {
@@ -129,6 +131,7 @@ impl Refusal {
             Refusal::CustomerNotSubscribed => "customer_not_subscribed",
             Refusal::HourClosed => "hour_closed",
             Refusal::TooOld => "too_old",
+            Refusal::BeforeSubscription => "before_subscription",
         }
     }
 
@@ -140,6 +143,7 @@ impl Refusal {
             Refusal::CustomerNotSubscribed,
             Refusal::HourClosed,
             Refusal::TooOld,
+            Refusal::BeforeSubscription,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -268,6 +272,15 @@ pub async fn record_usage(
             Some((link, rows)) => {
                 let view = rows.resolve(&link);
                 match (view.state, view.subscription) {
+                    (LinkState::Linked | LinkState::UnlinkPending, Some(sub))
+                        if sub.state == SubState::Active
+                            && sub
+                                .state_stamp
+                                .as_ref()
+                                .is_some_and(|s| s.time_ms > usage_time) =>
+                    {
+                        Err(Refusal::BeforeSubscription)
+                    }
                     (LinkState::Linked | LinkState::UnlinkPending, Some(sub)) => {
                         reopen = sub.state == SubState::Active;
                         Ok(sub.key.clone())

@@ -26,12 +26,13 @@ const METER_STATUSES: [&str; 7] = [
 ];
 
 /// Every reason a report is refused for.
-const REFUSALS: [Refusal; 5] = [
+const REFUSALS: [Refusal; 6] = [
     Refusal::NotLinked,
     Refusal::SubscriptionCancelled,
     Refusal::CustomerNotSubscribed,
     Refusal::HourClosed,
     Refusal::TooOld,
+    Refusal::BeforeSubscription,
 ];
 
 /// The metering figures on `/metrics`.
