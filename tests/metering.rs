@@ -783,6 +783,52 @@ async fn the_worker_meters_with_its_flag() {
     s.db.cleanup().await;
 }
 
+/// Hosts that write SQL: rows inserted as `submitted` are decided by the loop like any report.
+#[tokio::test]
+async fn usage_rows_written_with_sql_are_decided_and_metered() {
+    let s = Story::new(Backend::Sqlite).await;
+    s.subscribed("org-a", "cust-a").await;
+    for (key, org, quantity) in [
+        ("sql-1", "org-a", 6),
+        ("sql-2", "org-a", -5),
+        ("sql-3", "org-x", 1),
+    ] {
+        sqlx::query(
+            "INSERT INTO mplink_usage (idempotency_key, org_id, sub_key, dimension, quantity, usage_time, \
+             usage_hour, status, reason, recorded_at) VALUES ($1, $2, NULL, $3, $4, $5, 0, 'submitted', NULL, $6)",
+        )
+        .bind(key)
+        .bind(org)
+        .bind(DIM)
+        .bind(quantity)
+        .bind(s.at(1, 20))
+        .bind(s.now)
+        .execute(s.store().pool())
+        .await
+        .unwrap();
+    }
+    s.tick_at(s.now).await;
+    let rows: BTreeMap<String, (String, Option<String>, i64)> = s
+        .store()
+        .usage_reports(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.idempotency_key, (r.status, r.reason, r.usage_hour)))
+        .collect();
+    assert_eq!(rows["sql-1"], ("accepted".to_string(), None, s.at(1, 0)));
+    assert_eq!(rows["sql-2"].1.as_deref(), Some("invalid_quantity"));
+    assert_eq!(rows["sql-3"].1.as_deref(), Some("not_linked"));
+    let billed: Vec<(i64, i64)> = s
+        .double
+        .metered_records()
+        .iter()
+        .map(|r| (r.hour.timestamp_millis(), r.quantity))
+        .collect();
+    assert_eq!(billed, vec![(s.at(1, 0), 6)]);
+    s.db.cleanup().await;
+}
+
 #[tokio::test]
 async fn metering_figures_reach_the_metrics() {
     let s = Story::new(Backend::Sqlite).await;

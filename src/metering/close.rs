@@ -87,6 +87,8 @@ pub async fn close_due(
         now_ms,
     };
     let mut summary = CloseSummary::default();
+    // Reports written with SQL count in their hour like any other: decided before closing.
+    super::settle_submitted(store, config).await?;
     // The newest hour that ended at least the grace ago, and any older hour holding usage.
     let newest = hour_of(now_ms - config.close_grace.as_millis() as i64) - HOUR_MS;
     let mut hours = store.unclosed_usage_hours(newest).await?;

@@ -338,6 +338,67 @@ pub async fn record_usage(
     })
 }
 
+/// Decides the reports hosts wrote into `mplink_usage` with SQL (status `submitted`) exactly
+/// as [`record_usage`] decides reports that come through it; an invalid one is refused with
+/// `invalid_<field>`. Returns how many were decided.
+pub async fn settle_submitted(store: &Store, config: &MeterConfig) -> Result<usize, StoreError> {
+    // One read per pass: a row that stayed submitted for any reason waits for the next pass
+    // instead of spinning this one.
+    let mut settled = 0;
+    {
+        let rows = store.submitted_usage(SETTLE_BATCH).await?;
+        for row in rows {
+            let Some(time) = DateTime::from_timestamp_millis(row.usage_time) else {
+                store
+                    .refuse_submitted(
+                        &row.idempotency_key,
+                        "invalid_time",
+                        Utc::now().timestamp_millis(),
+                    )
+                    .await?;
+                settled += 1;
+                continue;
+            };
+            let report = UsageReport {
+                idempotency_key: row.idempotency_key.clone(),
+                org_id: row.org_id,
+                dimension: row.dimension,
+                quantity: row.quantity,
+                time,
+            };
+            match record_usage(store, &report, config).await {
+                Ok(_) => {}
+                Err(MeteringError::Store(e)) => return Err(e),
+                Err(MeteringError::Invalid { field, .. }) => {
+                    tracing::warn!(key = %row.idempotency_key, field, "submitted usage row is invalid: refused");
+                    store
+                        .refuse_submitted(
+                            &row.idempotency_key,
+                            &format!("invalid_{field}"),
+                            Utc::now().timestamp_millis(),
+                        )
+                        .await?;
+                }
+                // The key names this very row: its payload is the report's.
+                Err(MeteringError::KeyReused { .. }) => {
+                    store
+                        .refuse_submitted(
+                            &row.idempotency_key,
+                            "key_reused",
+                            Utc::now().timestamp_millis(),
+                        )
+                        .await?;
+                }
+            }
+            settled += 1;
+        }
+    }
+    Ok(settled)
+}
+
+/// Submitted rows decided per pass.
+const SETTLE_BATCH: i64 = 500;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,9 @@ use std::collections::BTreeMap;
 pub const USAGE_ACCEPTED: &str = "accepted";
 /// A report's status: refused with a reason, never metered.
 pub const USAGE_REFUSED: &str = "refused";
+/// A report's status: written by a host with SQL, not decided yet (the metering loop decides
+/// it as if it had come through `record_usage`).
+pub const USAGE_SUBMITTED: &str = "submitted";
 
 /// Meter record: waiting to be sent (or resent).
 pub const METER_UNSENT: &str = "unsent";

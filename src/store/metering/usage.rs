@@ -3,7 +3,7 @@
 
 use super::{
     ended_reason, hour_closed, meter_lock, usage_from, UsageRow, ENDED_FINAL, USAGE_ACCEPTED,
-    USAGE_REFUSED,
+    USAGE_REFUSED, USAGE_SUBMITTED,
 };
 use crate::store::{q, Store, StoreError};
 
@@ -67,8 +67,14 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await
             .map_err(q("reading a usage report"))?;
+        // A row a host wrote with SQL (`submitted`) is decided here, in place.
+        let mut submitted = false;
         if let Some(row) = existing {
-            return Ok((usage_from(&row)?, false));
+            let stored = usage_from(&row)?;
+            if stored.status != USAGE_SUBMITTED {
+                return Ok((stored, false));
+            }
+            submitted = true;
         }
         let mut row = report.clone();
         if row.status == USAGE_ACCEPTED {
@@ -106,23 +112,33 @@ impl Store {
                 row.sub_key = None;
             }
         }
-        sqlx::query(
-            "INSERT INTO mplink_usage (idempotency_key, org_id, sub_key, dimension, quantity, usage_time, \
-             usage_hour, status, reason, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&row.idempotency_key)
-        .bind(&row.org_id)
-        .bind(row.sub_key.clone())
-        .bind(&row.dimension)
-        .bind(row.quantity)
-        .bind(row.usage_time)
-        .bind(row.usage_hour)
-        .bind(&row.status)
-        .bind(row.reason.clone())
-        .bind(row.recorded_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(q("storing a usage report"))?;
+        let write = if submitted {
+            sqlx::query(
+                "UPDATE mplink_usage SET org_id = $2, sub_key = $3, dimension = $4, quantity = $5, \
+                 usage_time = $6, usage_hour = $7, status = $8, reason = $9, recorded_at = $10 \
+                 WHERE idempotency_key = $1 AND status = 'submitted'",
+            )
+        } else {
+            sqlx::query(
+                "INSERT INTO mplink_usage (idempotency_key, org_id, sub_key, dimension, quantity, \
+                 usage_time, usage_hour, status, reason, recorded_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+        };
+        write
+            .bind(&row.idempotency_key)
+            .bind(&row.org_id)
+            .bind(row.sub_key.clone())
+            .bind(&row.dimension)
+            .bind(row.quantity)
+            .bind(row.usage_time)
+            .bind(row.usage_hour)
+            .bind(&row.status)
+            .bind(row.reason.clone())
+            .bind(row.recorded_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("storing a usage report"))?;
         tx.commit().await.map_err(q("storing a usage report"))?;
         Ok((row, true))
     }
@@ -148,5 +164,37 @@ impl Store {
             .await
             .map_err(q("reading closed hours"))?;
         hour_closed(&mut conn, hour).await
+    }
+
+    /// Reports hosts wrote with SQL and mplink has not decided yet, oldest first.
+    pub async fn submitted_usage(&self, limit: i64) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM mplink_usage WHERE status = 'submitted' ORDER BY recorded_at, idempotency_key LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading submitted usage"))?;
+        rows.iter().map(usage_from).collect()
+    }
+
+    /// Refuses a submitted report that is not a valid report (`reason` says which field).
+    pub async fn refuse_submitted(
+        &self,
+        key: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mplink_usage SET status = 'refused', reason = $1, sub_key = NULL, recorded_at = $2 \
+             WHERE idempotency_key = $3 AND status = 'submitted'",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(q("refusing submitted usage"))?;
+        Ok(())
     }
 }
