@@ -111,6 +111,13 @@ impl MeterMetrics {
                 .with_label_values(&[reason.as_str()])
                 .set(n);
         }
+        // Refusals of SQL-written rows (`invalid_<field>`, `key_reused`): a bounded set, since
+        // mplink writes the reasons itself.
+        for (reason, n) in &stats.refused {
+            if Refusal::parse(reason).is_none() {
+                self.usage_refused.with_label_values(&[reason]).set(*n);
+            }
+        }
         self.oldest_unsent_age_seconds.set(
             stats
                 .oldest_unsent_hour
