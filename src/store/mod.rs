@@ -27,8 +27,8 @@ pub use metering::{
 pub use outbox::{
     AttemptResult, OutboxStats, OUTBOX_CHANNEL, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING,
 };
-pub use rows::{status_rows, StatusDetails, StatusFilter, StatusRow};
 pub use reach::LinkRows;
+pub use rows::{status_rows, StatusDetails, StatusFilter, StatusRow};
 pub use view::{StatusPages, STATUS_PAGE_ROWS};
 
 /// The embedded, versioned migrations in `migrations/`.

@@ -20,7 +20,11 @@ impl Store {
     /// Loads the rows relevant to `links` (see [`LinkRows`]): one indexed lookup per kind of
     /// key, then one per step along the agreement chains.
     pub async fn link_rows(&self, links: &[LinkRequest]) -> Result<LinkRows, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(q("taking a connection"))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(q("taking a connection"))?;
         reach::load_link_rows(self.backend, &mut conn, links).await
     }
 
@@ -105,7 +109,11 @@ impl Store {
         &self,
         page: &[Subscription],
     ) -> Result<HashMap<String, Vec<(LinkRequest, LinkState)>>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(q("taking a connection"))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(q("taking a connection"))?;
         let candidates = reach::links_naming(self.backend, &mut conn, page.to_vec()).await?;
         drop(conn);
 
