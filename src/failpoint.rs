@@ -8,6 +8,8 @@
 //! - `MPLINK_FAILPOINT_ABORT_AFTER_WEBHOOK=1`: the deliverer aborts (like `kill -9`) right after a
 //!   webhook accepted a row and before the row is marked delivered, so a test can show the row
 //!   is delivered again with the same `webhook-id`.
+//! - `MPLINK_FAILPOINT_ABORT_AFTER_METERING=1`: the meter aborts right after BatchMeterUsage
+//!   answered and before the answer is stored, so a test can show the resend is identical.
 
 use crate::event::Event;
 use crate::ledger::{self, Decision, Subscription};
@@ -76,6 +78,18 @@ pub fn webhook_accepted() {
         eprintln!(
             "mplink: {ABORT_AFTER_WEBHOOK_ENV} set: aborting before marking the row delivered"
         );
+        std::process::abort();
+    }
+}
+
+/// Environment variable arming the abort between BatchMeterUsage's answer and storing it.
+pub const ABORT_AFTER_METERING_ENV: &str = "MPLINK_FAILPOINT_ABORT_AFTER_METERING";
+
+/// Called once AWS answered a BatchMeterUsage call, before its records' fate is stored.
+pub fn metering_answered() {
+    static ARMED: OnceLock<bool> = OnceLock::new();
+    if *ARMED.get_or_init(|| std::env::var(ABORT_AFTER_METERING_ENV).is_ok_and(|v| v == "1")) {
+        eprintln!("mplink: {ABORT_AFTER_METERING_ENV} set: aborting before storing AWS's answer");
         std::process::abort();
     }
 }

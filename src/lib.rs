@@ -20,6 +20,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod ledger;
 pub mod marketplace_double;
+pub mod metering;
 pub mod metrics;
 pub mod outbox;
 pub mod process;

@@ -276,6 +276,14 @@ impl Metrics {
         self.outcomes.with_label_values(&[outcome.as_str()]).get()
     }
 
+    /// Registers a metric another module owns (the metering loop's), served with these.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     /// Everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -49,6 +49,10 @@ pub enum Command {
     Events(EventsArgs),
     /// Webhook outbox tools: inspect, retry, deliver.
     Outbox(OutboxArgs),
+    /// Report an organization's usage for metering.
+    Usage(super::metering::UsageArgs),
+    /// Usage metering tools: status, retry, send.
+    Meter(super::metering::MeterArgs),
 }
 
 /// Arguments of `mplink events`.

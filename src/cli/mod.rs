@@ -5,6 +5,7 @@ mod apply;
 mod args;
 mod dlq;
 mod error;
+mod metering;
 mod output;
 mod provision;
 mod serve;
@@ -16,6 +17,10 @@ mod worker_args;
 pub use apply::{inbound_from_line, ApplySummary};
 pub use args::*;
 pub use error::CliError;
+pub use metering::{
+    metering_client, MeterArgs, MeterCommand, MeterLoopArgs, MeterStatusArgs, UsageArgs,
+    UsageCommand, UsageRecordArgs, EXIT_REFUSED,
+};
 pub use output::render_table;
 pub use serve_args::{ApiArgs, ServeArgs};
 pub use worker_args::{RunArgs, VerifyArgs, WebhookArgs};
@@ -118,6 +123,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     OutboxCommand::Deliver(args) => {
                         crate::outbox::commands::deliver(&store, args).await
                     }
+                }
+            })
+            .await
+        }
+        Command::Usage(UsageArgs {
+            command: UsageCommand::Record(args),
+        }) => {
+            with_store(&url, |store| async move {
+                metering::usage_record(&store, args).await
+            })
+            .await
+        }
+        Command::Meter(MeterArgs { command }) => {
+            with_store(&url, |store| async move {
+                match command {
+                    MeterCommand::Status(args) => metering::meter_status(&store, args).await,
+                    MeterCommand::Retry => metering::meter_retry(&store).await,
+                    MeterCommand::Send(args) => metering::meter_send(&store, args).await,
                 }
             })
             .await

@@ -71,6 +71,22 @@ pub(super) async fn run_until(
         pipeline.metrics.clone(),
         deliverer_stop.clone(),
     )?;
+    let meter_stop = shutdown.child_token();
+    let meter = if args.meter {
+        let metrics = crate::metering::runner::MeterMetrics::new(&pipeline.metrics)
+            .map_err(|e| CliError::Setup(format!("metering metrics: {e}")))?;
+        let client = super::metering_client().await;
+        tracing::info!(zero_dimensions = ?args.metering.zero_dimensions, "usage metering on");
+        Some(tokio::spawn(crate::metering::runner::run(
+            store.clone(),
+            client,
+            args.metering.config(),
+            Some(metrics),
+            meter_stop.clone(),
+        )))
+    } else {
+        None
+    };
     let summary = crate::app::run(
         crate::aws::worker_sqs_client(&sdk),
         pipeline,
@@ -80,7 +96,11 @@ pub(super) async fn run_until(
     )
     .await;
     deliverer_stop.cancel();
+    meter_stop.cancel();
     if let Some(handle) = deliverer {
+        let _ = handle.await;
+    }
+    if let Some(handle) = meter {
         let _ = handle.await;
     }
     println!(

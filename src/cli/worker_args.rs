@@ -43,6 +43,13 @@ pub struct RunArgs {
     /// Exit once a receive comes back empty and nothing is in flight (replays, tests).
     #[arg(long, env = "MPLINK_EXIT_WHEN_IDLE")]
     pub exit_when_idle: bool,
+    /// Also run the usage-metering loop: close each hour, send BatchMeterUsage, final usage on
+    /// cancellation (see the README's metering section).
+    #[arg(long, env = "MPLINK_METER")]
+    pub meter: bool,
+    /// The metering loop's settings.
+    #[command(flatten)]
+    pub metering: super::metering::MeterLoopArgs,
     /// Link-change webhooks delivered by this process.
     #[command(flatten)]
     pub webhooks: WebhookArgs,

@@ -420,7 +420,7 @@ fn without_url(e: &reqwest::Error) -> String {
     text
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

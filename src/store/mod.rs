@@ -3,6 +3,7 @@
 //! the subscription row is locked first, so concurrent appliers serialize per subscription.
 
 mod listen;
+mod metering;
 mod outbox;
 mod reach;
 mod registrations;
@@ -19,6 +20,11 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use listen::OutboxListener;
+pub use metering::{
+    CloseRules, MeterRecord, MeterResult, MeterStats, MeterTarget, UsageRow, ENDED_FINAL,
+    ENDED_NOT_SUBSCRIBED, METER_DUPLICATE, METER_EXPIRED, METER_FAILED, METER_NOT_SUBSCRIBED,
+    METER_STOPPED, METER_SUCCESS, METER_UNSENT, USAGE_ACCEPTED, USAGE_REFUSED, USAGE_SUBMITTED,
+};
 pub use outbox::{
     AttemptResult, OutboxStats, OUTBOX_CHANNEL, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING,
 };
