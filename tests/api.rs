@@ -120,6 +120,14 @@ fn v1_routes(reg: &str) -> Vec<(&'static str, String, Option<Value>)> {
         ),
         ("GET", "/v1/organizations/org-1/billing".to_string(), None),
         ("GET", "/v1/events?after=0".to_string(), None),
+        (
+            "POST",
+            "/v1/usage".to_string(),
+            Some(
+                json!({"idempotency_key": "k", "org_id": "org-1", "dimension": "requests",
+                        "quantity": 1, "time": "2026-11-26T10:00:00Z"}),
+            ),
+        ),
         ("GET", "/v1/no-such-route".to_string(), None),
     ]
 }
@@ -188,9 +196,13 @@ async fn every_v1_route_refuses_a_missing_or_wrong_token(backend: Backend) {
             assert_ne!(a.status, 401, "{method} {path}: {}", a.text);
         }
     }
+    // Five refused attempts per route, each counted.
+    let refused = 5 * v1_routes(&reg.id).len();
     let errors = app.metrics.render();
     assert!(
-        errors.contains("mplink_api_errors_total{code=\"unauthorized\"} 30"),
+        errors.contains(&format!(
+            "mplink_api_errors_total{{code=\"unauthorized\"}} {refused}"
+        )),
         "{errors}"
     );
     app.stop().await;
@@ -676,6 +688,76 @@ async fn linked_at_once_when_aws_confirmed_first(backend: Backend) {
     app.stop().await;
 }
 
+/// `POST /v1/usage` is `mplink usage record` over HTTP: counted once per key for a linked
+/// organization, refused with a stored reason for one that is not, 409 for a key reused for
+/// another report, 422 for a bad field or an unknown one.
+async fn usage_is_metered_for_a_linked_organization_only(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let s = &app.db.store;
+    s.link(&LinkRequest {
+        org_id: "org-usage".into(),
+        product_code: SNS_PRODUCT.into(),
+        customer_identifier: Some(SNS_CUSTOMER.into()),
+        customer_aws_account_id: None,
+        license_arn: None,
+        requested_at_ms: T0,
+    })
+    .await
+    .expect("link");
+    apply_fixture(s, "sns_subscribe_success").await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let report = |key: &str, org: &str, quantity: i64| {
+        json!({"idempotency_key": key, "org_id": org, "dimension": "requests",
+               "quantity": quantity, "time": now})
+    };
+
+    let first = app
+        .post_json("/v1/usage", &report("k-1", "org-usage", 3))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let body = first.json();
+    assert_eq!(body["accepted"], true, "{body}");
+    assert_eq!(body["refusal"], Value::Null);
+    assert_eq!(body["replayed"], false);
+    let again = app
+        .post_json("/v1/usage", &report("k-1", "org-usage", 3))
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["replayed"], true);
+    assert_eq!(again.json()["accepted"], true);
+
+    let reused = app
+        .post_json("/v1/usage", &report("k-1", "org-usage", 4))
+        .await;
+    assert_eq!(
+        (reused.status, reused.code()),
+        (409, "idempotency_key_reused".into())
+    );
+
+    let unlinked = app
+        .post_json("/v1/usage", &report("k-2", "org-nobody", 1))
+        .await;
+    assert_eq!(unlinked.status, 200, "{}", unlinked.text);
+    assert_eq!(unlinked.json()["accepted"], false);
+    assert_eq!(unlinked.json()["refusal"], "not_linked");
+
+    let negative = app
+        .post_json("/v1/usage", &report("k-3", "org-usage", -1))
+        .await;
+    assert_eq!(
+        (negative.status, negative.code()),
+        (422, "invalid_field".into())
+    );
+    let mut unknown = report("k-4", "org-usage", 1);
+    unknown["tags"] = json!({"team": "a"});
+    let unknown = app.post_json("/v1/usage", &unknown).await;
+    assert_eq!(
+        (unknown.status, unknown.code()),
+        (422, "invalid_body".into())
+    );
+    app.stop().await;
+}
+
 async fn billing_view_follows_the_ledger(backend: Backend) {
     let app = spawn_app(backend).await;
     let s = &app.db.store;
@@ -813,6 +895,7 @@ async fn the_events_feed_pages_and_long_polls(backend: Backend) {
 
 both_backends! {
     every_v1_route_refuses_a_missing_or_wrong_token => every_v1_route_refuses_a_missing_or_wrong_token;
+    usage_is_metered_for_a_linked_organization_only => usage_is_metered_for_a_linked_organization_only;
     bad_bodies_and_queries_get_json_4xx => bad_bodies_and_queries_get_json_4xx;
     each_reason_is_given => each_reason_is_given;
     a_product_not_sold_here_is_a_mismatch => a_product_not_sold_here_is_a_mismatch;
@@ -889,6 +972,7 @@ async fn every_described_operation_is_routed() {
             "POST /marketplace/register",
             "POST /v1/registrations/{id}/link",
             "POST /v1/registrations/{id}/organizations",
+            "POST /v1/usage",
         ]
     );
     app.stop().await;

@@ -77,6 +77,9 @@ pub enum ApiError {
     /// The link is refused for this reason.
     #[error("{}", .0.text())]
     Refused(Reason),
+    /// A usage report's idempotency key was already used for a different report.
+    #[error("this idempotency key was already used for a different usage report")]
+    KeyReused,
     /// The database did not answer.
     #[error("the database is unavailable; try again")]
     Unavailable(#[source] StoreError),
@@ -110,6 +113,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::InvalidField { .. } => "invalid_field",
             ApiError::Refused(reason) => reason.code(),
+            ApiError::KeyReused => "idempotency_key_reused",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -130,7 +134,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Refused(Reason::RegistrationExpired) => StatusCode::GONE,
-            ApiError::Refused(_) => StatusCode::CONFLICT,
+            ApiError::Refused(_) | ApiError::KeyReused => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -40,7 +40,7 @@ pub struct ApiOptions {
 /// The whole router: `/marketplace/register`, `/v1/*` behind the bearer tokens, `/openapi.json`
 /// and `/healthz`.
 pub fn router(state: ApiState, options: &ApiOptions) -> Router {
-    use routes::{billing, events, openapi, register, registrations};
+    use routes::{billing, events, openapi, register, registrations, usage};
     let v1 = Router::new()
         .route("/registrations/{id}", get(registrations::get))
         .route(
@@ -50,6 +50,7 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         .route("/registrations/{id}/link", post(registrations::link))
         .route("/organizations/{org_id}/billing", get(billing::get))
         .route("/events", get(events::get))
+        .route("/usage", post(usage::report))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), auth::require_token))

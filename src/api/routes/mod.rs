@@ -5,6 +5,7 @@ pub mod events;
 pub mod openapi;
 pub mod register;
 pub mod registrations;
+pub mod usage;
 
 use super::error::ApiError;
 

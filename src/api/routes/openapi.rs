@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
         super::registrations::link,
         super::billing::get,
         super::events::get,
+        super::usage::report,
     ),
     components(schemas(crate::api::reasons::Reason)),
     modifiers(&BearerAuth),
@@ -28,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         (name = "marketplace", description = "Where AWS Marketplace sends the buyer's browser"),
         (name = "registrations", description = "The host application's Select an Organization to Link page"),
         (name = "billing", description = "The host application's billing page"),
+        (name = "metering", description = "Usage the host reports, metered to AWS Marketplace hourly"),
         (name = "events", description = "Link-change events (the outbox), as `mplink events` prints them"),
     )
 )]
