@@ -7,11 +7,17 @@ use crate::ledger::Outcome;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Incoming, Store, StoreError};
 use crate::verify::Verifier;
+use futures_util::StreamExt;
 use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
 use tracing::Instrument;
+
+/// Members of a batch applied at once when the batch goes again one by one: enough that a
+/// member waiting for a held row leaves the others room, few enough to leave the pool's
+/// connections to the other receives.
+const APPLY_ALONE_CONCURRENCY: usize = 4;
 
 /// What became of one message.
 #[derive(Debug)]
@@ -156,10 +162,22 @@ impl Pipeline {
                 // A database that refuses a batch for good (a constraint, a corrupt row) may be
                 // refusing one member: each goes again alone, so only that one is rejected
                 // (and lands in the dead-letter queue for an operator).
+                // A member whose row another transaction holds timed the batch out: the others
+                // must not wait with it. Alone, concurrently, each waits only for its own row.
                 Err(e) if accepted.len() > 1 => {
-                    tracing::warn!(error = %e, size = accepted.len(), "batch refused; applying its members one by one");
-                    for (i, a) in accepted {
-                        results[i] = Some(self.apply_alone(msgs[i], a).await);
+                    if matches!(e, StoreError::BatchMemberLocked { .. }) {
+                        tracing::info!(error = %e, size = accepted.len(), "batch member locked; applying the members one by one");
+                    } else {
+                        tracing::warn!(error = %e, size = accepted.len(), "batch refused; applying its members one by one");
+                    }
+                    let mut alone =
+                        futures_util::stream::iter(accepted.into_iter().map(|(i, a)| {
+                            let msg = msgs[i];
+                            async move { (i, self.apply_alone(msg, a).await) }
+                        }))
+                        .buffer_unordered(APPLY_ALONE_CONCURRENCY);
+                    while let Some((i, processed)) = alone.next().await {
+                        results[i] = Some(processed);
                     }
                 }
                 Err(e) => {

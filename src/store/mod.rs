@@ -45,12 +45,25 @@ const BULK_ROWS: usize = 500;
 /// How often a batch is retried after a deadlock, serialization failure or busy database.
 const MAX_CONFLICT_RETRIES: u32 = 8;
 
+/// How long a transaction applying several messages waits for one subscription's row lock
+/// before giving up, so that a row held elsewhere (a long transaction, a stuck replica) holds
+/// back only its own message and not its batch-mates; PostgreSQL only (SQLite has one writer).
+pub const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How much of a rejected body the event log keeps (its size and SHA-256 are kept whole).
 pub const REJECTED_BODY_LIMIT: usize = 8 * 1024;
 
 /// Everything that can go wrong talking to the database.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// A member of a batch waited past the batch's lock timeout for a row another transaction
+    /// holds: nothing of the batch was applied; its members go again one by one, so only the
+    /// member whose row is held waits.
+    #[error("a member of the batch waits for a row another transaction holds (more than {timeout_ms} ms)")]
+    BatchMemberLocked {
+        /// The batch's lock timeout.
+        timeout_ms: u64,
+    },
     /// Could not open the database.
     #[error("cannot connect to {url}: {source}")]
     Connect {
@@ -127,6 +140,11 @@ fn is_unique_violation(code: Option<&str>) -> bool {
     matches!(code, Some("23505" | "2067" | "1555"))
 }
 
+/// PostgreSQL's `lock_not_available`: a lock wait passed `lock_timeout`.
+fn is_lock_timeout(e: &StoreError) -> bool {
+    matches!(e, StoreError::Query { source: sqlx::Error::Database(db), .. } if db.code().as_deref() == Some("55P03"))
+}
+
 fn is_conflict(e: &StoreError) -> bool {
     matches!(e, StoreError::Query { source: sqlx::Error::Database(db), .. } if is_conflict_code(db.code().as_deref()))
 }
@@ -174,6 +192,8 @@ pub struct Store {
     backend: Backend,
     /// Kept for connections outside the pool (the outbox listener).
     url: DatabaseUrl,
+    /// See [`DEFAULT_BATCH_LOCK_TIMEOUT`]; None waits as long as a single apply does.
+    batch_lock_timeout: Option<Duration>,
 }
 
 impl Store {
@@ -229,7 +249,15 @@ impl Store {
             pool,
             backend,
             url: url.clone(),
+            batch_lock_timeout: Some(DEFAULT_BATCH_LOCK_TIMEOUT),
         })
+    }
+
+    /// This store with another batch lock timeout (None: a batch waits for every row as long
+    /// as it takes — what a test sets to show a held row stalling a whole batch).
+    pub fn with_batch_lock_timeout(mut self, timeout: Option<Duration>) -> Store {
+        self.batch_lock_timeout = timeout;
+        self
     }
 
     /// Runs pending migrations (idempotent).
@@ -275,6 +303,11 @@ impl Store {
         let mut attempt = 0;
         loop {
             match self.try_apply_batch(batch).await {
+                Err(e) if batch.len() > 1 && is_lock_timeout(&e) => {
+                    return Err(StoreError::BatchMemberLocked {
+                        timeout_ms: self.batch_lock_timeout.map_or(0, |t| t.as_millis() as u64),
+                    });
+                }
                 Err(e) if is_batch_retryable(&e) && attempt < MAX_CONFLICT_RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, error = %e, "transaction conflict, retrying batch");
@@ -320,6 +353,18 @@ impl Store {
             .into_iter()
             .collect();
         let mut tx = self.begin().await?;
+        if let (Backend::Postgres, Some(timeout), true) =
+            (self.backend, self.batch_lock_timeout, batch.len() > 1)
+        {
+            // SET does not take bind parameters; the value is a number of our own.
+            sqlx::query(&format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                timeout.as_millis().max(1)
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(q("setting the batch's lock timeout"))?;
+        }
 
         // The rows this transaction creates, so that those no event touches can go again.
         let mut created: HashSet<String> = HashSet::new();
