@@ -316,6 +316,54 @@ async fn double_application_is_measurable(backend: Backend) {
     }
 }
 
+/// The fault suite's "notified twice" column measures too: a delivery that comes back after a
+/// tie was settled is applied again by the broken build and tells the organization a second
+/// time; the real build counts it a duplicate and notifies nobody.
+async fn repeated_notification_is_measurable(backend: Backend) {
+    let linked = sns_body("m-tie-a", "subscribe-success", PRODUCT, CUSTOMER, T0);
+    let tie = sns_body("m-tie-b", "unsubscribe-pending", PRODUCT, CUSTOMER, T0);
+    let input = format!("{linked}\n{tie}\n{linked}\n");
+    for (broken, expected) in [(false, 0), (true, 1)] {
+        let db = TestDb::new(backend).await;
+        ok(&mplink(
+            &db,
+            &[
+                "link",
+                "--org",
+                "org-tie",
+                "--product-code",
+                PRODUCT,
+                "--customer-identifier",
+                CUSTOMER,
+            ],
+            None,
+        ));
+        let env: &[(&str, &str)] = if broken {
+            &[(mplink::failpoint::SKIP_DUPLICATE_CHECK_ENV, "1")]
+        } else {
+            &[]
+        };
+        let out = mplink_with_env(
+            &db,
+            &["apply", "--verify-signatures", "false", "-"],
+            Some(&input),
+            env,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (notified, twice) = db.store.notifications_by_event().await.expect("count");
+        assert!(
+            notified >= 2,
+            "linked and unlink_pending were notified: {notified}"
+        );
+        assert_eq!(twice, expected, "duplicate check broken: {broken}");
+        db.cleanup().await;
+    }
+}
+
 /// A line that is not UTF-8 is one rejected line; the lines around it still apply.
 async fn a_non_utf8_line_is_one_rejected_line(backend: Backend) {
     let db = TestDb::new(backend).await;
@@ -418,6 +466,7 @@ both_backends! {
     seed_story_through_the_cli => seed_story;
     errors_are_one_clear_line => errors_are_one_clear_line;
     double_application_is_measurable => double_application_is_measurable;
+    repeated_notification_is_measurable => repeated_notification_is_measurable;
     a_non_utf8_line_is_one_rejected_line => a_non_utf8_line_is_one_rejected_line;
     aws_examples_through_apply => aws_examples_through_apply;
 }

@@ -753,3 +753,62 @@ async fn the_readme_receiver_verifies_real_deliveries_and_refuses_forgeries() {
     );
     db.cleanup().await;
 }
+
+/// How long after a link's commit its `link.syncing` row reaches the receiver, with the poll
+/// slowed to a minute: only a wake-up from the commit itself can deliver it sooner.
+async fn first_delivery_after_a_commit(listen: bool, wait: Duration) -> Option<Duration> {
+    let db = TestDb::new(Backend::Postgres).await;
+    let rx = Receiver::start(always(Answer::Status(204))).await;
+    let mut cfg = config(&[rx.url()], &[SECRET_A.into()]);
+    cfg.poll_interval = Duration::from_secs(60);
+    cfg.notified_poll_interval = Duration::from_secs(60);
+    cfg.listen = listen;
+    let d = Deliverer::new(db.store.clone(), cfg, Arc::new(Metrics::new())).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(d.run(stop.clone()));
+    // Past the deliverer's first (empty) poll and into its minute-long wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let committed = Instant::now();
+    db.store
+        .link(&LinkRequest {
+            org_id: "org-notified".into(),
+            product_code: PRODUCT.into(),
+            customer_identifier: Some("cust-notified".into()),
+            customer_aws_account_id: None,
+            license_arn: None,
+            requested_at_ms: T0,
+        })
+        .await
+        .expect("link");
+    let mut arrived = None;
+    while committed.elapsed() < wait {
+        if !rx.hook_log().is_empty() {
+            arrived = Some(committed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    running.await.expect("deliverer task");
+    db.cleanup().await;
+    arrived
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_commit_wakes_the_deliverer_without_waiting_for_the_poll() {
+    if !postgres_enabled() {
+        eprintln!("PostgreSQL off: LISTEN/NOTIFY has nothing to test");
+        return;
+    }
+    // The check can fail: without the listener the row waits for the minute-long poll.
+    let unheard = first_delivery_after_a_commit(false, Duration::from_secs(3)).await;
+    assert_eq!(
+        unheard, None,
+        "delivered without a wake-up: the poll is not slowed"
+    );
+    let heard = first_delivery_after_a_commit(true, Duration::from_secs(20)).await;
+    assert!(
+        heard.is_some(),
+        "the commit's NOTIFY did not wake the deliverer within 20 s (the poll is 60 s)"
+    );
+}

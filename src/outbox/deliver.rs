@@ -8,7 +8,9 @@
 //! parked as `failed`, holding its organization's later rows back until `mplink outbox retry`.
 //! With several URLs a retry goes to all of them again (receivers dedupe).
 //!
-//! Wake-up is a short poll: sqlx's `any` driver does not expose PostgreSQL's LISTEN/NOTIFY.
+//! Wake-up: on PostgreSQL the commit that writes a row notifies the deliverer (LISTEN/NOTIFY, see
+//! [`crate::store::OutboxListener`]) and a slow poll is the fallback; on SQLite, or while the
+//! listening connection is down, a short poll.
 
 use super::sign::{signature_header, SecretError, WebhookSecret};
 use super::OutboxRow;
@@ -56,8 +58,13 @@ pub struct WebhookConfig {
     pub max_attempts: u32,
     /// Retry delays: base · 2ⁿ with jitter, up to the cap.
     pub backoff: Backoff,
-    /// Sleep between polls when nothing is due.
+    /// Sleep between polls when nothing is due and no notification can wake the deliverer.
     pub poll_interval: Duration,
+    /// Sleep between polls while a PostgreSQL listener wakes the deliverer on every commit:
+    /// only rows whose retry came due, and notifications lost to a reconnect, wait for it.
+    pub notified_poll_interval: Duration,
+    /// Listen for commits (PostgreSQL); off only to measure what the poll alone does.
+    pub listen: bool,
     /// Rows leased per poll.
     pub batch: i64,
     /// Tests only: a lease other than the one derived from the timeout (0 shows what a
@@ -88,6 +95,8 @@ impl WebhookConfig {
             max_attempts: 15,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(600)),
             poll_interval: Duration::from_millis(250),
+            notified_poll_interval: Duration::from_secs(2),
+            listen: true,
             batch: 32,
             lease_override: None,
         }))
@@ -175,6 +184,13 @@ impl Deliverer {
             owner = %self.owner,
             "webhook deliverer starting"
         );
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let listening = self.config.listen && self.spawn_listener(wake.clone(), &shutdown).await;
+        let idle_pause = if listening {
+            self.config.notified_poll_interval
+        } else {
+            self.config.poll_interval
+        };
         let mut last_stats = tokio::time::Instant::now() - Duration::from_secs(60);
         while !shutdown.is_cancelled() {
             if last_stats.elapsed() >= Duration::from_secs(5) {
@@ -182,7 +198,7 @@ impl Deliverer {
                 last_stats = tokio::time::Instant::now();
             }
             let pause = match self.deliver_due().await {
-                Ok(0) => self.config.poll_interval,
+                Ok(0) => idle_pause,
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook deliverer: database error, retrying");
@@ -192,9 +208,51 @@ impl Deliverer {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(pause) => {}
+                // A notification that arrived while rows were being delivered left a permit, so
+                // a commit is never missed between `deliver_due` and this wait.
+                _ = wake.notified() => {}
             }
         }
         tracing::info!("webhook deliverer stopped");
+    }
+
+    /// Starts forwarding PostgreSQL's notifications to `wake`; false when there is nothing to
+    /// listen to (SQLite) or the listening connection cannot be opened (then the poll serves).
+    async fn spawn_listener(
+        &self,
+        wake: Arc<tokio::sync::Notify>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut listener = match self.store.outbox_listener().await {
+            Ok(Some(listener)) => listener,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for outbox commits; polling instead");
+                return false;
+            }
+        };
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    next = listener.next() => match next {
+                        Ok(()) => wake.notify_one(),
+                        Err(e) => {
+                            // The poll covers the gap; the next call reconnects.
+                            tracing::warn!(error = %e, "outbox listener lost its connection");
+                            wake.notify_one();
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        });
+        tracing::info!(
+            channel = crate::store::OUTBOX_CHANNEL,
+            "webhook deliverer woken by LISTEN/NOTIFY"
+        );
+        true
     }
 
     /// Updates the pending and oldest-age gauges.

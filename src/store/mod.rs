@@ -2,7 +2,9 @@
 //! migrations. Applying events and recording them in the event log happen in one transaction;
 //! the subscription row is locked first, so concurrent appliers serialize per subscription.
 
+mod listen;
 mod outbox;
+mod reach;
 mod registrations;
 mod rows;
 mod view;
@@ -16,12 +18,16 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use thiserror::Error;
 
-pub use outbox::{AttemptResult, OutboxStats, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING};
+pub use listen::OutboxListener;
+pub use outbox::{
+    AttemptResult, OutboxStats, OUTBOX_CHANNEL, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING,
+};
+pub use reach::LinkRows;
 pub use registrations::{
     still_billing, LinkRefusal, NewRegistration, Registration, RegistrationLink,
 };
 pub use rows::{status_rows, StatusDetails, StatusFilter, StatusRow};
-pub use view::{LinkRows, StatusPages, STATUS_PAGE_ROWS};
+pub use view::{StatusPages, STATUS_PAGE_ROWS};
 
 /// The embedded, versioned migrations in `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -160,6 +166,8 @@ pub struct LinkOutcome {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Kept for connections outside the pool (the outbox listener).
+    url: DatabaseUrl,
 }
 
 impl Store {
@@ -211,7 +219,11 @@ impl Store {
                 url: url.redacted(),
                 source,
             })?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url: url.clone(),
+        })
     }
 
     /// Runs pending migrations (idempotent).
@@ -665,9 +677,13 @@ impl Store {
         // Everyone this link can change: the organization itself, the one losing the
         // subscription, and those whose links share its subscriptions (a registration by license
         // takes its agreement away from one by account).
-        let reached = outbox::link_universe(self.backend, tx, std::slice::from_ref(link)).await?;
-        let mut orgs =
-            outbox::affected_orgs(self.backend, tx, &reached.iter().collect::<Vec<_>>()).await?;
+        let reached = reach::load_link_rows(self.backend, tx, std::slice::from_ref(link)).await?;
+        let mut orgs = outbox::affected_orgs(
+            self.backend,
+            tx,
+            &reached.subscriptions.iter().collect::<Vec<_>>(),
+        )
+        .await?;
         orgs.insert(link.org_id.clone());
         orgs.extend(previous.clone());
         let views_before = outbox::org_views(self.backend, tx, &orgs).await?;
@@ -845,6 +861,25 @@ impl Store {
         .await
         .map_err(q("counting double applications"))?;
         Ok(n as u64)
+    }
+
+    /// Outbox rows caused by events (not by links), and how many (cause, organization, type)
+    /// groups hold more than one: a delivery notifies each organization of each change once,
+    /// so the second figure is a measure of double application (the fault suite's).
+    pub async fn notifications_by_event(&self) -> Result<(u64, u64), StoreError> {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM mplink_outbox WHERE cause NOT LIKE 'link:%'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(q("counting notifications"))?;
+        let repeated: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT cause FROM mplink_outbox WHERE cause NOT LIKE 'link:%' \
+             GROUP BY cause, org_id, event_type HAVING COUNT(*) > 1) twice",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("counting repeated notifications"))?;
+        Ok((rows as u64, repeated as u64))
     }
 }
 

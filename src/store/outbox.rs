@@ -8,15 +8,17 @@
 //! told; with it, the later of the two reads the earlier's committed rows. Sequences are taken
 //! under the same lock, so they appear in commit order.
 
-use super::{q, rows, Backend, StoreError};
-use crate::event::{license_id, Event};
+use super::{q, reach, rows, Backend, StoreError};
+use crate::event::Event;
 use crate::ledger::{resolve_link_among, LinkRequest, Subscription};
 use crate::outbox::{rfc3339, EventType, NewRow, OrgView, OutboxRow, SubscriptionIds};
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-/// How far renewal chains are followed when looking for the links a change reaches.
-const MAX_CHAIN_STEPS: usize = 64;
+/// The PostgreSQL channel a transaction that wrote outbox rows notifies on commit; the payload
+/// is the newest sequence. Channels are per database, not per schema: a deployment sharing the
+/// database with another only sees extra wake-ups, never a missed one.
+pub const OUTBOX_CHANNEL: &str = "mplink_outbox";
 
 /// Takes the outbox lock (see the module's comment) for the rest of the transaction.
 pub(super) async fn lock(conn: &mut AnyConnection) -> Result<(), StoreError> {
@@ -25,58 +27,6 @@ pub(super) async fn lock(conn: &mut AnyConnection) -> Result<(), StoreError> {
         .await
         .map_err(q("locking the outbox"))?;
     Ok(())
-}
-
-/// The keys under which a registration names `sub` (see [`super::link_key`]).
-fn link_keys_naming(sub: &Subscription) -> Vec<String> {
-    let mut keys = Vec::new();
-    if let Some(lic) = &sub.license_arn {
-        keys.push(format!("lic:{}", license_id(lic)));
-    }
-    if let Some(pc) = &sub.product_code {
-        if let Some(c) = &sub.customer_identifier {
-            keys.push(format!("cust:{pc}:{c}"));
-        }
-        if let Some(a) = &sub.customer_aws_account_id {
-            keys.push(format!("acct:{pc}:{a}"));
-        }
-    }
-    keys
-}
-
-/// Subscriptions whose `columns` (one, or a parenthesised list of `width`) equal one of
-/// `values` (`width` strings each, flattened).
-async fn subscriptions_where(
-    backend: Backend,
-    conn: &mut AnyConnection,
-    columns: &str,
-    width: usize,
-    values: &[String],
-) -> Result<Vec<Subscription>, StoreError> {
-    let mut out = Vec::new();
-    for chunk in values.chunks(super::BULK_ROWS * width) {
-        let placeholders = if width == 1 {
-            rows::tuples(backend, 1, chunk.len(), 1)
-        } else {
-            format!("({})", rows::tuples(backend, chunk.len() / width, width, 1))
-        };
-        let sql = format!(
-            "{} WHERE {columns} IN {placeholders}",
-            rows::SELECT_SUBSCRIPTIONS,
-        );
-        let mut query = sqlx::query(&sql);
-        for v in chunk {
-            query = query.bind(v);
-        }
-        for row in query
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(q("reading subscriptions for the outbox"))?
-        {
-            out.push(rows::subscription_from_row(&row)?);
-        }
-    }
-    Ok(out)
 }
 
 async fn links_where(
@@ -114,34 +64,8 @@ pub(super) async fn affected_orgs(
     conn: &mut AnyConnection,
     subs: &[&Subscription],
 ) -> Result<BTreeSet<String>, StoreError> {
-    // Several versions of one subscription (before and after a change) may be given: each
-    // counts, since a registration may name either.
-    let mut known: Vec<Subscription> = subs.iter().map(|s| (*s).clone()).collect();
-    let mut keys_seen: HashSet<String> = known.iter().map(|s| s.key.clone()).collect();
-    let mut frontier = known.clone();
-    for _ in 0..MAX_CHAIN_STEPS {
-        let wanted: Vec<String> = frontier
-            .iter()
-            .filter_map(|s| s.previous_agreement_id.as_ref())
-            .map(|p| format!("agmt:{p}"))
-            .filter(|k| !keys_seen.contains(k))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if wanted.is_empty() {
-            break;
-        }
-        frontier = subscriptions_where(backend, conn, "sub_key", 1, &wanted).await?;
-        keys_seen.extend(frontier.iter().map(|s| s.key.clone()));
-        known.extend(frontier.iter().cloned());
-    }
-    let keys: Vec<String> = known
-        .iter()
-        .flat_map(link_keys_naming)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    Ok(links_where(backend, conn, "link_key", &keys)
+    let subs: Vec<Subscription> = subs.iter().map(|s| (*s).clone()).collect();
+    Ok(reach::links_naming(backend, conn, subs)
         .await?
         .into_iter()
         .map(|l| l.org_id)
@@ -159,86 +83,14 @@ pub(super) async fn org_views(
     if links.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let subs = link_universe(backend, conn, &links).await?;
-    resolve_all(backend, conn, &links, &subs).await
-}
-
-/// The subscriptions `links` name, then their successors along renewal chains: every row
-/// resolving them needs.
-pub(super) async fn link_universe(
-    backend: Backend,
-    conn: &mut AnyConnection,
-    links: &[LinkRequest],
-) -> Result<Vec<Subscription>, StoreError> {
-    let mut universe: BTreeMap<String, Subscription> = BTreeMap::new();
-    let lic: Vec<String> = links
+    let reached = reach::load_link_rows(backend, conn, &links).await?;
+    let claimed = reached.claimed();
+    Ok(links
         .iter()
-        .filter_map(|l| l.license_arn.as_deref().map(|a| license_id(a).to_string()))
-        .collect();
-    let cust: Vec<String> = links
-        .iter()
-        .filter(|l| l.license_arn.is_none())
-        .filter_map(|l| {
-            l.customer_identifier
-                .as_ref()
-                .map(|c| [l.product_code.clone(), c.clone()])
+        .map(|link| {
+            let view = view_of(link, &reached.subscriptions, &claimed);
+            (link.org_id.clone(), view)
         })
-        .flatten()
-        .collect();
-    let acct: Vec<String> = links
-        .iter()
-        .filter(|l| l.license_arn.is_none() && l.customer_identifier.is_none())
-        .filter_map(|l| l.customer_aws_account_id.clone())
-        .collect();
-    for (columns, width, values) in [
-        ("license_id", 1, lic),
-        ("(product_code, customer_identifier)", 2, cust),
-        ("customer_aws_account_id", 1, acct),
-    ] {
-        for s in subscriptions_where(backend, conn, columns, width, &values).await? {
-            universe.insert(s.key.clone(), s);
-        }
-    }
-    let mut frontier: Vec<String> = universe
-        .values()
-        .filter_map(|s| s.agreement_id.clone())
-        .collect();
-    for _ in 0..MAX_CHAIN_STEPS {
-        if frontier.is_empty() {
-            break;
-        }
-        let next: Vec<Subscription> =
-            subscriptions_where(backend, conn, "previous_agreement_id", 1, &frontier)
-                .await?
-                .into_iter()
-                .filter(|s| !universe.contains_key(&s.key))
-                .collect();
-        frontier = next.iter().filter_map(|s| s.agreement_id.clone()).collect();
-        for s in next {
-            universe.insert(s.key.clone(), s);
-        }
-    }
-    Ok(universe.into_values().collect())
-}
-
-/// License ids (`l-…`) that registrations by license claim among `subs`: an account-keyed link
-/// does not take those.
-async fn claimed_licenses(
-    backend: Backend,
-    conn: &mut AnyConnection,
-    subs: &[Subscription],
-) -> Result<Vec<String>, StoreError> {
-    let lic_keys: Vec<String> = subs
-        .iter()
-        .filter_map(|s| s.license_arn.as_deref())
-        .map(|l| format!("lic:{}", license_id(l)))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    Ok(links_where(backend, conn, "link_key", &lic_keys)
-        .await?
-        .into_iter()
-        .filter_map(|l| l.license_arn.map(|a| license_id(&a).to_string()))
         .collect())
 }
 
@@ -258,20 +110,6 @@ fn view_of(link: &LinkRequest, subs: &[Subscription], claimed: &HashSet<&str>) -
         state: view.state,
         subscription,
     }
-}
-
-async fn resolve_all(
-    backend: Backend,
-    conn: &mut AnyConnection,
-    links: &[LinkRequest],
-    subs: &[Subscription],
-) -> Result<BTreeMap<String, OrgView>, StoreError> {
-    let claimed_ids = claimed_licenses(backend, conn, subs).await?;
-    let claimed: HashSet<&str> = claimed_ids.iter().map(String::as_str).collect();
-    Ok(links
-        .iter()
-        .map(|link| (link.org_id.clone(), view_of(link, subs, &claimed)))
-        .collect())
 }
 
 /// One applied event of a batch with the subscription as it left it.
@@ -310,15 +148,15 @@ pub(super) async fn rows_for_steps(
     if links.is_empty() {
         return Ok(Vec::new());
     }
-    let last = link_universe(backend, conn, &links).await?;
-    let claimed_ids = claimed_licenses(backend, conn, &last).await?;
-    let claimed: HashSet<&str> = claimed_ids.iter().map(String::as_str).collect();
+    let reached = reach::load_link_rows(backend, conn, &links).await?;
+    let claimed = reached.claimed();
+    let last = &reached.subscriptions;
     // Each link's slice: what it reaches once the batch is applied. Identifiers and chain links
     // are only ever learned, so that covers what it reaches at any step of the batch.
     let slices: Vec<Vec<String>> = links
         .iter()
         .map(|link| {
-            let reached = crate::ledger::reach(link, &last);
+            let reached = crate::ledger::reach(link, last);
             reached.into_iter().map(|s| s.key.clone()).collect()
         })
         .collect();
@@ -487,6 +325,15 @@ pub(super) async fn insert(
             .execute(&mut *conn)
             .await
             .map_err(q("writing the outbox"))?;
+    }
+    if backend == Backend::Postgres {
+        // Delivered at commit (and not at all on rollback): wakes every deliverer listening.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(OUTBOX_CHANNEL)
+            .bind(last.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(q("notifying the outbox's listeners"))?;
     }
     Ok(())
 }

@@ -3,10 +3,10 @@
 //! filter walks the ledger in keyset pages ([`StatusPages`]), so no command holds the whole
 //! ledger and none scans it to answer for one organization.
 
+use super::reach::{self, LinkRows};
 use super::rows::{self, row_for, SELECT_LINKS, SELECT_SUBSCRIPTIONS};
-use super::{link_keys_naming, q, StatusFilter, StatusRow, Store, StoreError, BULK_ROWS};
-use crate::event::license_id;
-use crate::ledger::{resolve_link_among, LinkRequest, LinkState, LinkView, Subscription};
+use super::{q, StatusFilter, StatusRow, Store, StoreError};
+use crate::ledger::{LinkRequest, LinkState, Subscription};
 use std::collections::{HashMap, HashSet};
 
 /// Rows per `status` page: bounds what one page holds in memory.
@@ -16,143 +16,16 @@ pub const STATUS_PAGE_ROWS: usize = 1000;
 /// handed, so the rows shared by a batch are kept few.
 const RESOLVE_BATCH: usize = 100;
 
-/// The rows that decide some links: the subscriptions each link names and every renewal or
-/// replacement that follows them through `previous_agreement_id`. What resolving a link needs
-/// beyond that (other registrations of the same account, say) belongs here too.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct LinkRows {
-    /// The subscriptions reached, each once.
-    pub subscriptions: Vec<Subscription>,
-    /// License ids (`l-…`) of reached subscriptions that a registration names by license: an
-    /// account-keyed registration does not take them.
-    pub claimed_licenses: HashSet<String>,
-}
-
-impl LinkRows {
-    /// Resolves one of the links these rows were loaded for.
-    pub fn resolve<'a>(&'a self, link: &LinkRequest) -> LinkView<'a> {
-        let claimed: HashSet<&str> = self.claimed_licenses.iter().map(String::as_str).collect();
-        resolve_link_among(link, &self.subscriptions, &claimed)
-    }
-}
-
 impl Store {
     /// Loads the rows relevant to `links` (see [`LinkRows`]): one indexed lookup per kind of
     /// key, then one per step along the agreement chains.
     pub async fn link_rows(&self, links: &[LinkRequest]) -> Result<LinkRows, StoreError> {
-        let mut licenses: Vec<String> = Vec::new();
-        let mut customers: Vec<(String, String)> = Vec::new();
-        let mut accounts: Vec<(String, String)> = Vec::new();
-        // The same precedence as `LinkRequest::matches`: the most specific key alone decides.
-        for link in links {
-            if let Some(lic) = &link.license_arn {
-                licenses.push(license_id(lic).to_string());
-            } else if let Some(cust) = &link.customer_identifier {
-                customers.push((link.product_code.clone(), cust.clone()));
-            } else if let Some(acct) = &link.customer_aws_account_id {
-                accounts.push((acct.clone(), link.product_code.clone()));
-            }
-        }
-        for keys in [&mut customers, &mut accounts] {
-            keys.sort();
-            keys.dedup();
-        }
-        licenses.sort();
-        licenses.dedup();
-
-        let mut reached = Reached::default();
-        for chunk in licenses.chunks(BULK_ROWS) {
-            let condition = format!(
-                "license_id IN {}",
-                rows::tuples(self.backend, 1, chunk.len(), 1)
-            );
-            let found = self.subscriptions_where(&condition, chunk).await?;
-            reached.add(found);
-        }
-        for (pairs, a, b) in [
-            (&customers, "product_code", "customer_identifier"),
-            (&accounts, "customer_aws_account_id", "product_code"),
-        ] {
-            for chunk in pairs.chunks(BULK_ROWS / 2) {
-                let binds: Vec<String> = chunk
-                    .iter()
-                    .flat_map(|(x, y)| [x.clone(), y.clone()])
-                    .collect();
-                let condition = rows::pairs_any(self.backend, a, b, chunk.len(), 1);
-                let found = self.subscriptions_where(&condition, &binds).await?;
-                reached.add(found);
-            }
-        }
-
-        // Follow renewals and replacements forward.
-        let frontier: Vec<String> = reached
-            .subs
-            .iter()
-            .filter_map(|s| s.agreement_id.clone())
-            .collect();
-        self.walk_chain(&mut reached, frontier, "previous_agreement_id", |s| {
-            s.agreement_id.clone()
-        })
-        .await?;
-
-        // Which reached licenses a registration claims: a lookup on the unique link key.
-        let license_keys: Vec<String> = reached
-            .subs
-            .iter()
-            .filter_map(|s| s.license_arn.as_deref())
-            .map(|l| format!("lic:{}", license_id(l)))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut claimed_licenses = HashSet::new();
-        for chunk in license_keys.chunks(BULK_ROWS) {
-            let sql = format!(
-                "SELECT link_key FROM mplink_org_links WHERE link_key IN {}",
-                rows::tuples(self.backend, 1, chunk.len(), 1)
-            );
-            let mut query = sqlx::query_scalar::<_, String>(&sql);
-            for key in chunk {
-                query = query.bind(key);
-            }
-            for key in query
-                .fetch_all(&self.pool)
-                .await
-                .map_err(q("looking up claimed licenses"))?
-            {
-                if let Some(id) = key.strip_prefix("lic:") {
-                    claimed_licenses.insert(id.to_string());
-                }
-            }
-        }
-        Ok(LinkRows {
-            subscriptions: reached.subs,
-            claimed_licenses,
-        })
-    }
-
-    /// Walks an agreement chain one indexed lookup per step: the subscriptions whose `column`
-    /// is in `frontier`, then those whose `column` is `next` of what turned up, until nothing new
-    /// does. Every subscription is added once, so a cycle of agreements ends the walk too.
-    async fn walk_chain(
-        &self,
-        reached: &mut Reached,
-        mut frontier: Vec<String>,
-        column: &str,
-        next: fn(&Subscription) -> Option<String>,
-    ) -> Result<(), StoreError> {
-        while !frontier.is_empty() {
-            let mut found_next = Vec::new();
-            for chunk in frontier.chunks(BULK_ROWS) {
-                let condition = format!(
-                    "{column} IN {}",
-                    rows::tuples(self.backend, 1, chunk.len(), 1)
-                );
-                let found = self.subscriptions_where(&condition, chunk).await?;
-                found_next.extend(reached.add(found).iter().filter_map(next));
-            }
-            frontier = found_next;
-        }
-        Ok(())
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(q("taking a connection"))?;
+        reach::load_link_rows(self.backend, &mut conn, links).await
     }
 
     /// One organization's link and the rows that decide it, if the organization has a link.
@@ -186,23 +59,6 @@ impl Store {
             page_rows: STATUS_PAGE_ROWS,
             stage,
         }
-    }
-
-    async fn subscriptions_where<S: AsRef<str>>(
-        &self,
-        condition: &str,
-        binds: &[S],
-    ) -> Result<Vec<Subscription>, StoreError> {
-        let sql = format!("{SELECT_SUBSCRIPTIONS} WHERE {condition}");
-        let mut query = sqlx::query(&sql);
-        for b in binds {
-            query = query.bind(b.as_ref());
-        }
-        let found = query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("looking up subscriptions"))?;
-        found.iter().map(rows::subscription_from_row).collect()
     }
 
     /// Keyset page: rows after `after` in `order` (the table's key), with an optional equality.
@@ -253,40 +109,13 @@ impl Store {
         &self,
         page: &[Subscription],
     ) -> Result<HashMap<String, Vec<(LinkRequest, LinkState)>>, StoreError> {
-        // Follow the agreements backwards to the ones they renew or replace.
-        let mut reached = Reached::default();
-        let wanted: Vec<String> = reached
-            .add(page.to_vec())
-            .iter()
-            .filter_map(|s| s.previous_agreement_id.clone())
-            .collect();
-        self.walk_chain(&mut reached, wanted, "agreement_id", |s| {
-            s.previous_agreement_id.clone()
-        })
-        .await?;
-        let mut keys: Vec<String> = reached.subs.iter().flat_map(link_keys_naming).collect();
-        keys.sort();
-        keys.dedup();
-
-        let mut candidates = Vec::new();
-        for chunk in keys.chunks(BULK_ROWS) {
-            let sql = format!(
-                "{SELECT_LINKS} WHERE link_key IN {}",
-                rows::tuples(self.backend, 1, chunk.len(), 1)
-            );
-            let mut query = sqlx::query(&sql);
-            for key in chunk {
-                query = query.bind(key);
-            }
-            for row in query
-                .fetch_all(&self.pool)
-                .await
-                .map_err(q("looking up links"))?
-            {
-                candidates.push(rows::link_from_row(&row)?);
-            }
-        }
-        candidates.sort_by(|a, b| a.org_id.cmp(&b.org_id));
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(q("taking a connection"))?;
+        let candidates = reach::links_naming(self.backend, &mut conn, page.to_vec()).await?;
+        drop(conn);
 
         let in_page: HashSet<&str> = page.iter().map(|s| s.key.as_str()).collect();
         let mut resolved: HashMap<String, Vec<(LinkRequest, LinkState)>> = HashMap::new();
@@ -306,26 +135,6 @@ impl Store {
             }
         }
         Ok(resolved)
-    }
-}
-
-/// Subscriptions gathered from several lookups, each kept once.
-#[derive(Default)]
-struct Reached {
-    subs: Vec<Subscription>,
-    keys: HashSet<String>,
-}
-
-impl Reached {
-    /// Adds the subscriptions not seen yet and returns them.
-    fn add(&mut self, found: Vec<Subscription>) -> &[Subscription] {
-        let start = self.subs.len();
-        for sub in found {
-            if self.keys.insert(sub.key.clone()) {
-                self.subs.push(sub);
-            }
-        }
-        &self.subs[start..]
     }
 }
 

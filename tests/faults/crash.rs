@@ -59,6 +59,7 @@ async fn crash() {
     // enough that repeated crashes never push a message to the dead-letter queue.
     let stack = Stack::new(10, Duration::from_secs(3)).await;
     let history = History::random(1, &stack.product, 50, scaled(2000));
+    history.link_every_customer(&db.store).await;
     let bodies = history.bodies(1, scaled(200));
     let url = db.url.expose().to_string();
     let queue = stack.queue.queue_url.clone();
@@ -163,6 +164,7 @@ async fn database_outage() {
     let db = TestDb::new(Backend::Postgres).await;
     let stack = Stack::new(3, Duration::from_secs(5)).await;
     let history = History::random(2, &stack.product, 40, scaled(1000));
+    history.link_every_customer(&db.store).await;
     let bodies = history.bodies(2, scaled(100));
     let (first, second) = bodies.split_at(bodies.len() / 2);
 
@@ -233,6 +235,7 @@ async fn replicas() {
     let db = TestDb::new(Backend::Postgres).await;
     let stack = Stack::new(5, Duration::from_secs(30)).await;
     let history = History::random(4, &stack.product, 12, scaled(3000));
+    history.link_every_customer(&db.store).await;
     let bodies = history.bodies(4, scaled(600));
     stack.send_bodies(&bodies).await;
     let url = db.url.expose().to_string();
@@ -281,6 +284,7 @@ async fn graceful_stop_under_load() {
     let db = TestDb::new(Backend::Postgres).await;
     let stack = Stack::new(5, Duration::from_secs(4)).await;
     let history = History::random(5, &stack.product, 100, scaled(2000));
+    history.link_every_customer(&db.store).await;
     let bodies = history.bodies(5, scaled(100));
     stack.send_bodies(&bodies).await;
     let url = db.url.expose().to_string();

@@ -54,6 +54,26 @@ impl History {
         }
     }
 
+    /// Links an organization to every customer's subscription, before any event, so each
+    /// change the events make is notified (and a change notified twice is counted).
+    pub async fn link_every_customer(&self, store: &Store) {
+        let customers: std::collections::BTreeSet<&str> =
+            self.events.iter().map(|(c, ..)| c.as_str()).collect();
+        for customer in customers {
+            store
+                .link(&mplink::ledger::LinkRequest {
+                    org_id: format!("org-{customer}"),
+                    product_code: self.product.clone(),
+                    customer_identifier: Some(customer.to_string()),
+                    customer_aws_account_id: None,
+                    license_arn: None,
+                    requested_at_ms: T0,
+                })
+                .await
+                .expect("link");
+        }
+    }
+
     /// The SQS bodies (SNS envelopes), with `duplicates` extra copies, shuffled.
     pub fn bodies(&self, seed: u64, duplicates: usize) -> Vec<String> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9);
@@ -99,6 +119,10 @@ pub struct Tally {
     pub lost: usize,
     /// Facts whose effect was applied more than once (rows in `mplink_transitions`).
     pub double_applied: usize,
+    /// Outbox rows caused by the events (every customer's organization is linked first).
+    pub notified: usize,
+    /// (delivery, organization, change) groups notified more than once.
+    pub notified_twice: usize,
     /// Subscriptions whose state differs from the model.
     pub wrong_state: usize,
     /// Time from the fault's end to full recovery, if the scenario measures one.
@@ -123,6 +147,7 @@ pub async fn check(
         .filter(|(_, _, _, id)| !counts.contains_key(id.as_str()))
         .count();
     let double_applied = store.double_applied_facts().await.expect("transitions") as usize;
+    let (notified, notified_twice) = store.notifications_by_event().await.expect("outbox");
     let applied = log
         .iter()
         .filter(|e| e.outcome == "applied" || e.outcome == "stale")
@@ -151,6 +176,8 @@ pub async fn check(
         rejected,
         lost,
         double_applied,
+        notified: notified as usize,
+        notified_twice: notified_twice as usize,
         wrong_state,
         recovery: None,
     }
@@ -160,23 +187,34 @@ pub async fn check(
 pub fn report(scenario: &str, tally: &Tally) {
     println!();
     println!(
-        "| scenario | sent | applied | duplicates | rejected | lost | double-applied | recovery |"
+        "| scenario | sent | applied | duplicates | rejected | lost | double-applied | notified | notified twice | recovery |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {scenario} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {scenario} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         tally.sent,
         tally.applied,
         tally.duplicates,
         tally.rejected,
         tally.lost,
         tally.double_applied,
+        tally.notified,
+        tally.notified_twice,
         tally
             .recovery
             .map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
     );
     assert_eq!(tally.lost, 0, "{scenario}: events lost");
     assert_eq!(tally.double_applied, 0, "{scenario}: facts applied twice");
+    // Without notifications the column below would pass for want of anything to count.
+    assert!(
+        tally.notified > 0,
+        "{scenario}: no organization was notified"
+    );
+    assert_eq!(
+        tally.notified_twice, 0,
+        "{scenario}: an organization notified twice of one delivery's change"
+    );
     assert_eq!(
         tally.wrong_state, 0,
         "{scenario}: final state differs from the model"

@@ -253,6 +253,7 @@ async fn queue_outage() {
     let stack = Stack::new(5, Duration::from_secs(30)).await;
     let n = scaled(200);
     let history = History::random(3, &stack.product, (n / 8).max(2), n);
+    history.link_every_customer(&db.store).await;
     let bodies = history.bodies(3, scaled(20));
     let (first, second) = bodies.split_at(bodies.len() / 2);
     let first_ids: HashSet<String> = first.iter().map(|b| envelope_id(b)).collect();
@@ -580,6 +581,7 @@ async fn slow_handler() {
         "unsubscribe-pending",
         blocked_id.clone(),
     ));
+    history.link_every_customer(&db.store).await;
     let seeded = db
         .store
         .apply(&decoded("seed", &seed_body), &seed_body)
@@ -942,6 +944,17 @@ async fn bad_input_at_volume() {
         }
         round += 1;
     }
+    // Every customer's organization linked before anything is published, so each change the
+    // good events make is notified (ids are not known yet; linking needs only the customers).
+    History {
+        events: plan
+            .iter()
+            .map(|(r, c, a)| (c.clone(), *r as i64, *a, String::new()))
+            .collect(),
+        product: stack.product.clone(),
+    }
+    .link_every_customer(&db.store)
+    .await;
     // Publish batches: per round, per topic (entitlement-updated goes to the entitlement topic).
     let mut batches: Vec<(usize, String, Vec<usize>)> = Vec::new();
     for r in 0..round {
