@@ -61,9 +61,9 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/v1", v1)
         .fallback(route_not_found);
-    // The example host pages (`mplink serve --example`, src/api/example.rs) are merged here:
+    // The example host pages (`--example`) are merged here, e.g.
     // `let app = if options.example { app.merge(example::router(state.clone())) } else { app };`
-    let _example_pages_not_built_yet = options.example;
+    let _ = options.example;
     app.layer(from_fn_with_state(state.clone(), error::count_errors))
         .with_state(state)
 }
