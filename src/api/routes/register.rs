@@ -223,7 +223,13 @@ pub async fn register(
             let mut response = StatusCode::SEE_OTHER.into_response();
             match header::HeaderValue::from_str(&location) {
                 Ok(value) => {
-                    response.headers_mut().insert(header::LOCATION, value);
+                    let headers = response.headers_mut();
+                    headers.insert(header::LOCATION, value);
+                    // The registration id is a capability: no cache keeps it.
+                    headers.insert(
+                        header::CACHE_CONTROL,
+                        header::HeaderValue::from_static("no-store"),
+                    );
                     response
                 }
                 Err(_) => Failure::Unavailable.page(),
