@@ -63,13 +63,7 @@ pub struct MeterConfig {
 impl Default for MeterConfig {
     fn default() -> Self {
         MeterConfig {
-            // Unique per process even where every container is pid 1, as the outbox's owners.
-            owner: format!(
-                "{}-{}-{:08x}-meter",
-                crate::outbox::deliver::hostname(),
-                std::process::id(),
-                rand::random::<u32>()
-            ),
+            owner: format!("{}-meter", crate::store::lease_owner()),
             zero_dimensions: Vec::new(),
             close_grace: Duration::from_secs(5 * 60),
             send_margin: Duration::from_secs(10 * 60),

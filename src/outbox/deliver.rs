@@ -161,12 +161,7 @@ impl Deliverer {
             .user_agent(concat!("mplink/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| WebhookConfigError::Client(e.to_string()))?;
-        let owner = format!(
-            "{}-{}-{:08x}",
-            hostname(),
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let owner = crate::store::lease_owner();
         Ok(Deliverer {
             store,
             config,
@@ -418,13 +413,6 @@ fn without_url(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-pub(crate) fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "mplink".to_string())
 }
 
 #[cfg(test)]

@@ -955,6 +955,20 @@ fn link_keys_naming(sub: &Subscription) -> Vec<String> {
 /// Who holds a link key: [`Store::link_key_holder`] and the registration link's check.
 const SELECT_LINK_KEY_HOLDER: &str = "SELECT org_id FROM mplink_org_links WHERE link_key = $1";
 
+/// A name for this process's row leases (outbox deliveries, metering records): host, pid and a
+/// random part, so replicas stay apart even where every container is pid 1.
+pub fn lease_owner() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mplink".to_string());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
