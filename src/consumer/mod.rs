@@ -164,7 +164,7 @@ pub struct Worker {
 
 /// Everything a batch task needs, cheap to clone.
 #[derive(Clone)]
-struct Ctx {
+struct WorkerParts {
     sqs: SqsClient,
     pipeline: Pipeline,
     config: Arc<WorkerConfig>,
@@ -175,7 +175,7 @@ struct Ctx {
     released: Arc<AtomicU64>,
 }
 
-/// What the deleter and the visibility heartbeat share. Unlike [`Ctx`] it holds no ack
+/// What the deleter and the visibility heartbeat share. Unlike [`WorkerParts`] it holds no ack
 /// sender, so the ack channel closes once the last batch task ends.
 #[derive(Clone)]
 struct Side {
@@ -215,7 +215,7 @@ impl Worker {
         let (acks, ack_rx) = mpsc::channel(self.config.max_in_flight.max(1));
         let delete_failures = Arc::new(AtomicU64::new(0));
         let config = Arc::new(self.config);
-        let ctx = Ctx {
+        let parts = WorkerParts {
             sqs: self.sqs,
             pipeline: self.pipeline,
             config: config.clone(),
@@ -227,10 +227,10 @@ impl Worker {
         };
 
         let side = Side {
-            sqs: ctx.sqs.clone(),
+            sqs: parts.sqs.clone(),
             config: config.clone(),
-            metrics: ctx.metrics.clone(),
-            in_flight: ctx.in_flight.clone(),
+            metrics: parts.metrics.clone(),
+            in_flight: parts.in_flight.clone(),
         };
         let deleter = tokio::spawn(ack::delete_loop(
             side.clone(),
@@ -243,7 +243,7 @@ impl Worker {
         let tasks = TaskTracker::new();
         let (batches, batch_rx) = mpsc::channel(config.receive_loops.max(1));
         let combiner = tokio::spawn(receive::combine(
-            ctx.clone(),
+            parts.clone(),
             batch_rx,
             tasks.clone(),
             stop_receiving.clone(),
@@ -253,7 +253,7 @@ impl Worker {
         for n in 0..config.receive_loops.max(1) {
             loops.spawn(
                 receive::receive_loop(
-                    ctx.clone(),
+                    parts.clone(),
                     permits.clone(),
                     tasks.clone(),
                     batches.clone(),
@@ -281,8 +281,8 @@ impl Worker {
             tasks.wait().await;
         }
         // Every sender is gone once the tasks are: the deleter drains and stops.
-        let released = ctx.released.clone();
-        drop(ctx);
+        let released = parts.released.clone();
+        drop(parts);
         if tokio::time::timeout_at(deadline.into(), deleter)
             .await
             .is_err()

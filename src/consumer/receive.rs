@@ -2,7 +2,7 @@
 //! the task that takes one batch through the pipeline to its acks.
 
 use super::ack::Ack;
-use super::{visibility, Ctx};
+use super::{visibility, WorkerParts};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::process::Processed;
@@ -23,30 +23,30 @@ pub(super) struct Receipt {
 }
 
 pub(super) async fn receive_loop(
-    ctx: Ctx,
+    parts: WorkerParts,
     permits: Arc<Semaphore>,
     tasks: TaskTracker,
     batches: mpsc::Sender<Receipt>,
     stop: CancellationToken,
     idle: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(ctx.config.backoff_base, ctx.config.backoff_cap);
+    let mut backoff = Backoff::new(parts.config.backoff_base, parts.config.backoff_cap);
     loop {
         if idle.is_cancelled() {
             return;
         }
         // While the database is down, receiving would only burn receive counts towards the
         // dead-letter queue: wait for it instead.
-        if !ctx.health.database_ok() {
+        if !parts.health.database_ok() {
             // A ping can wait out the pool's acquire timeout: a shutdown must not wait with it.
             let ping = tokio::select! {
                 _ = stop.cancelled() => return,
-                p = ctx.pipeline.store.ping() => p,
+                p = parts.pipeline.store.ping() => p,
             };
             match ping {
                 Ok(()) => {
                     tracing::info!("database reachable again");
-                    ctx.health.set_database_ok(true);
+                    parts.health.set_database_ok(true);
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -69,13 +69,13 @@ pub(super) async fn receive_loop(
                 Err(_) => break,
             }
         }
-        let request = ctx
+        let request = parts
             .sqs
             .receive_message()
-            .queue_url(&ctx.config.queue_url)
+            .queue_url(&parts.config.queue_url)
             .max_number_of_messages(held.len() as i32)
-            .wait_time_seconds(ctx.config.wait_time.as_secs() as i32)
-            .visibility_timeout(ctx.config.visibility_timeout.as_secs() as i32)
+            .wait_time_seconds(parts.config.wait_time.as_secs() as i32)
+            .visibility_timeout(parts.config.visibility_timeout.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .set_message_attribute_names(Some(
@@ -89,12 +89,12 @@ pub(super) async fn receive_loop(
         };
         let messages = match received {
             Ok(out) => {
-                ctx.health.receive_ok();
+                parts.health.receive_ok();
                 backoff.reset();
                 out.messages.unwrap_or_default()
             }
             Err(e) => {
-                ctx.metrics.receive_errors.inc();
+                parts.metrics.receive_errors.inc();
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
@@ -111,14 +111,14 @@ pub(super) async fn receive_loop(
         };
         if messages.is_empty() {
             drop(held);
-            if ctx.config.exit_when_idle && tasks.is_empty() {
+            if parts.config.exit_when_idle && tasks.is_empty() {
                 tracing::info!("queue drained; stopping (--exit-when-idle)");
                 idle.cancel();
                 return;
             }
             continue;
         }
-        ctx.metrics.received.inc_by(messages.len() as u64);
+        parts.metrics.received.inc_by(messages.len() as u64);
         let receipt = Receipt {
             messages: messages.into_iter().zip(held.drain(..)).collect(),
             work: tasks.token(),
@@ -143,13 +143,13 @@ async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
 /// for more. A short receive means a quiet queue and is applied at once, so light-load latency
 /// never pays the linger.
 pub(super) async fn combine(
-    ctx: Ctx,
+    parts: WorkerParts,
     mut receipts: mpsc::Receiver<Receipt>,
     tasks: TaskTracker,
     stop: CancellationToken,
     abort: CancellationToken,
 ) {
-    let max = ctx.config.max_batch.max(1);
+    let max = parts.config.max_batch.max(1);
     while let Some(first) = receipts.recv().await {
         let mut full = first.messages.len() >= SQS_MAX_BATCH;
         let mut batch = vec![first];
@@ -164,8 +164,8 @@ pub(super) async fn combine(
                 Err(_) => break,
             }
         }
-        if full && size < max && !ctx.config.batch_linger.is_zero() {
-            let linger = tokio::time::sleep(ctx.config.batch_linger);
+        if full && size < max && !parts.config.batch_linger.is_zero() {
+            let linger = tokio::time::sleep(parts.config.batch_linger);
             tokio::pin!(linger);
             while size < max {
                 tokio::select! {
@@ -178,7 +178,7 @@ pub(super) async fn combine(
             }
         }
         tasks.spawn(handle_batch(
-            ctx.clone(),
+            parts.clone(),
             batch,
             stop.clone(),
             abort.clone(),
@@ -197,28 +197,28 @@ struct Pending {
 /// database refuses the batch), hands the committed ones to the deleter and leaves the rejected
 /// ones for the dead-letter queue. Members that hit a transient failure are retried together.
 async fn handle_batch(
-    ctx: Ctx,
+    parts: WorkerParts,
     receipts: Vec<Receipt>,
     stop: CancellationToken,
     abort: CancellationToken,
 ) {
     let count = receipts.iter().map(|r| r.messages.len()).sum::<usize>();
-    let _gauge = GaugeGuard::new(&ctx.metrics, count as i64);
+    let _gauge = GaugeGuard::new(&parts.metrics, count as i64);
     // The work tokens end with this task, whatever way it ends.
     let mut works = Vec::with_capacity(receipts.len());
     let mut pending = Vec::with_capacity(count);
     for Receipt { messages, work } in receipts {
         works.push(work);
         for (message, slot) in messages {
-            let received = crate::sqs::received(&message, ctx.pipeline.verifier.redrive_key());
+            let received = crate::sqs::received(&message, parts.pipeline.verifier.redrive_key());
             let message_id = &received.inbound.message_id;
             let Some(receipt) = message.receipt_handle().map(str::to_string) else {
                 tracing::error!(%message_id, "message without receipt handle; cannot acknowledge");
                 continue;
             };
             tracing::debug!(%message_id, "received");
-            ctx.in_flight
-                .track(message_id, &receipt, ctx.config.visibility_timeout);
+            parts.in_flight
+                .track(message_id, &receipt, parts.config.visibility_timeout);
             pending.push(Pending {
                 received,
                 receipt,
@@ -226,12 +226,12 @@ async fn handle_batch(
             });
         }
     }
-    let mut backoff = Backoff::new(ctx.config.backoff_base, ctx.config.backoff_cap);
+    let mut backoff = Backoff::new(parts.config.backoff_base, parts.config.backoff_cap);
     while !pending.is_empty() {
         let refs: Vec<&Received> = pending.iter().map(|p| &p.received).collect();
         let results = tokio::select! {
-            _ = abort.cancelled() => { release(&ctx, &pending).await; return; }
-            r = ctx.pipeline.process_received_batch(&refs) => r,
+            _ = abort.cancelled() => { release(&parts, &pending).await; return; }
+            r = parts.pipeline.process_received_batch(&refs) => r,
         };
         drop(refs);
         let mut retry = Vec::new();
@@ -239,7 +239,7 @@ async fn handle_batch(
         for (p, result) in pending.into_iter().zip(results) {
             match result {
                 Processed::Done(_) => {
-                    ctx.health.set_database_ok(true);
+                    parts.health.set_database_ok(true);
                     // The deleter owns the message (and its slot) from here; it stays tracked,
                     // and its visibility extended, until the delete is done.
                     let ack = Ack {
@@ -247,14 +247,14 @@ async fn handle_batch(
                         receipt_handle: p.receipt,
                         _slot: p.slot,
                     };
-                    if ctx.acks.send(ack).await.is_err() {
+                    if parts.acks.send(ack).await.is_err() {
                         tracing::error!("the deleter stopped before every ack was sent");
                     }
                 }
                 Processed::Rejected { .. } => {
                     // Not deleted: it becomes visible again and the redrive policy moves it to
                     // the dead-letter queue after maxReceiveCount receives.
-                    ctx.in_flight.untrack([p.receipt.as_str()]);
+                    parts.in_flight.untrack([p.receipt.as_str()]);
                 }
                 Processed::Retry(e) => {
                     transient = Some(e);
@@ -264,7 +264,7 @@ async fn handle_batch(
         }
         pending = retry;
         if let Some(e) = transient {
-            ctx.health.set_database_ok(false);
+            parts.health.set_database_ok(false);
             let delay = backoff.next_delay();
             tracing::warn!(count = pending.len(), first_message_id = %pending[0].received.inbound.message_id, error = %e, delay_ms = delay.as_millis() as u64, "transient failure; retrying");
             let stopped = tokio::select! {
@@ -274,19 +274,19 @@ async fn handle_batch(
             };
             if stopped {
                 // Give them back now rather than sit on them through the shutdown.
-                release(&ctx, &pending).await;
+                release(&parts, &pending).await;
                 return;
             }
         }
     }
 }
 
-async fn release(ctx: &Ctx, pending: &[Pending]) {
+async fn release(parts: &WorkerParts, pending: &[Pending]) {
     let messages: Vec<(&str, &str)> = pending
         .iter()
         .map(|p| (p.received.inbound.message_id.as_str(), p.receipt.as_str()))
         .collect();
-    visibility::release(ctx, &messages).await;
+    visibility::release(parts, &messages).await;
 }
 
 /// Counts a batch in the in-flight gauge while its task runs, however it ends.

@@ -1,6 +1,6 @@
 //! What is in flight, keeping it hidden while it is worked on, and giving it back at shutdown.
 
-use super::{Ctx, Side};
+use super::{WorkerParts, Side};
 use crate::sqs::{entry_index, visibility_entries, SQS_MAX_BATCH};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -69,23 +69,23 @@ impl InFlight {
 
 /// Makes unfinished messages, as (message id, receipt handle), visible again at once so another
 /// replica can take them.
-pub(super) async fn release(ctx: &Ctx, messages: &[(&str, &str)]) {
-    ctx.in_flight.untrack(messages.iter().map(|(_, r)| *r));
-    ctx.released
+pub(super) async fn release(parts: &WorkerParts, messages: &[(&str, &str)]) {
+    parts.in_flight.untrack(messages.iter().map(|(_, r)| *r));
+    parts.released
         .fetch_add(messages.len() as u64, Ordering::Relaxed);
     for chunk in messages.chunks(SQS_MAX_BATCH) {
         let entries = match visibility_entries(chunk.iter().map(|(_, r)| *r), Duration::ZERO) {
             Ok(entries) => entries,
             Err(e) => {
-                ctx.metrics.visibility_failures.inc_by(chunk.len() as u64);
+                parts.metrics.visibility_failures.inc_by(chunk.len() as u64);
                 tracing::error!(error = %e, "cannot release; the messages return when their visibility times out");
                 continue;
             }
         };
-        let request = ctx
+        let request = parts
             .sqs
             .change_message_visibility_batch()
-            .queue_url(&ctx.config.queue_url)
+            .queue_url(&parts.config.queue_url)
             .set_entries(Some(entries))
             .send();
         // Releasing is a courtesy to other replicas; it must not hold up a shutdown.
@@ -98,7 +98,7 @@ pub(super) async fn release(ctx: &Ctx, messages: &[(&str, &str)]) {
                     .collect();
                 for (i, (message_id, _)) in chunk.iter().enumerate() {
                     if failed.contains(&i) {
-                        ctx.metrics.visibility_failures.inc();
+                        parts.metrics.visibility_failures.inc();
                         tracing::warn!(
                             message_id,
                             "could not release message; it returns when its visibility times out"
@@ -109,14 +109,14 @@ pub(super) async fn release(ctx: &Ctx, messages: &[(&str, &str)]) {
                 }
             }
             Err(_) => {
-                ctx.metrics.visibility_failures.inc_by(chunk.len() as u64);
+                parts.metrics.visibility_failures.inc_by(chunk.len() as u64);
                 tracing::warn!(
                     count = chunk.len(),
                     "releasing timed out; the messages return when their visibility times out"
                 );
             }
             Ok(Err(e)) => {
-                ctx.metrics.visibility_failures.inc_by(chunk.len() as u64);
+                parts.metrics.visibility_failures.inc_by(chunk.len() as u64);
                 tracing::warn!(count = chunk.len(), error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not release messages; they return when their visibility times out");
             }
         }

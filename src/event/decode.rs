@@ -39,7 +39,7 @@ type Object = Map<String, Value>;
 
 /// Decodes one SQS message into an [`Event`].
 pub fn decode(msg: &InboundMessage) -> Result<Event, DecodeError> {
-    let cx = Cx::new(&msg.message_id, "");
+    let fields = FieldReader::new(&msg.message_id, "");
     if msg.body.len() > MAX_BODY_BYTES {
         return Err(DecodeError::TooLarge {
             message_id: msg.message_id.clone(),
@@ -47,7 +47,7 @@ pub fn decode(msg: &InboundMessage) -> Result<Event, DecodeError> {
             limit: MAX_BODY_BYTES,
         });
     }
-    let root = cx.parse_object(&msg.body, "body")?;
+    let root = fields.parse_object(&msg.body, "body")?;
     if root.contains_key("Type") {
         sns_envelope(msg, &root)
     } else if root.contains_key("detail-type") {
@@ -62,7 +62,7 @@ pub fn decode(msg: &InboundMessage) -> Result<Event, DecodeError> {
 }
 
 fn sns_envelope(msg: &InboundMessage, envelope: &Object) -> Result<Event, DecodeError> {
-    let cx = Cx::new(&msg.message_id, "");
+    let fields = FieldReader::new(&msg.message_id, "");
     match envelope.get("Type") {
         Some(Value::String(kind)) if kind == "Notification" => {}
         other => {
@@ -72,12 +72,12 @@ fn sns_envelope(msg: &InboundMessage, envelope: &Object) -> Result<Event, Decode
             })
         }
     }
-    let sns_message_id = cx.req_str(envelope, &["MessageId"])?;
-    let topic_arn = cx.req_str(envelope, &["TopicArn"])?;
-    let time_ms = cx.req_time_ms(envelope, &["Timestamp"])?;
-    let message = cx.parse_object(cx.req_document(envelope, &["Message"])?, "Message")?;
+    let sns_message_id = fields.req_str(envelope, &["MessageId"])?;
+    let topic_arn = fields.req_str(envelope, &["TopicArn"])?;
+    let time_ms = fields.req_time_ms(envelope, &["Timestamp"])?;
+    let message = fields.parse_object(fields.req_document(envelope, &["Message"])?, "Message")?;
     let (action, subject, ids, details) =
-        marketplace(&Cx::new(&msg.message_id, "Message."), &message)?;
+        marketplace(&FieldReader::new(&msg.message_id, "Message."), &message)?;
     Ok(Event {
         sqs_message_id: msg.message_id.clone(),
         event_id: sns_message_id.to_owned(),
@@ -100,7 +100,7 @@ fn raw_delivery(msg: &InboundMessage, message: &Object) -> Result<Event, DecodeE
         .ok_or_else(|| DecodeError::MissingSentTimestamp {
             message_id: msg.message_id.clone(),
         })?;
-    let (action, subject, ids, details) = marketplace(&Cx::new(&msg.message_id, ""), message)?;
+    let (action, subject, ids, details) = marketplace(&FieldReader::new(&msg.message_id, ""), message)?;
     Ok(Event {
         sqs_message_id: msg.message_id.clone(),
         event_id: msg.message_id.clone(),
@@ -118,10 +118,10 @@ fn raw_delivery(msg: &InboundMessage, message: &Object) -> Result<Event, DecodeE
 
 /// The legacy marketplace JSON, whether enveloped by SNS or delivered raw.
 fn marketplace(
-    cx: &Cx,
+    fields: &FieldReader,
     message: &Object,
 ) -> Result<(Action, SubjectKey, Identifiers, Details), DecodeError> {
-    let action = match cx.req_str(message, &["action"])? {
+    let action = match fields.req_str(message, &["action"])? {
         SUBSCRIBE_SUCCESS => Action::SubscribeSuccess,
         SUBSCRIBE_FAIL => Action::SubscribeFail,
         UNSUBSCRIBE_PENDING => Action::UnsubscribePending,
@@ -129,23 +129,23 @@ fn marketplace(
         ENTITLEMENT_UPDATED => Action::EntitlementUpdated,
         other => {
             return Err(DecodeError::UnknownAction {
-                message_id: cx.message_id.to_owned(),
+                message_id: fields.message_id.to_owned(),
                 action: truncate(other),
             })
         }
     };
     // Older documentation spells these keys in CamelCase; both spellings are still seen.
     let customer_identifier =
-        cx.req_id_either(message, "customer-identifier", "CustomerIdentifier")?;
-    let product_code = cx.req_id_either(message, "product-code", "ProductCode")?;
+        fields.req_id_either(message, "customer-identifier", "CustomerIdentifier")?;
+    let product_code = fields.req_id_either(message, "product-code", "ProductCode")?;
     let ids = Identifiers {
         product_code: Some(product_code.clone()),
         customer_identifier: Some(customer_identifier.clone()),
-        offer_id: cx.opt_id(message, &["offer-identifier"])?,
+        offer_id: fields.opt_id(message, &["offer-identifier"])?,
         ..Identifiers::default()
     };
     let details = Details {
-        free_trial: cx.opt_bool(message, &["isFreeTrialTermPresent"])?,
+        free_trial: fields.opt_bool(message, &["isFreeTrialTermPresent"])?,
         ..Details::default()
     };
     let subject = SubjectKey::Customer {
@@ -264,49 +264,49 @@ pub fn handled_detail_types() -> impl Iterator<Item = &'static str> {
 }
 
 fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeError> {
-    let cx = Cx::new(&msg.message_id, "");
-    let event_id = cx.req_str(event, &["id"])?;
-    let detail_text = cx.req_str(event, &["detail-type"])?;
-    let source = cx.opt_str(event, &["source"])?;
+    let fields = FieldReader::new(&msg.message_id, "");
+    let event_id = fields.req_str(event, &["id"])?;
+    let detail_text = fields.req_str(event, &["detail-type"])?;
+    let source = fields.opt_str(event, &["source"])?;
     let kind = detail_type(detail_text).ok_or_else(|| DecodeError::UnknownDetailType {
         message_id: msg.message_id.clone(),
         detail_type: truncate(detail_text),
         event_id: Some(truncate(event_id)),
         event_source: source.map(truncate),
     })?;
-    let time_ms = cx.req_time_ms(event, &["time"])?;
+    let time_ms = fields.req_time_ms(event, &["time"])?;
     match event.get("detail") {
         Some(Value::Object(_)) => {}
-        None | Some(Value::Null) => return Err(cx.missing(&["detail"])),
-        Some(_) => return Err(cx.wrong_type(&["detail"], "object")),
+        None | Some(Value::Null) => return Err(fields.missing(&["detail"])),
+        Some(_) => return Err(fields.wrong_type(&["detail"], "object")),
     }
-    let agreement_id = agreement_id(&cx, event)?;
+    let agreement_id = agreement_id(&fields, event)?;
     let mut ids = Identifiers {
         agreement_id: Some(agreement_id.to_owned()),
-        customer_aws_account_id: cx.opt_id(event, ACCEPTOR_ACCOUNT_ID)?,
-        previous_agreement_id: cx.opt_id(event, PREVIOUS_AGREEMENT_ID)?,
-        offer_id: cx.first_id(event, &[OFFER_ID, AGREEMENT_OFFER_ID])?,
+        customer_aws_account_id: fields.opt_id(event, ACCEPTOR_ACCOUNT_ID)?,
+        previous_agreement_id: fields.opt_id(event, PREVIOUS_AGREEMENT_ID)?,
+        offer_id: fields.first_id(event, &[OFFER_ID, AGREEMENT_OFFER_ID])?,
         ..Identifiers::default()
     };
     let details = Details {
         free_trial: None,
-        agreement_start_ms: cx.opt_time_ms(event, AGREEMENT_START)?,
-        agreement_end_ms: cx.opt_time_ms(event, AGREEMENT_END)?,
-        acceptance_ms: cx.opt_time_ms(event, AGREEMENT_ACCEPTANCE)?,
-        auto_renewal: cx.opt_bool(event, AUTO_RENEWAL)?,
-        proposer_account_id: cx.first_id(event, &[PROPOSER_ACCOUNT_ID, AGREEMENT_PROPOSER_ID])?,
-        resale_authorization_id: cx.opt_id(event, RESALE_AUTHORIZATION_ID)?,
-        product_id: cx.first_id(event, &[PRODUCT_ID, AGREEMENT_PRODUCT_ID])?,
+        agreement_start_ms: fields.opt_time_ms(event, AGREEMENT_START)?,
+        agreement_end_ms: fields.opt_time_ms(event, AGREEMENT_END)?,
+        acceptance_ms: fields.opt_time_ms(event, AGREEMENT_ACCEPTANCE)?,
+        auto_renewal: fields.opt_bool(event, AUTO_RENEWAL)?,
+        proposer_account_id: fields.first_id(event, &[PROPOSER_ACCOUNT_ID, AGREEMENT_PROPOSER_ID])?,
+        resale_authorization_id: fields.opt_id(event, RESALE_AUTHORIZATION_ID)?,
+        product_id: fields.first_id(event, &[PRODUCT_ID, AGREEMENT_PRODUCT_ID])?,
     };
     // The Proposer and Manufacturer copies of one fact have different event ids but the same
     // agreement, time and qualifier, so the fact key leaves the party out.
     let (action, fact_key) = match kind {
         DetailType::Created(party) => {
-            let (intent, qual) = match cx.opt_str(event, AGREEMENT_INTENT)? {
+            let (intent, qual) = match fields.opt_str(event, AGREEMENT_INTENT)? {
                 None | Some("NEW") => (Intent::New, "NEW"),
                 Some("RENEW") => (Intent::Renew, "RENEW"),
                 Some("REPLACE") => (Intent::Replace, "REPLACE"),
-                Some(other) => return Err(cx.invalid(AGREEMENT_INTENT, other)),
+                Some(other) => return Err(fields.invalid(AGREEMENT_INTENT, other)),
             };
             let key = format!("eb:created:{agreement_id}:{time_ms}:{qual}");
             (Action::AgreementCreated { party, intent }, key)
@@ -316,20 +316,20 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
             (Action::AgreementAmended { party }, key)
         }
         DetailType::Ended(party) => {
-            let (status, qual) = match cx.req_str(event, AGREEMENT_STATUS)? {
+            let (status, qual) = match fields.req_str(event, AGREEMENT_STATUS)? {
                 "CANCELLED" => (EndStatus::Cancelled, "CANCELLED"),
                 "EXPIRED" => (EndStatus::Expired, "EXPIRED"),
                 "TERMINATED" => (EndStatus::Terminated, "TERMINATED"),
                 "RENEWED" => (EndStatus::Renewed, "RENEWED"),
                 "REPLACED" => (EndStatus::Replaced, "REPLACED"),
-                other => return Err(cx.invalid(AGREEMENT_STATUS, other)),
+                other => return Err(fields.invalid(AGREEMENT_STATUS, other)),
             };
             let key = format!("eb:ended:{agreement_id}:{time_ms}:{qual}");
             (Action::AgreementEnded { party, status }, key)
         }
         DetailType::LicenseUpdated | DetailType::LicenseDeprovisioned => {
-            ids.product_code = Some(cx.req_id(event, PRODUCT_CODE)?);
-            ids.license_arn = Some(cx.req_id(event, LICENSE_ARN)?);
+            ids.product_code = Some(fields.req_id(event, PRODUCT_CODE)?);
+            ids.license_arn = Some(fields.req_id(event, LICENSE_ARN)?);
             let (action, name) = match kind {
                 DetailType::LicenseUpdated => (Action::LicenseUpdated, "license-updated"),
                 _ => (Action::LicenseDeprovisioned, "license-deprovisioned"),
@@ -359,8 +359,8 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
 }
 
 /// `detail.agreement.id`, or failing that the id at the end of the agreement ARN in `resources`.
-fn agreement_id<'v>(cx: &Cx, event: &'v Object) -> Result<&'v str, DecodeError> {
-    if let Some(id) = cx
+fn agreement_id<'v>(fields: &FieldReader, event: &'v Object) -> Result<&'v str, DecodeError> {
+    if let Some(id) = fields
         .opt_str(event, AGREEMENT_ID)?
         .and_then(normalize_identifier)
     {
@@ -374,20 +374,20 @@ fn agreement_id<'v>(cx: &Cx, event: &'v Object) -> Result<&'v str, DecodeError> 
             .find(|arn| arn.contains(":agreement:"))
             .and_then(|arn| arn.rsplit("agreement:").next())
             .and_then(normalize_identifier),
-        Some(_) => return Err(cx.wrong_type(&["resources"], "array")),
+        Some(_) => return Err(fields.wrong_type(&["resources"], "array")),
     };
-    from_resources.ok_or_else(|| cx.missing(AGREEMENT_ID))
+    from_resources.ok_or_else(|| fields.missing(AGREEMENT_ID))
 }
 
 /// Field access for one message; `prefix` names the enclosing field in error paths.
-struct Cx<'a> {
+struct FieldReader<'a> {
     message_id: &'a str,
     prefix: &'static str,
 }
 
-impl<'a> Cx<'a> {
+impl<'a> FieldReader<'a> {
     fn new(message_id: &'a str, prefix: &'static str) -> Self {
-        Cx { message_id, prefix }
+        FieldReader { message_id, prefix }
     }
 
     fn field(&self, path: &[&str]) -> String {
@@ -623,11 +623,11 @@ mod tests {
 
     #[test]
     fn lookup_treats_null_as_absent_and_names_a_non_object_parent() {
-        let cx = Cx::new("m", "Message.");
+        let fields = FieldReader::new("m", "Message.");
         let root = object(json!({"detail": {"offer": null, "agreement": "agmt-1"}}));
-        assert_eq!(cx.lookup(&root, OFFER_ID), Ok(None));
+        assert_eq!(fields.lookup(&root, OFFER_ID), Ok(None));
         assert_eq!(
-            cx.lookup(&root, AGREEMENT_ID),
+            fields.lookup(&root, AGREEMENT_ID),
             Err(DecodeError::WrongType {
                 message_id: "m".into(),
                 field: "Message.detail.agreement".into(),
@@ -638,26 +638,26 @@ mod tests {
 
     #[test]
     fn agreement_id_falls_back_to_the_first_agreement_resource() {
-        let cx = Cx::new("m", "");
+        let fields = FieldReader::new("m", "");
         let root = object(json!({"detail": {}, "resources": [
             7,
             "arn:aws:aws-marketplace::aws:offer:offer-1",
             "arn:aws:aws-marketplace::aws:agreement:agmt-123",
             "arn:aws:aws-marketplace::aws:agreement:agmt-456",
         ]}));
-        assert_eq!(agreement_id(&cx, &root), Ok("agmt-123"));
+        assert_eq!(agreement_id(&fields, &root), Ok("agmt-123"));
         let empty_tail =
             object(json!({"detail": {}, "resources": ["arn:aws:aws-marketplace::aws:agreement:"]}));
         assert_eq!(
-            agreement_id(&cx, &empty_tail),
-            Err(cx.missing(AGREEMENT_ID))
+            agreement_id(&fields, &empty_tail),
+            Err(fields.missing(AGREEMENT_ID))
         );
         let not_array = object(
             json!({"detail": {}, "resources": "arn:aws:aws-marketplace::aws:agreement:agmt-1"}),
         );
         assert_eq!(
-            agreement_id(&cx, &not_array),
-            Err(cx.wrong_type(&["resources"], "array"))
+            agreement_id(&fields, &not_array),
+            Err(fields.wrong_type(&["resources"], "array"))
         );
     }
 
