@@ -217,7 +217,8 @@ async fn handle_batch(
                 continue;
             };
             tracing::debug!(%message_id, "received");
-            parts.in_flight
+            parts
+                .in_flight
                 .track(message_id, &receipt, parts.config.visibility_timeout);
             pending.push(Pending {
                 received,

@@ -1,6 +1,6 @@
 //! What is in flight, keeping it hidden while it is worked on, and giving it back at shutdown.
 
-use super::{WorkerParts, Side};
+use super::{Side, WorkerParts};
 use crate::sqs::{entry_index, visibility_entries, SQS_MAX_BATCH};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -71,7 +71,8 @@ impl InFlight {
 /// replica can take them.
 pub(super) async fn release(parts: &WorkerParts, messages: &[(&str, &str)]) {
     parts.in_flight.untrack(messages.iter().map(|(_, r)| *r));
-    parts.released
+    parts
+        .released
         .fetch_add(messages.len() as u64, Ordering::Relaxed);
     for chunk in messages.chunks(SQS_MAX_BATCH) {
         let entries = match visibility_entries(chunk.iter().map(|(_, r)| *r), Duration::ZERO) {

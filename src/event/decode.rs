@@ -100,7 +100,8 @@ fn raw_delivery(msg: &InboundMessage, message: &Object) -> Result<Event, DecodeE
         .ok_or_else(|| DecodeError::MissingSentTimestamp {
             message_id: msg.message_id.clone(),
         })?;
-    let (action, subject, ids, details) = marketplace(&FieldReader::new(&msg.message_id, ""), message)?;
+    let (action, subject, ids, details) =
+        marketplace(&FieldReader::new(&msg.message_id, ""), message)?;
     Ok(Event {
         sqs_message_id: msg.message_id.clone(),
         event_id: msg.message_id.clone(),
@@ -245,8 +246,8 @@ const DETAIL_TYPES: &[(&str, DetailType)] = {
             Note(P, N::BillingAdjustment(B::Completed)),
         ),
         (
-            "Purchase Agreement Billing Adjustment Validation Failed - Proposer",
-            Note(P, N::BillingAdjustment(B::ValidationFailed)),
+            "Purchase Agreement Billing Adjustment Failed - Proposer",
+            Note(P, N::BillingAdjustment(B::Failed)),
         ),
     ]
 };
@@ -294,7 +295,8 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
         agreement_end_ms: fields.opt_time_ms(event, AGREEMENT_END)?,
         acceptance_ms: fields.opt_time_ms(event, AGREEMENT_ACCEPTANCE)?,
         auto_renewal: fields.opt_bool(event, AUTO_RENEWAL)?,
-        proposer_account_id: fields.first_id(event, &[PROPOSER_ACCOUNT_ID, AGREEMENT_PROPOSER_ID])?,
+        proposer_account_id: fields
+            .first_id(event, &[PROPOSER_ACCOUNT_ID, AGREEMENT_PROPOSER_ID])?,
         resale_authorization_id: fields.opt_id(event, RESALE_AUTHORIZATION_ID)?,
         product_id: fields.first_id(event, &[PRODUCT_ID, AGREEMENT_PRODUCT_ID])?,
     };

@@ -204,7 +204,7 @@ impl Notice {
             },
             Notice::BillingAdjustment(status) => match status {
                 BillingAdjustmentStatus::Completed => "billing-adjustment-completed",
-                BillingAdjustmentStatus::ValidationFailed => "billing-adjustment-validation-failed",
+                BillingAdjustmentStatus::Failed => "billing-adjustment-failed",
             },
         }
     }
@@ -249,8 +249,10 @@ impl CancellationRequestStatus {
 pub enum BillingAdjustmentStatus {
     /// The refund was processed.
     Completed,
-    /// AWS refused the adjustment.
-    ValidationFailed,
+    /// AWS refused the adjustment (Purchase Agreement Billing Adjustment Failed).
+    // Details stored before the detail-type's name was corrected spell it `validation_failed`.
+    #[serde(alias = "validation_failed")]
+    Failed,
 }
 
 impl BillingAdjustmentStatus {
@@ -258,7 +260,7 @@ impl BillingAdjustmentStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             BillingAdjustmentStatus::Completed => "completed",
-            BillingAdjustmentStatus::ValidationFailed => "validation_failed",
+            BillingAdjustmentStatus::Failed => "failed",
         }
     }
 }
@@ -422,6 +424,17 @@ mod tests {
         );
         assert_eq!(license_id(id), id);
         assert_eq!(license_id("something-else"), "something-else");
+    }
+
+    #[test]
+    fn a_billing_adjustment_stored_under_its_old_name_still_reads() {
+        let old: BillingAdjustmentStatus =
+            serde_json::from_str("\"validation_failed\"").expect("old name");
+        assert_eq!(old, BillingAdjustmentStatus::Failed);
+        assert_eq!(
+            serde_json::to_string(&BillingAdjustmentStatus::Failed).expect("json"),
+            "\"failed\""
+        );
     }
 
     #[test]

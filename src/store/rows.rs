@@ -344,7 +344,7 @@ pub struct StatusDetails {
     pub cancellation_request: Option<CancellationRequestStatus>,
     /// Time of that cancellation-request event (RFC 3339).
     pub cancellation_request_time: Option<String>,
-    /// The newest billing-adjustment status: `completed`, `validation_failed`.
+    /// The newest billing-adjustment status: `completed`, `failed`.
     pub billing_adjustment: Option<BillingAdjustmentStatus>,
 }
 
@@ -387,9 +387,7 @@ impl StatusRow {
         }
         match self.details.billing_adjustment {
             Some(BillingAdjustmentStatus::Completed) => notes.push("refund completed".to_string()),
-            Some(BillingAdjustmentStatus::ValidationFailed) => {
-                notes.push("refund failed".to_string())
-            }
+            Some(BillingAdjustmentStatus::Failed) => notes.push("refund failed".to_string()),
             None => {}
         }
         notes
