@@ -416,10 +416,21 @@ async fn aws_examples_through_apply(backend: Backend) {
         let body: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(file)).expect("example"))
                 .expect("example JSON");
+        // SQS sends an EventBridge event after it happened; AWS dates some examples after this
+        // test's base time (one, Renewal Upcoming, even after the clock of the day it was
+        // written), which only a send time at least the event's own makes plausible.
+        let event_ms = body["time"].as_str().map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .expect("example time")
+                .timestamp_millis()
+        });
+        let sent_ms = event_ms.map_or(1_725_053_763_000i64 + i as i64, |t| {
+            t.max(1_725_053_763_000i64 + i as i64)
+        });
         let line = serde_json::json!({
             "MessageId": format!("sqs-{i}"),
             "Body": body.to_string(),
-            "Attributes": { "SentTimestamp": (1_725_053_763_000i64 + i as i64).to_string() },
+            "Attributes": { "SentTimestamp": sent_ms.to_string() },
         });
         lines.push_str(&line.to_string());
         lines.push('\n');
@@ -458,7 +469,10 @@ async fn aws_examples_through_apply(backend: Backend) {
     assert_eq!(row["link_state"], "unlinked");
     let table = ok(&mplink(&db, &["status"], None));
     assert!(table.contains("NOTES"), "{table}");
+    // The renewal agreement ends as its Created example says; the first agreement as its
+    // newest notice (Renewal Upcoming) says.
     assert!(table.contains("ends on 2025-05-30"), "{table}");
+    assert!(table.contains("ends on 2026-12-31"), "{table}");
     db.cleanup().await;
 }
 
