@@ -192,6 +192,42 @@ fn every_documented_example_decodes_to_its_intended_event() {
     assert_eq!(assumed, BTreeSet::from(NEVER_PRINTED.map(str::to_owned)));
 }
 
+fn decoded(file: &str) -> mplink::event::Event {
+    decode(&inbound("sqs-1", example(file).to_string())).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+#[test]
+fn the_cancellation_requests_name_the_buyer_as_acceptor() {
+    for file in [
+        "agreement-cancellation-request-pending-approval-proposer.json",
+        "agreement-cancellation-request-approved-proposer.json",
+        "agreement-cancellation-request-rejected-proposer.json",
+        "agreement-cancellation-request-cancelled-proposer.json",
+        "agreement-cancellation-request-validation-failed-proposer.json",
+    ] {
+        let event = decoded(file);
+        assert_eq!(
+            event.ids.customer_aws_account_id.as_deref(),
+            Some("123465789012"),
+            "{file}"
+        );
+        // The seller's copy does not name the proposer (the seller itself).
+        assert_eq!(event.details.proposer_account_id, None, "{file}");
+        assert_eq!(event.ids.offer_id.as_deref(), Some("offer-exampleid"));
+        assert_eq!(event.details.product_id.as_deref(), Some("prod-exampleid"));
+    }
+    // Where both are present, the acceptor object is the one AWS's agreement events use.
+    let both = edited(
+        "agreement-cancellation-request-pending-approval-proposer.json",
+        |v| v["detail"]["acceptor"] = json!({"accountId": "845735284135"}),
+    );
+    let event = decode(&inbound("sqs-2", both)).expect("decodes");
+    assert_eq!(
+        event.ids.customer_aws_account_id.as_deref(),
+        Some("845735284135")
+    );
+}
+
 #[test]
 fn every_handled_detail_type_has_a_documented_example_with_its_own_id() {
     let mut documented = BTreeSet::new();
@@ -574,6 +610,11 @@ async fn every_informational_example_is_noted_and_shown(backend: Backend) {
     let row = &rows[1];
     assert_eq!(row.agreement_id.as_deref(), Some(AG_REQUESTS));
     assert_eq!(row.subscription_state, SubState::Pending);
+    assert_eq!(
+        row.customer_aws_account_id.as_deref(),
+        Some("123465789012"),
+        "the buyer, from the cancellation requests' acceptorId"
+    );
     // Rejected (2025-01-02T10:30) is the newest of the five requests.
     assert_eq!(
         serde_json::to_value(row).expect("json")["cancellation_request"],

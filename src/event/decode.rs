@@ -34,6 +34,9 @@ const PRODUCT_ID: &[&str] = &["detail", "product", "id"];
 const AGREEMENT_OFFER_ID: &[&str] = &["detail", "agreement", "offerId"];
 const AGREEMENT_PROPOSER_ID: &[&str] = &["detail", "agreement", "proposerId"];
 const AGREEMENT_PRODUCT_ID: &[&str] = &["detail", "agreement", "productId"];
+// The seller's (Proposer) copy of a cancellation-request event names the buyer here; the
+// buyer's copy names the seller as `proposerId` instead.
+const AGREEMENT_ACCEPTOR_ID: &[&str] = &["detail", "agreement", "acceptorId"];
 
 type Object = Map<String, Value>;
 
@@ -284,7 +287,8 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
     let agreement_id = agreement_id(&fields, event)?;
     let mut ids = Identifiers {
         agreement_id: Some(agreement_id.to_owned()),
-        customer_aws_account_id: fields.opt_id(event, ACCEPTOR_ACCOUNT_ID)?,
+        customer_aws_account_id: fields
+            .first_id(event, &[ACCEPTOR_ACCOUNT_ID, AGREEMENT_ACCEPTOR_ID])?,
         previous_agreement_id: fields.opt_id(event, PREVIOUS_AGREEMENT_ID)?,
         offer_id: fields.first_id(event, &[OFFER_ID, AGREEMENT_OFFER_ID])?,
         ..Identifiers::default()

@@ -314,7 +314,7 @@ pub struct Identifiers {
     pub product_code: Option<String>,
     /// Legacy customer identifier.
     pub customer_identifier: Option<String>,
-    /// The buyer's AWS account id (`acceptor.accountId`).
+    /// The buyer's AWS account id (`acceptor.accountId`, or `agreement.acceptorId`).
     pub customer_aws_account_id: Option<String>,
     /// Agreement id (EventBridge events).
     pub agreement_id: Option<String>,
