@@ -214,6 +214,10 @@ pub struct SubscriptionDetails {
     /// The newest Purchase Agreement Ending notice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ending_notice: Option<Stamp>,
+    /// How many days before the end that notice was sent for (its `daysBeforeEndTime`). It
+    /// changes only with `ending_notice`, so the two always describe the same event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ending_notice_days: Option<u32>,
     /// The newest Renewal Upcoming notice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renewal_upcoming: Option<Stamp>,
@@ -256,7 +260,13 @@ impl SubscriptionDetails {
         changed |= newer(&mut self.product_id, d.product_id.clone(), &stamp);
         if let Action::AgreementNotice { notice, .. } = event.action {
             changed |= match notice {
-                Notice::Ending => newer_stamp(&mut self.ending_notice, &stamp),
+                Notice::Ending => {
+                    let newest = newer_stamp(&mut self.ending_notice, &stamp);
+                    if newest {
+                        self.ending_notice_days = d.days_before_end;
+                    }
+                    newest
+                }
                 Notice::RenewalUpcoming => newer_stamp(&mut self.renewal_upcoming, &stamp),
                 Notice::RenewalTermsFinalized => {
                     newer_stamp(&mut self.renewal_terms_finalized, &stamp)

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use mplink::event::{decode, handled_detail_types, Action, InboundMessage, Party};
+use mplink::event::{decode, handled_detail_types, Action, DecodeError, InboundMessage, Party};
 use mplink::ledger::{effect, Effect, LinkRequest, LinkState, Outcome, SubState};
 use mplink::metrics::{Metrics, MAX_UNRECOGNISED_LABELS, OTHER_LABEL};
 use mplink::process::{Pipeline, Processed, UnrecognisedPolicy};
@@ -226,6 +226,102 @@ fn the_cancellation_requests_name_the_buyer_as_acceptor() {
         event.ids.customer_aws_account_id.as_deref(),
         Some("845735284135")
     );
+}
+
+#[test]
+fn the_ending_notice_says_how_many_days_are_left() {
+    let event = decoded("purchase-agreement-ending-proposer.json");
+    assert_eq!(event.details.days_before_end, Some(180));
+    assert_eq!(
+        decoded("purchase-agreement-ending-manufacturer.json")
+            .details
+            .days_before_end,
+        Some(180)
+    );
+    // Every count AWS documents, and none on an event that is not an Ending notice.
+    for days in [180, 120, 90, 60, 30, 0] {
+        let body = edited("purchase-agreement-ending-proposer.json", |v| {
+            v["detail"]["agreement"]["daysBeforeEndTime"] = json!(days);
+        });
+        let event = decode(&inbound("sqs-1", body)).expect("decodes");
+        assert_eq!(event.details.days_before_end, Some(days));
+    }
+    let amended = edited("purchase-agreement-amended-proposer.json", |v| {
+        v["detail"]["agreement"]["daysBeforeEndTime"] = json!(90);
+    });
+    let event = decode(&inbound("sqs-1", amended)).expect("decodes");
+    assert_eq!(event.details.days_before_end, None);
+    let absent = edited("purchase-agreement-ending-proposer.json", |v| {
+        v["detail"]["agreement"]["daysBeforeEndTime"] = Value::Null;
+    });
+    let event = decode(&inbound("sqs-1", absent)).expect("decodes");
+    assert_eq!(event.details.days_before_end, None);
+}
+
+#[test]
+fn a_days_before_end_that_is_no_count_of_days_is_refused_by_name() {
+    let field = "detail.agreement.daysBeforeEndTime";
+    for (value, error) in [
+        (
+            json!(-30),
+            DecodeError::InvalidValue {
+                message_id: "sqs-bad".into(),
+                field: field.into(),
+                value: "-30".into(),
+            },
+        ),
+        (
+            json!(30.5),
+            DecodeError::InvalidValue {
+                message_id: "sqs-bad".into(),
+                field: field.into(),
+                value: "30.5".into(),
+            },
+        ),
+        (
+            json!(3_661),
+            DecodeError::InvalidValue {
+                message_id: "sqs-bad".into(),
+                field: field.into(),
+                value: "3661".into(),
+            },
+        ),
+        (
+            json!(u64::MAX),
+            DecodeError::InvalidValue {
+                message_id: "sqs-bad".into(),
+                field: field.into(),
+                value: u64::MAX.to_string(),
+            },
+        ),
+        (
+            json!("180"),
+            DecodeError::WrongType {
+                message_id: "sqs-bad".into(),
+                field: field.into(),
+                expected: "a non-negative integer",
+            },
+        ),
+        (
+            json!(true),
+            DecodeError::WrongType {
+                message_id: "sqs-bad".into(),
+                field: field.into(),
+                expected: "a non-negative integer",
+            },
+        ),
+    ] {
+        let body = edited("purchase-agreement-ending-proposer.json", |v| {
+            v["detail"]["agreement"]["daysBeforeEndTime"] = value.clone();
+        });
+        assert_eq!(decode(&inbound("sqs-bad", body)), Err(error), "{value}");
+    }
+    // The largest count accepted.
+    let body = edited("purchase-agreement-ending-proposer.json", |v| {
+        v["detail"]["agreement"]["daysBeforeEndTime"] = json!(3_660);
+    });
+    let event = decode(&inbound("sqs-1", body)).expect("decodes");
+    assert_eq!(event.details.days_before_end, Some(3_660));
 }
 
 #[test]
@@ -588,6 +684,17 @@ async fn every_informational_example_is_noted_and_shown(backend: Backend) {
         d.ending_notice_time.as_deref(),
         Some("2026-07-04T00:00:00.000Z")
     );
+    assert_eq!(d.ending_notice_days_before_end, Some(180));
+    assert!(
+        row.notes()
+            .contains(&"ends on 2026-12-31 (180-day notice)".to_string()),
+        "{:?}",
+        row.notes()
+    );
+    assert_eq!(
+        serde_json::to_value(row).expect("json")["ending_notice_days_before_end"],
+        json!(180)
+    );
     assert_eq!(
         d.renewal_terms_finalized_time.as_deref(),
         Some("2026-11-01T00:00:00.000Z")
@@ -629,6 +736,62 @@ async fn every_informational_example_is_noted_and_shown(backend: Backend) {
         serde_json::to_value(row).expect("json")["billing_adjustment"],
         json!("failed")
     );
+    db.cleanup().await;
+}
+
+/// The days left go with the newest Ending notice, by event time, whatever the arrival order.
+async fn the_newest_ending_notice_says_the_days_left(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = &db.store;
+    let notice = |id: &str, time: &str, days: Value| {
+        edited("purchase-agreement-ending-proposer.json", |v| {
+            v["id"] = json!(id);
+            v["time"] = json!(time);
+            v["detail"]["agreement"]["daysBeforeEndTime"] = days;
+        })
+    };
+    let days = |row: &StatusRow| row.details.ending_notice_days_before_end;
+    let only_row = || async {
+        let rows = s.status(&StatusFilter::default()).await.expect("status");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        rows.into_iter().next().expect("row")
+    };
+    // The 30-day notice first, then AWS's 180-day one, which is older: it changes nothing.
+    let thirty = notice(
+        "01234567-0123-0123-0123-100000000030",
+        "2026-12-01T00:00:00Z",
+        json!(30),
+    );
+    assert_eq!(apply(s, "sqs-1", thirty).await, Outcome::Noted);
+    let published = example("purchase-agreement-ending-proposer.json").to_string();
+    assert_eq!(apply(s, "sqs-2", published).await, Outcome::Noted);
+    let row = only_row().await;
+    assert_eq!(days(&row), Some(30));
+    assert_eq!(
+        row.details.ending_notice_time.as_deref(),
+        Some("2026-12-01T00:00:00.000Z")
+    );
+    assert!(row
+        .notes()
+        .contains(&"ends on 2026-12-31 (30-day notice)".to_string()));
+    // The Manufacturer copy of the 180-day notice is the same fact.
+    let copy = example("purchase-agreement-ending-manufacturer.json").to_string();
+    assert_eq!(apply(s, "sqs-3", copy).await, Outcome::Duplicate);
+    assert_eq!(days(&only_row().await), Some(30));
+    // A newer notice that does not say the days leaves none, rather than the older notice's.
+    let silent = notice(
+        "01234567-0123-0123-0123-100000000031",
+        "2026-12-02T00:00:00Z",
+        Value::Null,
+    );
+    assert_eq!(apply(s, "sqs-4", silent).await, Outcome::Noted);
+    let row = only_row().await;
+    assert_eq!(days(&row), None);
+    assert_eq!(
+        row.details.ending_notice_time.as_deref(),
+        Some("2026-12-02T00:00:00.000Z")
+    );
+    assert!(row.notes().contains(&"ends on 2026-12-31".to_string()));
     db.cleanup().await;
 }
 
@@ -862,6 +1025,7 @@ both_backends! {
     license_before_create => license_before_create;
     cancellation_request_pending_approved_ended => cancellation_request_pending_approved_ended;
     every_informational_example_is_noted_and_shown => every_informational_example_is_noted_and_shown;
+    the_newest_ending_notice_says_the_days_left => the_newest_ending_notice_says_the_days_left;
     sns_examples_match_the_resolve_customer_identifier => sns_examples_match_the_resolve_customer_identifier;
     a_duplicate_never_creates_a_subscription_row => a_duplicate_never_creates_a_subscription_row;
     unknown_detail_types_are_acknowledged_or_dead_lettered_as_configured => unknown_detail_types_are_acknowledged_or_dead_lettered_as_configured;

@@ -198,6 +198,7 @@ async fn seed_story(backend: Backend) {
         "cancellation_request",
         "cancellation_request_time",
         "billing_adjustment",
+        "ending_notice_days_before_end",
     ];
     let mut keys: Vec<&str> = row
         .as_object()

@@ -625,6 +625,7 @@ fn details_are_decoded_from_the_fixtures() {
             proposer_account_id: Some("123456512334".to_owned()),
             resale_authorization_id: None,
             product_id: Some("prod-qtwveEXAMPLE".to_owned()),
+            days_before_end: None,
         }
     );
     let manufacturer = decode_fixture("eb_created_new_manufacturer.json").details;

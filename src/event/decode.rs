@@ -15,6 +15,10 @@ use super::{
 /// Errors end up in logs and the event log, so values copied from the body are capped.
 const ECHO_LIMIT: usize = 100;
 
+/// The most days before its end an Ending notice may be for. AWS documents 180 at most; ten
+/// years leaves room for notice points AWS adds and still refuses a count no agreement has.
+const MAX_DAYS_BEFORE_END: u64 = 3_660;
+
 const AGREEMENT_ID: &[&str] = &["detail", "agreement", "id"];
 const AGREEMENT_INTENT: &[&str] = &["detail", "agreement", "intent"];
 const AGREEMENT_STATUS: &[&str] = &["detail", "agreement", "status"];
@@ -27,6 +31,7 @@ const AGREEMENT_START: &[&str] = &["detail", "agreement", "startTime"];
 const AGREEMENT_END: &[&str] = &["detail", "agreement", "endTime"];
 const AGREEMENT_ACCEPTANCE: &[&str] = &["detail", "agreement", "acceptanceTime"];
 const AUTO_RENEWAL: &[&str] = &["detail", "agreement", "autoRenewalEnabled"];
+const DAYS_BEFORE_END: &[&str] = &["detail", "agreement", "daysBeforeEndTime"];
 const PROPOSER_ACCOUNT_ID: &[&str] = &["detail", "proposer", "accountId"];
 const RESALE_AUTHORIZATION_ID: &[&str] = &["detail", "resaleAuthorization", "id"];
 const PRODUCT_ID: &[&str] = &["detail", "product", "id"];
@@ -303,6 +308,13 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
             .first_id(event, &[PROPOSER_ACCOUNT_ID, AGREEMENT_PROPOSER_ID])?,
         resale_authorization_id: fields.opt_id(event, RESALE_AUTHORIZATION_ID)?,
         product_id: fields.first_id(event, &[PRODUCT_ID, AGREEMENT_PRODUCT_ID])?,
+        // Only the Ending notice says it; it belongs to that notice, not to the agreement.
+        days_before_end: match kind {
+            DetailType::Note(_, Notice::Ending) => {
+                fields.opt_count(event, DAYS_BEFORE_END, MAX_DAYS_BEFORE_END)?
+            }
+            _ => None,
+        },
     };
     // The Proposer and Manufacturer copies of one fact have different event ids but the same
     // agreement, time and qualifier, so the fact key leaves the party out.
@@ -545,6 +557,26 @@ impl<'a> FieldReader<'a> {
                 _ => Err(self.invalid(path, s)),
             },
             Some(_) => Err(self.wrong_type(path, "boolean")),
+        }
+    }
+
+    /// An optional count: a JSON integer from 0 to `max`. AWS writes a number, so a string is
+    /// the wrong type rather than a spelling to accept.
+    fn opt_count(
+        &self,
+        root: &Object,
+        path: &[&str],
+        max: u64,
+    ) -> Result<Option<u32>, DecodeError> {
+        match self.lookup(root, path)? {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .filter(|&count| count <= max)
+                .and_then(|count| u32::try_from(count).ok())
+                .map(Some)
+                .ok_or_else(|| self.invalid(path, &n.to_string())),
+            Some(_) => Err(self.wrong_type(path, "a non-negative integer")),
         }
     }
 

@@ -346,6 +346,9 @@ pub struct Details {
     pub resale_authorization_id: Option<String>,
     /// The product's id (`product.id` or `agreement.productId`; not the product code).
     pub product_id: Option<String>,
+    /// `agreement.daysBeforeEndTime` of a Purchase Agreement Ending event: how many days before
+    /// the agreement's end AWS sent it (AWS documents 180, 120, 90, 60 and 30).
+    pub days_before_end: Option<u32>,
 }
 
 /// A decoded marketplace event.

@@ -346,6 +346,9 @@ pub struct StatusDetails {
     pub cancellation_request_time: Option<String>,
     /// The newest billing-adjustment status: `completed`, `failed`.
     pub billing_adjustment: Option<BillingAdjustmentStatus>,
+    /// Days before the agreement's end the newest Ending notice was sent for (180, 120, 90,
+    /// 60, 30), null when it did not say.
+    pub ending_notice_days_before_end: Option<u32>,
 }
 
 impl StatusRow {
@@ -368,12 +371,17 @@ impl StatusRow {
                 .to_string(),
             );
         }
+        let notice = self
+            .details
+            .ending_notice_days_before_end
+            .map(|days| format!(" ({days}-day notice)"))
+            .unwrap_or_default();
         // AWS writes a far-future end (9999-…) for agreements without one.
         match self.details.agreement_end_time.as_deref() {
             Some(end) if !end.starts_with("9999") => {
-                notes.push(format!("ends on {}", end.get(..10).unwrap_or(end)));
+                notes.push(format!("ends on {}{notice}", end.get(..10).unwrap_or(end)));
             }
-            _ if self.details.ending_notice_time.is_some() => notes.push("ending".to_string()),
+            _ if self.details.ending_notice_time.is_some() => notes.push(format!("ending{notice}")),
             _ => {}
         }
         if self.details.auto_renewal == Some(false) {
@@ -453,6 +461,7 @@ fn details_columns(details: &SubscriptionDetails) -> StatusDetails {
             .and_then(|v| rfc3339(v.stamp.time_ms)),
         cancellation_request: d.cancellation_request.map(|v| v.value),
         billing_adjustment: d.billing_adjustment.map(|v| v.value),
+        ending_notice_days_before_end: d.ending_notice_days,
     }
 }
 
