@@ -9,8 +9,8 @@
 //! same events gives the same final state.
 
 use crate::event::{
-    license_id, Action, BillingAdjustmentStatus, CancellationRequestStatus, Event, Notice,
-    SubjectKey,
+    license_id, Action, BillingAdjustment, BillingAdjustmentStatus, CancellationRequestStatus,
+    Event, Notice, SubjectKey,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -233,6 +233,10 @@ pub struct SubscriptionDetails {
     /// The newest billing-adjustment status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub billing_adjustment: Option<Dated<BillingAdjustmentStatus>>,
+    /// The adjustment that event described (amount, currency, reason, invoice). It changes only
+    /// with `billing_adjustment`, so the two always describe the same event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billing_adjustment_request: Option<BillingAdjustment>,
 }
 
 impl SubscriptionDetails {
@@ -285,7 +289,11 @@ impl SubscriptionDetails {
                     )
                 }
                 Notice::BillingAdjustment(status) => {
-                    newer(&mut self.billing_adjustment, Some(status), &stamp)
+                    let newest = newer(&mut self.billing_adjustment, Some(status), &stamp);
+                    if newest {
+                        self.billing_adjustment_request = d.billing_adjustment.clone();
+                    }
+                    newest
                 }
             };
         }

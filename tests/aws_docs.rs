@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use mplink::event::{decode, handled_detail_types, Action, DecodeError, InboundMessage, Party};
+use mplink::event::{
+    decode, handled_detail_types, Action, BillingAdjustment, DecodeError, InboundMessage, Party,
+};
 use mplink::ledger::{effect, Effect, LinkRequest, LinkState, Outcome, SubState};
 use mplink::metrics::{Metrics, MAX_UNRECOGNISED_LABELS, OTHER_LABEL};
 use mplink::process::{Pipeline, Processed, UnrecognisedPolicy};
@@ -322,6 +324,161 @@ fn a_days_before_end_that_is_no_count_of_days_is_refused_by_name() {
     });
     let event = decode(&inbound("sqs-1", body)).expect("decodes");
     assert_eq!(event.details.days_before_end, Some(3_660));
+}
+
+fn adjustment(amount: &str) -> BillingAdjustment {
+    BillingAdjustment {
+        id: Some("ba-abcdexampleid".into()),
+        amount: Some(amount.into()),
+        currency_code: Some("USD".into()),
+        reason_code: Some("INCORRECT_TERMS_ACCEPTED".into()),
+        original_invoice_id: Some("2028746221".into()),
+    }
+}
+
+#[test]
+fn the_billing_adjustments_say_what_was_adjusted() {
+    assert_eq!(
+        decoded("purchase-agreement-billing-adjustment-completed-proposer.json")
+            .details
+            .billing_adjustment,
+        Some(adjustment("-100.00"))
+    );
+    assert_eq!(
+        decoded("purchase-agreement-billing-adjustment-failed-proposer.json")
+            .details
+            .billing_adjustment,
+        Some(adjustment("-1000.00"))
+    );
+    // Amounts as AWS might write them, and an event that names no part of the adjustment.
+    for amount in ["100", "+5.5", "0.00", "-0"] {
+        let body = edited(
+            "purchase-agreement-billing-adjustment-completed-proposer.json",
+            |v| v["detail"]["billingAdjustmentRequest"]["adjustmentAmount"] = json!(amount),
+        );
+        let event = decode(&inbound("sqs-1", body)).expect("decodes");
+        let decoded = event.details.billing_adjustment.expect("adjustment");
+        assert_eq!(decoded.amount.as_deref(), Some(amount));
+    }
+    let bare = edited(
+        "purchase-agreement-billing-adjustment-completed-proposer.json",
+        |v| {
+            let detail = v["detail"].as_object_mut().expect("detail");
+            detail.remove("billingAdjustmentRequest");
+            detail.remove("invoice");
+        },
+    );
+    let event = decode(&inbound("sqs-1", bare)).expect("decodes");
+    assert_eq!(event.details.billing_adjustment, None);
+    // Only a billing-adjustment event's adjustment is read.
+    let other = edited(
+        "agreement-cancellation-request-approved-proposer.json",
+        |v| {
+            v["detail"]["billingAdjustmentRequest"] = json!({"adjustmentAmount": "-1.00"});
+        },
+    );
+    let event = decode(&inbound("sqs-1", other)).expect("decodes");
+    assert_eq!(event.details.billing_adjustment, None);
+}
+
+#[test]
+fn a_malformed_billing_adjustment_is_refused_by_name() {
+    let file = "purchase-agreement-billing-adjustment-completed-proposer.json";
+    let invalid = |field: &str, value: &str| DecodeError::InvalidValue {
+        message_id: "sqs-bad".into(),
+        field: field.into(),
+        value: value.into(),
+    };
+    let wrong = |field: &str, expected: &'static str| DecodeError::WrongType {
+        message_id: "sqs-bad".into(),
+        field: field.into(),
+        expected,
+    };
+    let amount = "detail.billingAdjustmentRequest.adjustmentAmount";
+    let currency = "detail.billingAdjustmentRequest.currencyCode";
+    let long = format!("1{}", "0".repeat(32));
+    let cases: Vec<(&str, &str, Value, DecodeError)> = vec![
+        (
+            "billingAdjustmentRequest",
+            "adjustmentAmount",
+            json!("1e3"),
+            invalid(amount, "1e3"),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "adjustmentAmount",
+            json!("-"),
+            invalid(amount, "-"),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "adjustmentAmount",
+            json!("1."),
+            invalid(amount, "1."),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "adjustmentAmount",
+            json!(".5"),
+            invalid(amount, ".5"),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "adjustmentAmount",
+            json!("1,000.00"),
+            invalid(amount, "1,000.00"),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "adjustmentAmount",
+            json!(long.clone()),
+            invalid(amount, &long),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "adjustmentAmount",
+            json!(-100.0),
+            wrong(amount, "string"),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "currencyCode",
+            json!("usd"),
+            invalid(currency, "usd"),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "currencyCode",
+            json!("US"),
+            invalid(currency, "US"),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "currencyCode",
+            json!(840),
+            wrong(currency, "string"),
+        ),
+        (
+            "billingAdjustmentRequest",
+            "id",
+            json!(7),
+            wrong("detail.billingAdjustmentRequest.id", "string"),
+        ),
+        (
+            "invoice",
+            "originalInvoiceId",
+            json!(2028746221),
+            wrong("detail.invoice.originalInvoiceId", "string"),
+        ),
+    ];
+    for (object, key, value, error) in cases {
+        let body = edited(file, |v| v["detail"][object][key] = value.clone());
+        assert_eq!(
+            decode(&inbound("sqs-bad", body)),
+            Err(error),
+            "{key}: {value}"
+        );
+    }
 }
 
 #[test]
@@ -731,10 +888,30 @@ async fn every_informational_example_is_noted_and_shown(backend: Backend) {
         row.details.cancellation_request_time.as_deref(),
         Some("2025-01-02T10:30:00.000Z")
     );
-    // Failed (13:15:00) is newer than Completed (13:12:22).
+    // Failed (13:15:00) is newer than Completed (13:12:22), and its adjustment goes with it.
     assert_eq!(
         serde_json::to_value(row).expect("json")["billing_adjustment"],
         json!("failed")
+    );
+    assert_eq!(
+        row.details.billing_adjustment_request,
+        Some(adjustment("-1000.00"))
+    );
+    assert_eq!(
+        serde_json::to_value(row).expect("json")["billing_adjustment_request"],
+        json!({
+            "id": "ba-abcdexampleid",
+            "amount": "-1000.00",
+            "currency_code": "USD",
+            "reason_code": "INCORRECT_TERMS_ACCEPTED",
+            "original_invoice_id": "2028746221",
+        })
+    );
+    assert!(
+        row.notes()
+            .contains(&"refund failed (-1000.00 USD)".to_string()),
+        "{:?}",
+        row.notes()
     );
     db.cleanup().await;
 }

@@ -199,6 +199,7 @@ async fn seed_story(backend: Backend) {
         "cancellation_request_time",
         "billing_adjustment",
         "ending_notice_days_before_end",
+        "billing_adjustment_request",
     ];
     let mut keys: Vec<&str> = row
         .as_object()

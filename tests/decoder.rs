@@ -626,6 +626,7 @@ fn details_are_decoded_from_the_fixtures() {
             resale_authorization_id: None,
             product_id: Some("prod-qtwveEXAMPLE".to_owned()),
             days_before_end: None,
+            billing_adjustment: None,
         }
     );
     let manufacturer = decode_fixture("eb_created_new_manufacturer.json").details;

@@ -6,10 +6,10 @@ use chrono::DateTime;
 use serde_json::{Map, Value};
 
 use super::{
-    normalize_identifier, Action, BillingAdjustmentStatus, CancellationRequestStatus, DecodeError,
-    Delivery, Details, EndStatus, Event, Identifiers, InboundMessage, Intent, Notice, Party,
-    SubjectKey, ENTITLEMENT_UPDATED, MAX_BODY_BYTES, SUBSCRIBE_FAIL, SUBSCRIBE_SUCCESS,
-    UNSUBSCRIBE_PENDING, UNSUBSCRIBE_SUCCESS,
+    normalize_identifier, Action, BillingAdjustment, BillingAdjustmentStatus,
+    CancellationRequestStatus, DecodeError, Delivery, Details, EndStatus, Event, Identifiers,
+    InboundMessage, Intent, Notice, Party, SubjectKey, ENTITLEMENT_UPDATED, MAX_BODY_BYTES,
+    SUBSCRIBE_FAIL, SUBSCRIBE_SUCCESS, UNSUBSCRIBE_PENDING, UNSUBSCRIBE_SUCCESS,
 };
 
 /// Errors end up in logs and the event log, so values copied from the body are capped.
@@ -18,6 +18,10 @@ const ECHO_LIMIT: usize = 100;
 /// The most days before its end an Ending notice may be for. AWS documents 180 at most; ten
 /// years leaves room for notice points AWS adds and still refuses a count no agreement has.
 const MAX_DAYS_BEFORE_END: u64 = 3_660;
+
+/// The longest adjustment amount accepted, in characters: far beyond any invoice, short enough
+/// that a value copied into an error or `status` stays readable.
+const MAX_AMOUNT_LEN: usize = 32;
 
 const AGREEMENT_ID: &[&str] = &["detail", "agreement", "id"];
 const AGREEMENT_INTENT: &[&str] = &["detail", "agreement", "intent"];
@@ -42,6 +46,11 @@ const AGREEMENT_PRODUCT_ID: &[&str] = &["detail", "agreement", "productId"];
 // The seller's (Proposer) copy of a cancellation-request event names the buyer here; the
 // buyer's copy names the seller as `proposerId` instead.
 const AGREEMENT_ACCEPTOR_ID: &[&str] = &["detail", "agreement", "acceptorId"];
+const ADJUSTMENT_ID: &[&str] = &["detail", "billingAdjustmentRequest", "id"];
+const ADJUSTMENT_AMOUNT: &[&str] = &["detail", "billingAdjustmentRequest", "adjustmentAmount"];
+const ADJUSTMENT_CURRENCY: &[&str] = &["detail", "billingAdjustmentRequest", "currencyCode"];
+const ADJUSTMENT_REASON: &[&str] = &["detail", "billingAdjustmentRequest", "adjustmentReasonCode"];
+const ORIGINAL_INVOICE_ID: &[&str] = &["detail", "invoice", "originalInvoiceId"];
 
 type Object = Map<String, Value>;
 
@@ -315,6 +324,12 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
             }
             _ => None,
         },
+        billing_adjustment: match kind {
+            DetailType::Note(_, Notice::BillingAdjustment(_)) => {
+                billing_adjustment(&fields, event)?
+            }
+            _ => None,
+        },
     };
     // The Proposer and Manufacturer copies of one fact have different event ids but the same
     // agreement, time and qualifier, so the fact key leaves the party out.
@@ -374,6 +389,43 @@ fn eventbridge(msg: &InboundMessage, event: &Object) -> Result<Event, DecodeErro
         topic_arn: None,
         source: source.map(str::to_owned),
     })
+}
+
+/// The adjustment a Billing Adjustment event describes; None when it names none of its parts.
+fn billing_adjustment(
+    fields: &FieldReader,
+    event: &Object,
+) -> Result<Option<BillingAdjustment>, DecodeError> {
+    let amount = match fields.opt_str(event, ADJUSTMENT_AMOUNT)? {
+        None => None,
+        Some(text) if is_decimal(text.trim()) => Some(text.trim().to_owned()),
+        Some(text) => return Err(fields.invalid(ADJUSTMENT_AMOUNT, text)),
+    };
+    let currency_code = match fields.opt_id(event, ADJUSTMENT_CURRENCY)? {
+        None => None,
+        Some(code) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) => Some(code),
+        Some(code) => return Err(fields.invalid(ADJUSTMENT_CURRENCY, &code)),
+    };
+    let adjustment = BillingAdjustment {
+        id: fields.opt_id(event, ADJUSTMENT_ID)?,
+        amount,
+        currency_code,
+        reason_code: fields.opt_id(event, ADJUSTMENT_REASON)?,
+        original_invoice_id: fields.opt_id(event, ORIGINAL_INVOICE_ID)?,
+    };
+    Ok((adjustment != BillingAdjustment::default()).then_some(adjustment))
+}
+
+/// A decimal as AWS writes amounts: an optional sign, digits, and optionally a point followed
+/// by digits (`-100.00`). No exponent, no thousands separator, at most [`MAX_AMOUNT_LEN`].
+fn is_decimal(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (whole, fraction) = match unsigned.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (unsigned, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    text.len() <= MAX_AMOUNT_LEN && digits(whole) && fraction.is_none_or(digits)
 }
 
 /// `detail.agreement.id`, or failing that the id at the end of the agreement ARN in `resources`.

@@ -349,6 +349,26 @@ pub struct Details {
     /// `agreement.daysBeforeEndTime` of a Purchase Agreement Ending event: how many days before
     /// the agreement's end AWS sent it (AWS documents 180, 120, 90, 60 and 30).
     pub days_before_end: Option<u32>,
+    /// What a Purchase Agreement Billing Adjustment event says about the adjustment.
+    pub billing_adjustment: Option<BillingAdjustment>,
+}
+
+/// A billing adjustment (refund) as AWS's Billing Adjustment events describe it; any part may be
+/// missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct BillingAdjustment {
+    /// `billingAdjustmentRequest.id` (`ba-…`).
+    pub id: Option<String>,
+    /// `billingAdjustmentRequest.adjustmentAmount`, a decimal as AWS writes it (`"-100.00"`):
+    /// kept as text, since a float would not keep every amount exactly.
+    pub amount: Option<String>,
+    /// `billingAdjustmentRequest.currencyCode` (ISO 4217, e.g. `USD`).
+    pub currency_code: Option<String>,
+    /// `billingAdjustmentRequest.adjustmentReasonCode` (e.g. `INCORRECT_TERMS_ACCEPTED`).
+    pub reason_code: Option<String>,
+    /// `invoice.originalInvoiceId`: the invoice the adjustment corrects.
+    pub original_invoice_id: Option<String>,
 }
 
 /// A decoded marketplace event.

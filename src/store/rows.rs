@@ -1,7 +1,9 @@
 //! Mapping between ledger types and database rows, and the `status` view built from them.
 
 use super::{q, Backend, StoreError};
-use crate::event::{license_id, BillingAdjustmentStatus, CancellationRequestStatus};
+use crate::event::{
+    license_id, BillingAdjustment, BillingAdjustmentStatus, CancellationRequestStatus,
+};
 use crate::ledger::{
     resolve_link_among, Advisory, Dated, LinkRequest, LinkState, PaymentMethod, Stamp, SubState,
     Subscription, SubscriptionDetails,
@@ -349,6 +351,9 @@ pub struct StatusDetails {
     /// Days before the agreement's end the newest Ending notice was sent for (180, 120, 90,
     /// 60, 30), null when it did not say.
     pub ending_notice_days_before_end: Option<u32>,
+    /// The newest billing adjustment's `id`, `amount` (decimal text, e.g. `"-100.00"`),
+    /// `currency_code`, `reason_code` and `original_invoice_id`; null when unknown.
+    pub billing_adjustment_request: Option<BillingAdjustment>,
 }
 
 impl StatusRow {
@@ -393,9 +398,22 @@ impl StatusRow {
         if self.details.advisory == Some(Advisory::Issued) {
             notes.push("advisory issued".to_string());
         }
+        let amount = match &self.details.billing_adjustment_request {
+            Some(BillingAdjustment {
+                amount: Some(amount),
+                currency_code,
+                ..
+            }) => match currency_code {
+                Some(currency) => format!(" ({amount} {currency})"),
+                None => format!(" ({amount})"),
+            },
+            _ => String::new(),
+        };
         match self.details.billing_adjustment {
-            Some(BillingAdjustmentStatus::Completed) => notes.push("refund completed".to_string()),
-            Some(BillingAdjustmentStatus::Failed) => notes.push("refund failed".to_string()),
+            Some(BillingAdjustmentStatus::Completed) => {
+                notes.push(format!("refund completed{amount}"))
+            }
+            Some(BillingAdjustmentStatus::Failed) => notes.push(format!("refund failed{amount}")),
             None => {}
         }
         notes
@@ -462,6 +480,7 @@ fn details_columns(details: &SubscriptionDetails) -> StatusDetails {
         cancellation_request: d.cancellation_request.map(|v| v.value),
         billing_adjustment: d.billing_adjustment.map(|v| v.value),
         ending_notice_days_before_end: d.ending_notice_days,
+        billing_adjustment_request: d.billing_adjustment_request,
     }
 }
 
