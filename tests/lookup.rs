@@ -263,28 +263,6 @@ both_backends! {
 const PLAN_SUBSCRIPTIONS: i64 = 100_000;
 const PLAN_LINKS: i64 = 20_000;
 
-/// Sequential and index scans of `table` in `schema` so far, as PostgreSQL counts them.
-async fn scans(schema: &str, table: &str) -> (i64, i64) {
-    let mut conn = sqlx::PgConnection::connect(&postgres_url())
-        .await
-        .expect("stats connection");
-    let row: (i64, i64) = sqlx::query_as(
-        "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables \
-         WHERE schemaname = $1 AND relname = $2",
-    )
-    .bind(schema)
-    .bind(table)
-    .fetch_one(&mut conn)
-    .await
-    .expect("table statistics");
-    conn.close().await.ok();
-    row
-}
-
-fn postgres_url() -> String {
-    std::env::var(TEST_POSTGRES_ENV).unwrap_or_else(|_| DEFAULT_TEST_POSTGRES.to_string())
-}
-
 /// Every per-organization operation, from a store of its own that is closed afterwards: a
 /// PostgreSQL backend reports its scan counts when it exits.
 async fn per_org_operations(db: &TestDb) {
@@ -332,7 +310,7 @@ async fn scans_during(db: &TestDb, schema: &str) -> Vec<(&'static str, i64, i64)
     let tables = ["mplink_subscriptions", "mplink_org_links"];
     let mut before = Vec::new();
     for t in tables {
-        before.push(scans(schema, t).await);
+        before.push(pg_scans(schema, t).await);
     }
     per_org_operations(db).await;
     // A backend flushes its counts as it exits, just after the pool has let it go.
@@ -341,7 +319,7 @@ async fn scans_during(db: &TestDb, schema: &str) -> Vec<(&'static str, i64, i64)
         tokio::time::sleep(Duration::from_millis(200)).await;
         after.clear();
         for t in tables {
-            after.push(scans(schema, t).await);
+            after.push(pg_scans(schema, t).await);
         }
         if after.iter().zip(&before).all(|(a, b)| a != b) {
             break;
@@ -351,7 +329,7 @@ async fn scans_during(db: &TestDb, schema: &str) -> Vec<(&'static str, i64, i64)
     tokio::time::sleep(Duration::from_millis(500)).await;
     after.clear();
     for t in tables {
-        after.push(scans(schema, t).await);
+        after.push(pg_scans(schema, t).await);
     }
     tables
         .iter()

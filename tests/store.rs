@@ -783,3 +783,85 @@ async fn a_held_row_holds_back_only_its_own_batch_member() {
         "the batch-mates waited for the held row ({waited:?})"
     );
 }
+
+/// The event-log lookup of a batch of 50, as the store phrases it (50 delivery ids, 50 facts).
+const LOOKUP_OF_50: &str = "SELECT message_id, fact_key FROM mplink_event_log \
+     WHERE message_id IN ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+     $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, \
+     $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50) \
+     OR fact_key IN ($51, $52, $53, $54, $55, $56, $57, $58, $59, $60, $61, $62, $63, $64, $65, \
+     $66, $67, $68, $69, $70, $71, $72, $73, $74, $75, $76, $77, $78, $79, $80, $81, $82, $83, \
+     $84, $85, $86, $87, $88, $89, $90, $91, $92, $93, $94, $95, $96, $97, $98, $99, $100)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_batch_never_scans_an_event_log_without_statistics() {
+    use sqlx::Connection;
+    if !postgres_enabled() {
+        eprintln!("PostgreSQL off: its planner has nothing to test");
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await;
+    let schema = db.schema().expect("a PostgreSQL schema").to_string();
+    // The migrations' own scans are reported when their connections close: before the count.
+    db.store.close().await;
+    let mut conn = sqlx::PgConnection::connect(db.url.expose())
+        .await
+        .expect("test connection");
+    // A grown event log that was never analysed, whatever the server's autovacuum does.
+    sqlx::query("ALTER TABLE mplink_event_log SET (autovacuum_enabled = false)")
+        .execute(&mut conn)
+        .await
+        .expect("no autovacuum");
+    sqlx::query(
+        "INSERT INTO mplink_event_log (message_id, fact_key, outcome, body, recorded_at) \
+         SELECT 'bulk-' || g, 'fact-' || g, 'applied', '{}', 0 FROM generate_series(1, 50000) g",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("a grown event log");
+
+    // The check can fail: planned the way PostgreSQL plans it by default, the lookup scans.
+    let mut lookup = sqlx::query(LOOKUP_OF_50);
+    for i in 0..100 {
+        lookup = lookup.bind(format!("probe-{i}"));
+    }
+    let (seq_before, _) = pg_scans(&schema, "mplink_event_log").await;
+    lookup.fetch_all(&mut conn).await.expect("lookup");
+    conn.close().await.expect("close");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (seq_default, _) = pg_scans(&schema, "mplink_event_log").await;
+    assert!(
+        seq_default > seq_before,
+        "without the batch's planner setting the lookup of 50 scans the event log"
+    );
+
+    let batch: Vec<InboundMessage> = (0..50)
+        .map(|i| InboundMessage {
+            message_id: format!("q-scan-{i}"),
+            body: sns_body(
+                &format!("scan-{i}"),
+                "subscribe-success",
+                PRODUCT,
+                &format!("cust-scan-{i}"),
+                T0,
+            ),
+            sent_timestamp_ms: None,
+        })
+        .collect();
+    let store = db.another_store().await;
+    let pipeline = common::localstack::pipeline(store.clone(), common::localstack::unsigned());
+    for r in pipeline.process_batch(&batch).await {
+        assert!(
+            matches!(r, mplink::process::Processed::Done(Outcome::Applied)),
+            "{r:?}"
+        );
+    }
+    store.close().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (seq_after, idx_after) = pg_scans(&schema, "mplink_event_log").await;
+    assert_eq!(
+        seq_after, seq_default,
+        "the batch scanned the event log ({idx_after} index scans)"
+    );
+    db.cleanup().await;
+}

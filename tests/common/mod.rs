@@ -98,6 +98,11 @@ impl TestDb {
         }
     }
 
+    /// The PostgreSQL schema the test's tables live in.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
     /// Another store on the same database, with its own pool (as another process would have).
     pub async fn another_store(&self) -> Store {
         Store::connect(&self.url).await.expect("second store")
@@ -295,4 +300,23 @@ pub fn model_state(events: &[(i64, &str, String)]) -> &'static str {
         .filter(|(_, a, _)| rank(a) > 0)
         .max_by(|x, y| (x.0, rank(x.1), &x.2).cmp(&(y.0, rank(y.1), &y.2)))
         .map_or("pending", |(_, a, _)| target(a))
+}
+
+/// Sequential and index scans of `table` in `schema` so far, as PostgreSQL counts them (a
+/// backend reports its counts when its transaction ends or it exits: close the pool first).
+pub async fn pg_scans(schema: &str, table: &str) -> (i64, i64) {
+    let mut conn = sqlx::PgConnection::connect(&postgres_server())
+        .await
+        .expect("stats connection");
+    let row: (i64, i64) = sqlx::query_as(
+        "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables \
+         WHERE schemaname = $1 AND relname = $2",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_one(&mut conn)
+    .await
+    .expect("table statistics");
+    conn.close().await.ok();
+    row
 }
