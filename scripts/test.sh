@@ -57,4 +57,5 @@ cargo test --locked --test faults -- --nocapture --test-threads=1
 cargo test --locked
 # The worker benchmark at a tiny size on the debug build: it keeps working; its figures mean
 # nothing at this size (scripts/bench.sh measures).
-MPLINK_BENCH_PROFILE=dev scripts/bench/worker.sh 200
+MPLINK_BENCH_PROFILE=dev MPLINK_BENCH_APPLY=2000 MPLINK_BENCH_RATE=10 MPLINK_BENCH_SECONDS=3 \
+    scripts/bench/worker.sh 200

@@ -77,6 +77,8 @@ pub struct Pipeline {
 struct Accepted {
     event: Event,
     span: tracing::Span,
+    /// When SQS took the message (its `SentTimestamp`), for the debug line's latency.
+    sent_timestamp_ms: Option<i64>,
 }
 
 impl Pipeline {
@@ -233,11 +235,15 @@ impl Pipeline {
         let age = (now_ms() - accepted.event.time_ms).max(0) as f64 / 1000.0;
         self.metrics.event_age_seconds.observe(age);
         // Debug only: the event log records every decision, and at info this line cost a fifth
-        // of the worker's CPU; the worker logs a periodic summary instead.
+        // of the worker's CPU; the worker logs a periodic summary instead. Written after the
+        // commit, with SQS's send time: the worker's own part of an event's latency
+        // (scripts/bench/worker.sh reads it).
         accepted.span.in_scope(|| {
             tracing::debug!(
                 outcome = outcome.as_str(),
+                event_id = accepted.event.event_id.as_str(),
                 event_time_ms = accepted.event.time_ms,
+                sqs_sent_ms = accepted.sent_timestamp_ms,
                 "message decided"
             )
         });
@@ -330,7 +336,11 @@ impl Pipeline {
             // Only a trusted message's values reach the log.
             Ok(()) => {
                 record_event_fields(&span, &event);
-                Ok(Accepted { event, span })
+                Ok(Accepted {
+                    event,
+                    span,
+                    sent_timestamp_ms: msg.sent_timestamp_ms,
+                })
             }
             // A certificate that cannot be fetched now is not retried while the message is
             // held: it returns after its visibility timeout, so its receive count advances and

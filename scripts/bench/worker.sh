@@ -8,12 +8,20 @@
 # shuffled, to a fresh queue per run: the bare loop (examples/sqs_ceiling.rs), then
 # `mplink run --exit-when-idle` on SQLite and, when it answers, PostgreSQL
 # (MPLINK_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/test; `off` skips it).
-# Prints one table and writes target/bench/worker.json. MPLINK_BENCH_PROFILE=dev measures the
-# debug build instead of the release one (CI's tiny run, which only checks the benchmark works).
+# Then, per backend: `mplink apply` of MPLINK_BENCH_APPLY generated events (default 200,000) from
+# a file, the apply engine alone; and event-to-commit latency at a light steady rate
+# (MPLINK_BENCH_RATE events/s, default 50, for MPLINK_BENCH_SECONDS, default 30, half SNS and half
+# EventBridge) with a long-running `mplink run`, whose resident memory is read while it idles
+# before the load and again after it. Prints one table and writes target/bench/worker.json.
+# MPLINK_BENCH_PROFILE=dev measures the debug build instead of the release one (CI's tiny run,
+# which only checks the benchmark works).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 messages="${1:-${MPLINK_BENCH_MESSAGES:-20000}}"
+apply_events="${MPLINK_BENCH_APPLY:-200000}"
+rate="${MPLINK_BENCH_RATE:-50}"
+seconds="${MPLINK_BENCH_SECONDS:-30}"
 pg_url="${MPLINK_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
 scripts/localstack.sh start
@@ -34,13 +42,17 @@ aws() { "$venv/bin/aws" --endpoint-url "$AWS_ENDPOINT_URL" --output text "$@"; }
 # topic and the queues of this run go when it ends.
 cleanup() {
     set +e
-    aws events remove-targets --rule "mplink-bench-$run_id" --ids "$(aws events list-targets-by-rule \
-        --rule "mplink-bench-$run_id" --query 'Targets[].Id' | tr '\t' ' ')" >/dev/null 2>&1
-    aws events delete-rule --name "mplink-bench-$run_id" >/dev/null 2>&1
+    [ -n "${worker_pid:-}" ] && kill "$worker_pid" 2>/dev/null
+    for rule in $(aws events list-rules --name-prefix mplink-bench- --query 'Rules[].Name' 2>/dev/null | tr '\t' '\n' | grep -- "-$run_id\$"); do
+        aws events remove-targets --rule "$rule" --ids "$(aws events list-targets-by-rule \
+            --rule "$rule" --query 'Targets[].Id' | tr '\t' ' ')" >/dev/null 2>&1
+        aws events delete-rule --name "$rule" >/dev/null 2>&1
+    done
     for t in ${topics:-}; do aws sns delete-topic --topic-arn "$t" >/dev/null 2>&1; done
     for q in $(aws sqs list-queues --queue-name-prefix "mplink-bench-" --query 'QueueUrls[]' 2>/dev/null); do
         case "$q" in *"-$run_id" | *"-$run_id-dlq") aws sqs delete-queue --queue-url "$q" >/dev/null 2>&1 ;; esac
     done
+    for db in ${bench_dbs:-}; do psql "${pg_url%/*}/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1; done
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -64,10 +76,15 @@ measure() {
     local name="$1"; shift
     local start end
     start="$(date +%s.%N)"
-    /usr/bin/time -f '%U %S %M' -o "$tmp/$name.time" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
+    if ! /usr/bin/time -f '%U %S %M' -o "$tmp/$name.time" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"; then
+        tail -n 20 "$tmp/$name.err" >&2
+        echo "the $name run failed" >&2
+        exit 1
+    fi
     end="$(date +%s.%N)"
     read -r user sys rss <"$tmp/$name.time"
     cp "$tmp/$name.err" "$out/$name.log"
+    cp "$tmp/$name.out" "$out/$name.out"
     echo "$name $sent $(python3 -c "print($end - $start)") $(python3 -c "print($user + $sys)") $rss" >>"$tmp/rows"
 }
 
@@ -82,45 +99,80 @@ worker() {
         --queue-url "$queue" --exit-when-idle --wait-time 1 --http-addr 127.0.0.1:0 \
         --allowed-topic-arn "$topic" --sns-cert-url-prefix "$AWS_ENDPOINT_URL/_aws/sns/"
 }
+# The apply engine alone: generated events (unsigned SNS envelopes, so verification is off)
+# through `mplink apply`'s batches.
+"$bin/examples/bench_load" generate "$apply_events" "$tmp/apply.jsonl"
+apply_run() {
+    sent="$apply_events"
+    measure "$1" "$bin/mplink" --database-url "$2" apply --verify-signatures false "$tmp/apply.jsonl"
+}
+
+# Light steady load through SNS and EventBridge to a long-running worker: event-to-commit is the
+# event log's recorded_at minus the moment of publishing; the worker's debug line for each
+# decision (written after the commit, with the message's SQS SentTimestamp) splits it into SNS's
+# or EventBridge's own delivery and the worker's part. The staging queue stops receiving first:
+# LocalStack delivers every copy, and the load is meant to be light.
+staging_arn="$(aws sqs get-queue-attributes --queue-url "$staging" --attribute-names QueueArn --query 'Attributes.QueueArn')"
+for sub in $(aws sns list-subscriptions-by-topic --topic-arn "$topic" \
+    --query "Subscriptions[?Endpoint=='$staging_arn'].SubscriptionArn"); do
+    aws sns unsubscribe --subscription-arn "$sub"
+done
+aws events remove-targets --rule "mplink-bench-$run_id" --ids "$(aws events list-targets-by-rule \
+    --rule "mplink-bench-$run_id" --query 'Targets[].Id' | tr '\t' ' ')" >/dev/null
+# Rows of a query on the event log, tab-separated, from either backend.
+event_log() {
+    case "$1" in
+        sqlite:*) python3 -c 'import sqlite3,sys; [print(*r, sep="\t") for r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2])]' \
+            "$(sqlite_path "$1")" "$2" ;;
+        *) psql "$1" -AtF $'\t' -c "$2" ;;
+    esac
+}
+committed_count() { event_log "$1" "SELECT count(*) FROM mplink_event_log" 2>/dev/null || echo 0; }
+sqlite_path() { local path="${1#sqlite://}"; echo "${path%%\?*}"; }
+rss_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+latency_run() {
+    local name="$1" db="$2" latency_queue
+    # A queue of its own per run: a worker that stopped leaves its cancelled long polls open on the
+    # SQS side, and a message handed to one stays invisible for the visibility timeout.
+    latency_queue="$("$bin/mplink" provision --queue-name "mplink-bench-$name-$run_id" --topic-arn "$topic" \
+        --eventbridge-rule "mplink-bench-$name-$run_id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue_url"])')"
+    MPLINK_LOG_FORMAT=json MPLINK_LOG=info,mplink::process=debug \
+        "$bin/mplink" --database-url "$db" run --queue-url "$latency_queue" \
+        --http-addr 127.0.0.1:0 --allowed-topic-arn "$topic" \
+        --sns-cert-url-prefix "$AWS_ENDPOINT_URL/_aws/sns/" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    worker_pid=$!
+    sleep 5
+    local idle_before
+    idle_before="$(rss_kib "$worker_pid" VmRSS)"
+    "$bin/examples/bench_load" steady "$topic" "$rate" "$seconds" "$tmp/$name.published.jsonl"
+    # Every event committed (or 30 s gone by: the table then says how many were not), then idle.
+    local waited=0
+    while [ "$(committed_count "$db")" -lt "$((rate * seconds))" ] && [ "$waited" -lt 300 ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    sleep 5
+    echo "$name $idle_before $(rss_kib "$worker_pid" VmRSS) $(rss_kib "$worker_pid" VmHWM)" >>"$tmp/idle"
+    kill -TERM "$worker_pid"
+    wait "$worker_pid" || true
+    worker_pid=
+    cp "$tmp/$name.err" "$out/$name.log"
+    event_log "$db" "SELECT message_id, recorded_at FROM mplink_event_log" >"$tmp/$name.committed.tsv"
+}
+: >"$tmp/idle"
+
 worker sqlite "sqlite://$tmp/bench.db?mode=rwc"
+apply_run sqlite-apply "sqlite://$tmp/apply.db?mode=rwc"
+latency_run sqlite-latency "sqlite://$tmp/latency.db?mode=rwc"
 if [ "$pg_url" != off ] && python3 -c "import socket,sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); socket.create_connection((p.hostname, p.port or 5432), 2)" "$pg_url" 2>/dev/null; then
-    # A database of its own, so nothing an earlier run left is measured.
-    bench_db="mplink_bench_$run_id"
-    psql "${pg_url%/*}/postgres" -qc "CREATE DATABASE $bench_db"
-    worker postgres "${pg_url%/*}/$bench_db"
+    # Databases of their own, so nothing an earlier run left is measured.
+    for kind in drain apply latency; do
+        bench_dbs="${bench_dbs:-} mplink_bench_${kind}_$run_id"
+        psql "${pg_url%/*}/postgres" -qc "CREATE DATABASE mplink_bench_${kind}_$run_id"
+    done
+    worker postgres "${pg_url%/*}/mplink_bench_drain_$run_id"
+    apply_run postgres-apply "${pg_url%/*}/mplink_bench_apply_$run_id"
+    latency_run postgres-latency "${pg_url%/*}/mplink_bench_latency_$run_id"
 fi
 
-python3 - "$tmp/rows" "$out/worker.json" <<'EOF'
-import json, sys
-import re
-rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-
-def summary(name):
-    """The worker's own totals from its exit line: a figure over rejected messages is no figure."""
-    for line in open("target/bench/%s.log" % name, errors="replace"):
-        if "worker stopped" in line:
-            return {k: int(v) for k, v in re.findall(r"(\w+): (\d+)", line)}
-    return {}
-table = []
-ceiling = None
-for name, sent, wall, cpu, rss in rows:
-    sent, wall, cpu, rss = int(sent), float(wall), float(cpu), int(rss)
-    rate = sent / wall
-    if name == "ceiling":
-        ceiling = rate
-    table.append({"run": name, "messages": sent, "seconds": round(wall, 2),
-                  "msg_per_s": round(rate, 1),
-                  "ratio_to_ceiling": round(rate / ceiling, 2) if ceiling else None,
-                  "cpu_s_per_10k": round(cpu / sent * 10000, 2),
-                  "peak_rss_mib": round(rss / 1024, 1)})
-    if name != "ceiling":
-        totals = summary(name)
-        table[-1].update({k: totals.get(k) for k in ("received", "applied", "stale", "duplicate", "rejected")})
-print("| run | messages | msg/s | ratio to ceiling | CPU-s per 10k | peak RSS MiB | applied+stale / duplicate / rejected |")
-print("|---|---|---|---|---|---|---|")
-for r in table:
-    decided = "-" if r["run"] == "ceiling" else "%s / %s / %s" % (
-        (r.get("applied") or 0) + (r.get("stale") or 0), r.get("duplicate"), r.get("rejected"))
-    print("| {run} | {messages} | {msg_per_s} | {ratio_to_ceiling} | {cpu_s_per_10k} | {peak_rss_mib} | ".format(**r) + decided + " |")
-json.dump(table, open(sys.argv[2], "w"), indent=1)
-EOF
+python3 scripts/bench/worker_summary.py "$tmp" "$out/worker.json"
