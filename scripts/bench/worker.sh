@@ -5,8 +5,8 @@
 #
 # Publishes MESSAGES distinct events (half SNS, signed by LocalStack's SNS; half EventBridge;
 # 2,000 subscriptions) once, captures the delivered bodies, and sends them plus 10 % duplicates,
-# shuffled, to a fresh queue per run: the bare loop (examples/sqs_ceiling.rs), then
-# `mplink run --exit-when-idle` on SQLite and, when it answers, PostgreSQL
+# shuffled, to a fresh queue per run: `mplink run --exit-when-idle`, each right after a run of
+# the bare loop (examples/sqs_ceiling.rs) it is compared with, on SQLite and, when it answers, PostgreSQL
 # (MPLINK_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/test; `off` skips it).
 # Then, per backend: `mplink apply` of MPLINK_BENCH_APPLY generated events (default 200,000) from
 # a file, the apply engine alone; and event-to-commit latency at a light steady rate
@@ -89,11 +89,13 @@ measure() {
 }
 
 : >"$tmp/rows"
-fresh_queue ceiling
-measure ceiling "$bin/examples/sqs_ceiling" "$queue"
 
+# Each worker run right after a ceiling run of its own, A B A B: LocalStack's pace drifts over a
+# run, and a ratio holds only against the ceiling measured next to it.
 worker() {
     local name="$1" db="$2"
+    fresh_queue "ceiling-$name"
+    measure "ceiling-$name" "$bin/examples/sqs_ceiling" "$queue"
     fresh_queue "$name"
     measure "$name" env MPLINK_LOG_FORMAT=json "$bin/mplink" --database-url "$db" run \
         --queue-url "$queue" --exit-when-idle --wait-time 1 --http-addr 127.0.0.1:0 \

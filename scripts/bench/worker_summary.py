@@ -60,12 +60,12 @@ ceiling = None
 for name, sent, wall, cpu, rss in rows:
     sent, wall, cpu, rss = int(sent), float(wall), float(cpu), int(rss)
     rate = sent / wall
-    if name == "ceiling":
+    if name.startswith("ceiling"):
         ceiling = rate
     row = {"run": name, "messages": sent, "seconds": round(wall, 2), "msg_per_s": round(rate, 1),
            "ratio_to_ceiling": round(rate / ceiling, 2) if ceiling and not name.endswith("-apply") else None,
            "cpu_s_per_10k": round(cpu / sent * 10000, 2), "peak_rss_mib": round(rss / 1024, 1)}
-    if name != "ceiling":
+    if not name.startswith("ceiling"):
         t = totals(name)
         row.update({k: t.get(k) for k in ("received", "applied", "stale", "duplicate", "rejected")})
     if name in idle:
@@ -82,7 +82,7 @@ def cell(v):
 print("| run | messages | msg/s | ratio to ceiling | CPU-s per 10k | peak RSS MiB | idle RSS MiB before / after load | event-to-commit p50 / p99 ms | of which the worker's, from SQS's SentTimestamp, p50 / p99 ms | applied+stale / duplicate / rejected |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for r in table:
-    decided = "-" if r["run"] == "ceiling" else "%s / %s / %s" % (
+    decided = "-" if r["run"].startswith("ceiling") else "%s / %s / %s" % (
         (r.get("applied") or 0) + (r.get("stale") or 0), r.get("duplicate"), r.get("rejected"))
     lat = r.get("light_load") or {}
     print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
