@@ -299,13 +299,7 @@ struct Published {
     published_ms: i64,
 }
 
-async fn steady(
-    sdk: &aws_config::SdkConfig,
-    topic: &str,
-    rate: u64,
-    seconds: u64,
-    file: &str,
-) {
+async fn steady(sdk: &aws_config::SdkConfig, topic: &str, rate: u64, seconds: u64, file: &str) {
     let sns = aws_sdk_sns::Client::new(sdk);
     let events = aws_sdk_eventbridge::Client::new(sdk);
     let run = chrono::Utc::now().timestamp_millis();

@@ -11,7 +11,6 @@ use mplink::ledger::{LinkRequest, LinkState};
 use mplink::store::{status_rows, StatusFilter, StatusRow, Store};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use sqlx::Connection;
 use std::time::Duration;
 
 const PRODUCT: &str = "prod-1234example";
