@@ -4,25 +4,20 @@
 
 use crate::event::{Delivery, Event, InboundMessage, EVENTBRIDGE_SOURCE};
 use base64::Engine;
-use rsa::pkcs8::DecodePublicKey;
-use rsa::traits::PublicKeyParts;
 use rsa::RsaPublicKey;
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// Largest certificate accepted from a signing-certificate URL.
-const MAX_CERT_BYTES: usize = 16 * 1024;
-/// How long a certificate fetch may take.
-const CERT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a fetched certificate is used before it is fetched again (AWS rotates them).
-const CERT_CACHE_TTL: Duration = Duration::from_secs(3600);
-/// How long a failed fetch is remembered, so a burst of messages naming one unreachable URL
-/// makes one request, not one each.
-const CERT_FAILURE_TTL: Duration = Duration::from_secs(15);
+mod certificates;
+mod sns;
+
+pub use certificates::{public_key_from_pem, Validity};
+use certificates::{CachedKey, VerifyingKey, CERT_FETCH_TIMEOUT};
+pub use sns::{check_cert_url, string_to_sign, SnsEnvelope};
+
 /// How far in the future an event's own time may lie by default (producer clock drift).
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
@@ -184,117 +179,6 @@ impl VerifyError {
     }
 }
 
-/// The fields of an SNS notification that its signature covers, as sent.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct SnsEnvelope {
-    /// `Type`.
-    #[serde(rename = "Type")]
-    pub kind: String,
-    /// `MessageId`.
-    #[serde(rename = "MessageId")]
-    pub message_id: String,
-    /// `TopicArn`.
-    #[serde(rename = "TopicArn")]
-    pub topic_arn: String,
-    /// `Subject`, when present.
-    #[serde(rename = "Subject", default)]
-    pub subject: Option<String>,
-    /// `Message`.
-    #[serde(rename = "Message")]
-    pub message: String,
-    /// `Timestamp`.
-    #[serde(rename = "Timestamp")]
-    pub timestamp: String,
-    /// `SignatureVersion`.
-    #[serde(rename = "SignatureVersion", default)]
-    pub signature_version: Option<String>,
-    /// `Signature` (base64).
-    #[serde(rename = "Signature", default)]
-    pub signature: Option<String>,
-    /// `SigningCertURL`.
-    #[serde(rename = "SigningCertURL", default)]
-    pub signing_cert_url: Option<String>,
-}
-
-/// The string SNS signs for a notification: `name\nvalue\n` for Message, MessageId, Subject
-/// (only if present), Timestamp, TopicArn and Type, in that order.
-pub fn string_to_sign(env: &SnsEnvelope) -> String {
-    let mut out = String::with_capacity(env.message.len() + 256);
-    let mut field = |name: &str, value: &str| {
-        out.push_str(name);
-        out.push('\n');
-        out.push_str(value);
-        out.push('\n');
-    };
-    field("Message", &env.message);
-    field("MessageId", &env.message_id);
-    if let Some(subject) = &env.subject {
-        field("Subject", subject);
-    }
-    field("Timestamp", &env.timestamp);
-    field("TopicArn", &env.topic_arn);
-    field("Type", &env.kind);
-    out
-}
-
-/// Checks a certificate URL against AWS's rule (https, `sns.<region>.amazonaws.com[.cn]`,
-/// a `.pem` path) or an explicitly configured prefix. Nothing is fetched here.
-pub fn check_cert_url(url: &str, extra_prefixes: &[String]) -> Result<url::Url, VerifyError> {
-    let refused = |why| VerifyError::CertUrlRefused {
-        url: url.chars().take(200).collect(),
-        why,
-    };
-    let parsed = url::Url::parse(url).map_err(|_| refused("not a URL"))?;
-    // Compare parsed parts, not text, so `http://127.0.0.1:4566@evil.com/` cannot pass for a prefix.
-    let trusted = extra_prefixes
-        .iter()
-        .filter_map(|p| url::Url::parse(p).ok())
-        .any(|p| {
-            p.scheme() == parsed.scheme()
-                && p.host_str() == parsed.host_str()
-                && p.port_or_known_default() == parsed.port_or_known_default()
-                && parsed.username().is_empty()
-                && parsed.password().is_none()
-                && parsed.path().starts_with(p.path())
-        });
-    if trusted {
-        return Ok(parsed);
-    }
-    if parsed.scheme() != "https" {
-        return Err(refused("not https"));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(refused("carries credentials"));
-    }
-    if parsed.port().is_some_and(|p| p != 443) {
-        return Err(refused("non-standard port"));
-    }
-    let host = parsed.host_str().unwrap_or_default();
-    if !is_sns_host(host) {
-        return Err(refused("host is not sns.<region>.amazonaws.com"));
-    }
-    if !parsed.path().ends_with(".pem") {
-        return Err(refused("path does not end in .pem"));
-    }
-    Ok(parsed)
-}
-
-fn is_sns_host(host: &str) -> bool {
-    let region = host.strip_prefix("sns.").and_then(|rest| {
-        rest.strip_suffix(".amazonaws.com")
-            .or_else(|| rest.strip_suffix(".amazonaws.com.cn"))
-    });
-    match region {
-        Some(r) => {
-            !r.is_empty()
-                && r.split('-').count() >= 3
-                && r.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        }
-        None => false,
-    }
-}
-
 /// The product of an AWS Marketplace topic owned by AWS (`arn:aws:sns:us-east-1:287250355862:
 /// aws-mp-…-<product>`); `None` for any other topic, however it is named.
 pub fn aws_marketplace_topic_product(topic: &str) -> Option<&str> {
@@ -332,61 +216,6 @@ pub struct Verifier {
     /// in a cache instead of fetching it again.
     fetching: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
-}
-
-/// A certificate's key with what decides whether it may still be used.
-#[derive(Clone)]
-struct CachedKey {
-    key: Arc<VerifyingKey>,
-    validity: Validity,
-    fetched: Instant,
-}
-
-/// A certificate's RSA key as ring verifies with it. The `rsa` crate parses certificates here,
-/// but its pure-Rust arithmetic made RSA verification a fifth of the worker's CPU (the profile in
-/// docs/performance.md); ring's costs a small fraction of that.
-#[derive(Debug)]
-struct VerifyingKey {
-    /// Big-endian, no leading zeros (what ring expects).
-    modulus: Vec<u8>,
-    exponent: Vec<u8>,
-}
-
-impl From<&RsaPublicKey> for VerifyingKey {
-    fn from(key: &RsaPublicKey) -> VerifyingKey {
-        VerifyingKey {
-            modulus: key.n().to_bytes_be(),
-            exponent: key.e().to_bytes_be(),
-        }
-    }
-}
-
-/// A certificate's validity period, epoch seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Validity {
-    /// notBefore.
-    pub not_before: i64,
-    /// notAfter.
-    pub not_after: i64,
-}
-
-impl Validity {
-    /// Valid at every moment (keys handed to [`Verifier::with_keys`]).
-    const ALWAYS: Validity = Validity {
-        not_before: i64::MIN,
-        not_after: i64::MAX,
-    };
-
-    /// Why the certificate may not be used at `now_s`, if it may not.
-    pub fn check(&self, now_s: i64) -> Result<(), &'static str> {
-        if now_s < self.not_before {
-            Err("certificate is not yet valid")
-        } else if now_s > self.not_after {
-            Err("certificate has expired")
-        } else {
-            Ok(())
-        }
-    }
 }
 
 impl Verifier {
@@ -562,79 +391,6 @@ impl Verifier {
         .verify(algorithm, text.as_bytes(), &signature)
         .map_err(|_| VerifyError::SignatureMismatch)
     }
-
-    /// The certificate's key: cached while fresh and valid, else fetched (one fetch at a time;
-    /// a failure is remembered for [`CERT_FAILURE_TTL`]).
-    async fn public_key(&self, url: &url::Url) -> Result<Arc<VerifyingKey>, VerifyError> {
-        if let Some(known) = self.cached(url)? {
-            return Ok(known);
-        }
-        let client = match &self.source {
-            Certificates::Http(client) => client,
-            Certificates::Fixed => {
-                return Err(VerifyError::CertFetch {
-                    url: url.to_string(),
-                    detail: "no such test key".into(),
-                })
-            }
-        };
-        let _one_at_a_time = self.fetching.lock().await;
-        // Whoever held the lock before may have fetched it (or failed to) meanwhile.
-        if let Some(known) = self.cached(url)? {
-            return Ok(known);
-        }
-        self.fetches.fetch_add(1, Ordering::Relaxed);
-        match fetch_certificate(client, url).await {
-            Ok(cached) => {
-                let key = cached.key.clone();
-                if let Ok(mut cache) = self.cache.lock() {
-                    cache.insert(url.to_string(), cached);
-                }
-                Ok(key)
-            }
-            Err(e) => {
-                if let Ok(mut failures) = self.failures.lock() {
-                    failures.insert(url.to_string(), (Instant::now(), e.clone()));
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// A cached key still fresh and valid now, a remembered recent failure, or neither.
-    fn cached(&self, url: &url::Url) -> Result<Option<Arc<VerifyingKey>>, VerifyError> {
-        let now = Instant::now();
-        if let Some((at, e)) = self
-            .failures
-            .lock()
-            .ok()
-            .and_then(|f| f.get(url.as_str()).cloned())
-        {
-            if now.duration_since(at) < CERT_FAILURE_TTL {
-                return Err(e);
-            }
-        }
-        let Some(cached) = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(url.as_str()).cloned())
-        else {
-            return Ok(None);
-        };
-        let fixed = matches!(self.source, Certificates::Fixed);
-        if !fixed && now.duration_since(cached.fetched) >= CERT_CACHE_TTL {
-            return Ok(None);
-        }
-        cached
-            .validity
-            .check(chrono::Utc::now().timestamp())
-            .map_err(|why| VerifyError::BadCertificate {
-                url: url.to_string(),
-                detail: why.into(),
-            })?;
-        Ok(Some(cached.key))
-    }
 }
 
 /// The HTTP client for certificates could not be built.
@@ -642,146 +398,9 @@ impl Verifier {
 #[error("cannot build the certificate HTTP client: {0}")]
 pub struct VerifierSetupError(String);
 
-async fn fetch_certificate(
-    client: &reqwest::Client,
-    url: &url::Url,
-) -> Result<CachedKey, VerifyError> {
-    let fetch_err = |detail: String| VerifyError::CertFetch {
-        url: url.to_string(),
-        detail,
-    };
-    let response = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| fetch_err(e.to_string()))?;
-    let status = response.status();
-    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        return Err(fetch_err(format!("HTTP {status}")));
-    }
-    if !status.is_success() {
-        return Err(VerifyError::CertUnavailable {
-            url: url.to_string(),
-            status: status.as_u16(),
-        });
-    }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| fetch_err(e.to_string()))?;
-    let bad = |detail: String| VerifyError::BadCertificate {
-        url: url.to_string(),
-        detail,
-    };
-    if body.len() > MAX_CERT_BYTES {
-        return Err(bad("larger than 16 KiB".into()));
-    }
-    let (key, validity) = public_key_from_pem(&body).map_err(bad)?;
-    validity
-        .check(chrono::Utc::now().timestamp())
-        .map_err(|why| bad(why.into()))?;
-    Ok(CachedKey {
-        key: Arc::new(VerifyingKey::from(&key)),
-        validity,
-        fetched: Instant::now(),
-    })
-}
-
-/// The RSA public key of a PEM certificate, with its validity period (checked on every use).
-pub fn public_key_from_pem(pem: &[u8]) -> Result<(RsaPublicKey, Validity), String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let validity = Validity {
-        not_before: cert.validity().not_before.timestamp(),
-        not_after: cert.validity().not_after.timestamp(),
-    };
-    let key = RsaPublicKey::from_public_key_der(cert.public_key().raw)
-        .map_err(|e| format!("not an RSA key: {e}"))?;
-    Ok((key, validity))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_aws_certificate_urls_pass_without_configuration() {
-        let ok = [
-            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
-            "https://sns.cn-north-1.amazonaws.com.cn/x.pem",
-        ];
-        for url in ok {
-            assert!(check_cert_url(url, &[]).is_ok(), "{url}");
-        }
-        let refused = [
-            ("http://sns.us-east-1.amazonaws.com/x.pem", "not https"),
-            (
-                "https://sns.us-east-1.amazonaws.com.evil.com/x.pem",
-                "host is not sns.<region>.amazonaws.com",
-            ),
-            (
-                "https://evil.com/sns.us-east-1.amazonaws.com/x.pem",
-                "host is not sns.<region>.amazonaws.com",
-            ),
-            (
-                "https://sns.us-east-1.amazonaws.com/x.txt",
-                "path does not end in .pem",
-            ),
-            (
-                "https://sns.us-east-1.amazonaws.com:8443/x.pem",
-                "non-standard port",
-            ),
-            (
-                "https://user:pw@sns.us-east-1.amazonaws.com/x.pem",
-                "carries credentials",
-            ),
-            (
-                "https://s3.us-east-1.amazonaws.com/x.pem",
-                "host is not sns.<region>.amazonaws.com",
-            ),
-            ("file:///etc/passwd", "not https"),
-            ("not a url", "not a URL"),
-        ];
-        for (url, why) in refused {
-            match check_cert_url(url, &[]) {
-                Err(VerifyError::CertUrlRefused { why: w, .. }) => assert_eq!(w, why, "{url}"),
-                other => panic!("{url}: {other:?}"),
-            }
-        }
-        let local = vec!["http://127.0.0.1:4566/_aws/sns/".to_string()];
-        assert!(check_cert_url(
-            "http://127.0.0.1:4566/_aws/sns/SimpleNotificationService-x.pem",
-            &local
-        )
-        .is_ok());
-        assert!(check_cert_url("http://127.0.0.1:4566@evil.com/_aws/sns/x.pem", &local).is_err());
-    }
-
-    #[test]
-    fn string_to_sign_follows_the_aws_order_and_skips_an_absent_subject() {
-        let env = SnsEnvelope {
-            kind: "Notification".into(),
-            message_id: "m".into(),
-            topic_arn: "t".into(),
-            subject: None,
-            message: "{\"a\":1}".into(),
-            timestamp: "2026-01-01T00:00:00.000Z".into(),
-            signature_version: Some("1".into()),
-            signature: None,
-            signing_cert_url: None,
-        };
-        assert_eq!(
-            string_to_sign(&env),
-            "Message\n{\"a\":1}\nMessageId\nm\nTimestamp\n2026-01-01T00:00:00.000Z\nTopicArn\nt\nType\nNotification\n"
-        );
-        let with_subject = SnsEnvelope {
-            subject: Some("s".into()),
-            ..env
-        };
-        assert!(string_to_sign(&with_subject).contains("MessageId\nm\nSubject\ns\nTimestamp\n"));
-    }
 
     #[test]
     fn marketplace_topics_name_their_product() {
