@@ -117,6 +117,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, for parsing and for metrics that list each one.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::NotLinked,
+        Refusal::SubscriptionCancelled,
+        Refusal::CustomerNotSubscribed,
+        Refusal::HourClosed,
+        Refusal::TooOld,
+        Refusal::BeforeSubscription,
+    ];
+
     /// The stable code.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -131,16 +141,7 @@ impl Refusal {
 
     /// Parses [`Refusal::as_str`]'s output.
     pub fn parse(s: &str) -> Option<Refusal> {
-        [
-            Refusal::NotLinked,
-            Refusal::SubscriptionCancelled,
-            Refusal::CustomerNotSubscribed,
-            Refusal::HourClosed,
-            Refusal::TooOld,
-            Refusal::BeforeSubscription,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        Refusal::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 

@@ -25,16 +25,6 @@ const METER_STATUSES: [&str; 7] = [
     METER_FAILED,
 ];
 
-/// Every reason a report is refused for.
-const REFUSALS: [Refusal; 6] = [
-    Refusal::NotLinked,
-    Refusal::SubscriptionCancelled,
-    Refusal::CustomerNotSubscribed,
-    Refusal::HourClosed,
-    Refusal::TooOld,
-    Refusal::BeforeSubscription,
-];
-
 /// The metering figures on `/metrics`.
 #[derive(Clone)]
 pub struct MeterMetrics {
@@ -105,7 +95,7 @@ impl MeterMetrics {
             let n = stats.by_status.get(status).copied().unwrap_or(0);
             self.records.with_label_values(&[status]).set(n);
         }
-        for reason in REFUSALS {
+        for reason in Refusal::ALL {
             let n = stats.refused.get(reason.as_str()).copied().unwrap_or(0);
             self.usage_refused
                 .with_label_values(&[reason.as_str()])
