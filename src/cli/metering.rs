@@ -1,12 +1,11 @@
 //! `mplink usage record` and `mplink meter status|retry|send`, with their arguments; the
 //! worker's `--meter` flags live here too.
 
-use super::CliError;
+use super::{print_line, CliError};
 use crate::metering::send::rfc3339;
 use crate::metering::{record_usage, MeterConfig, MeteringError, UsageReport};
 use crate::store::Store;
 use clap::Subcommand;
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -112,14 +111,6 @@ impl MeterLoopArgs {
     }
 }
 
-fn out(text: &str) -> Result<(), CliError> {
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
-    writeln!(lock, "{text}")
-        .and_then(|_| lock.flush())
-        .map_err(CliError::Write)
-}
-
 /// The metering client: one attempt per call (the loop retries with its own backoff).
 /// `AWS_ENDPOINT_URL_MARKETPLACE_METERING` points it elsewhere (the local double).
 pub async fn metering_client() -> aws_sdk_marketplacemetering::Client {
@@ -148,17 +139,19 @@ pub(super) async fn usage_record(
     };
     let refusal = receipt.refusal.map(|r| r.as_str());
     if args.json {
-        out(&serde_json::json!({
-            "key": receipt.idempotency_key,
-            "accepted": receipt.accepted,
-            "refusal": refusal,
-            "sub_key": receipt.sub_key,
-            "hour": rfc3339(receipt.usage_hour),
-            "replayed": receipt.replayed,
-        })
-        .to_string())?;
+        print_line(
+            &serde_json::json!({
+                "key": receipt.idempotency_key,
+                "accepted": receipt.accepted,
+                "refusal": refusal,
+                "sub_key": receipt.sub_key,
+                "hour": rfc3339(receipt.usage_hour),
+                "replayed": receipt.replayed,
+            })
+            .to_string(),
+        )?;
     } else if receipt.accepted {
-        out(&format!(
+        print_line(&format!(
             "accepted {} for hour {}{}",
             receipt.idempotency_key,
             rfc3339(receipt.usage_hour),
@@ -169,7 +162,7 @@ pub(super) async fn usage_record(
             }
         ))?;
     } else {
-        out(&format!(
+        print_line(&format!(
             "refused {}: {}",
             receipt.idempotency_key,
             refusal.unwrap_or("unknown")
@@ -190,7 +183,7 @@ pub(super) async fn meter_status(
     let records = store.meter_records(args.limit).await?;
     if args.json {
         for r in &records {
-            out(&serde_json::json!({
+            print_line(&serde_json::json!({
                 "hour": rfc3339(r.usage_hour), "sub_key": r.sub_key, "dimension": r.dimension,
                 "quantity": r.quantity, "status": r.status, "metering_record_id": r.metering_record_id,
                 "attempts": r.attempts, "last_error": r.last_error, "final": r.final_usage,
@@ -205,7 +198,7 @@ pub(super) async fn meter_status(
         .iter()
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
-    out(&format!(
+    print_line(&format!(
         "records: {}",
         if counts.is_empty() {
             "none".into()
@@ -219,10 +212,10 @@ pub(super) async fn meter_status(
         .map(|(r, n)| format!("{r} {n}"))
         .collect();
     if !refused.is_empty() {
-        out(&format!("usage refused: {}", refused.join(", ")))?;
+        print_line(&format!("usage refused: {}", refused.join(", ")))?;
     }
     if let Some(h) = stats.oldest_unsent_hour {
-        out(&format!("oldest unsent hour: {}", rfc3339(h)))?;
+        print_line(&format!("oldest unsent hour: {}", rfc3339(h)))?;
     }
     let rows: Vec<Vec<String>> = records
         .iter()
@@ -239,7 +232,7 @@ pub(super) async fn meter_status(
             ]
         })
         .collect();
-    out(&table(
+    print_line(&table(
         &[
             "HOUR",
             "SUBSCRIPTION",
@@ -281,7 +274,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 pub(super) async fn meter_retry(store: &Store) -> Result<ExitCode, CliError> {
     let n = store.meter_retry(crate::store::now_ms()).await?;
-    out(&format!("{n} records put back to unsent"))?;
+    print_line(&format!("{n} records put back to unsent"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -295,7 +288,7 @@ pub(super) async fn meter_send(store: &Store, args: MeterLoopArgs) -> Result<Exi
         .iter()
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
-    out(&format!(
+    print_line(&format!(
         "closed {} hours and {} final usages ({} records); {} calls: {}; {} failed, {} expired",
         closed.hours_closed.len(),
         closed.finals_closed.len(),

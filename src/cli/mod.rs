@@ -21,6 +21,7 @@ pub use metering::{
     metering_client, MeterArgs, MeterCommand, MeterLoopArgs, MeterStatusArgs, UsageArgs,
     UsageCommand, UsageRecordArgs, EXIT_REFUSED,
 };
+pub(crate) use output::print_line;
 pub use output::render_table;
 pub use serve_args::{ApiArgs, ServeArgs};
 pub use worker_args::{RunArgs, VerifyArgs, WebhookArgs};

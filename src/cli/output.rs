@@ -1,6 +1,18 @@
-//! The status table: aligned columns sized on the first page.
+//! What commands print: the status table (aligned columns sized on the first page) and single
+//! lines flushed as they are written (a `--follow` reader sees each at once).
 
+use super::CliError;
 use crate::store::StatusRow;
+use std::io::Write;
+
+/// Writes one line to stdout and flushes it.
+pub(crate) fn print_line(text: &str) -> Result<(), CliError> {
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    writeln!(lock, "{text}")
+        .and_then(|_| lock.flush())
+        .map_err(CliError::Write)
+}
 
 /// Renders status rows as an aligned text table.
 pub fn render_table(rows: &[StatusRow]) -> String {

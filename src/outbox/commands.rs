@@ -4,11 +4,11 @@
 use super::deliver::{parse_secrets, Deliverer, WebhookConfig};
 use super::OutboxRow;
 use crate::cli::{
-    CliError, EventsArgs, OutboxDeliverArgs, OutboxInspectArgs, OutboxRetryArgs, WebhookArgs,
+    print_line, CliError, EventsArgs, OutboxDeliverArgs, OutboxInspectArgs, OutboxRetryArgs,
+    WebhookArgs,
 };
 use crate::metrics::Metrics;
 use crate::store::Store;
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +19,6 @@ const FEED_PAGE: i64 = 500;
 
 /// How often `events --follow` asks for new rows.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
-
-fn out(text: &str) -> Result<(), CliError> {
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
-    writeln!(lock, "{text}")
-        .and_then(|_| lock.flush())
-        .map_err(CliError::Write)
-}
 
 fn line(row: &OutboxRow) -> String {
     let sub = row
@@ -65,7 +57,7 @@ pub async fn events(store: &Store, args: EventsArgs) -> Result<ExitCode, CliErro
     loop {
         let rows = store.outbox_after(after, FEED_PAGE).await?;
         for row in &rows {
-            out(&if args.json {
+            print_line(&if args.json {
                 row.payload_json()
             } else {
                 line(row)
@@ -107,9 +99,9 @@ pub async fn inspect(store: &Store, args: OutboxInspectArgs) -> Result<ExitCode,
                 "created_at": r.created_at,
             })).collect::<Vec<_>>(),
         });
-        out(&body.to_string())?;
+        print_line(&body.to_string())?;
     } else {
-        out(&format!(
+        print_line(&format!(
             "pending {}, failed {}, delivered {}, oldest undelivered {}",
             stats.pending,
             stats.failed,
@@ -122,7 +114,7 @@ pub async fn inspect(store: &Store, args: OutboxInspectArgs) -> Result<ExitCode,
                 ))
         ))?;
         for r in &rows {
-            out(&format!(
+            print_line(&format!(
                 "{:>8}  {:<9} attempts {:<3} {:<20} {:<20} {}",
                 r.seq,
                 r.status,
@@ -147,7 +139,7 @@ pub async fn retry(store: &Store, args: OutboxRetryArgs) -> Result<ExitCode, Cli
     } else {
         store.outbox_retry(Some(&args.ids)).await?
     };
-    out(&format!("{n} parked row(s) due for delivery again"))?;
+    print_line(&format!("{n} parked row(s) due for delivery again"))?;
     if !args.all_failed && (n as usize) < args.ids.len() {
         eprintln!(
             "mplink: {} of the given rows were not parked as failed (delivered, pending or unknown): left as they are",
@@ -225,7 +217,7 @@ pub async fn deliver(store: &Store, args: OutboxDeliverArgs) -> Result<ExitCode,
         deliverer.run(stop).await;
     }
     let count = |o: &str| metrics.webhook_deliveries.with_label_values(&[o]).get();
-    out(&format!(
+    print_line(&format!(
         "delivered {}, retried {}, parked {}",
         count("delivered"),
         count("retry"),
