@@ -291,6 +291,40 @@ impl Store {
         .map_err(q("beginning a transaction"))
     }
 
+    /// Runs a lease statement in a transaction of its own and returns the rows it leased. The
+    /// statement binds `$1` the owner, `$2` the lease's end, `$3` now and `$4` the limit, and
+    /// takes its rows with [`Store::skip_locked`] so two holders never lease one row.
+    async fn lease_rows(
+        &self,
+        sql: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+        op: &'static str,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        let mut tx = self.begin().await?;
+        let leased = sqlx::query(sql)
+            .bind(owner)
+            .bind(now_ms + lease_ms)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q(op))?;
+        tx.commit().await.map_err(q(op))?;
+        Ok(leased)
+    }
+
+    /// The row-lock clause of a lease's inner SELECT: rows another transaction holds are
+    /// skipped on PostgreSQL; SQLite has one writer at a time.
+    fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
+
     /// Applies one event and records it; see [`Store::apply_batch`].
     pub async fn apply(&self, event: &Event, body: &str) -> Result<Outcome, StoreError> {
         let outcomes = self.apply_batch(&[Incoming { event, body }]).await?;

@@ -508,10 +508,7 @@ impl super::Store {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let lock = self.skip_locked();
         let columns = SELECT_ROWS
             .trim_start_matches("SELECT ")
             .trim_end_matches(" FROM mplink_outbox");
@@ -525,16 +522,9 @@ impl super::Store {
                ORDER BY o.seq LIMIT $4{lock}) \
              RETURNING {columns}"
         );
-        let mut tx = self.begin().await?;
-        let found = sqlx::query(&sql)
-            .bind(owner)
-            .bind(now_ms + lease_ms)
-            .bind(now_ms)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(q("leasing outbox rows"))?;
-        tx.commit().await.map_err(q("leasing outbox rows"))?;
+        let found = self
+            .lease_rows(&sql, owner, now_ms, lease_ms, limit, "leasing outbox rows")
+            .await?;
         let mut rows: Vec<OutboxRow> = found.iter().map(row_from).collect::<Result<_, _>>()?;
         rows.sort_by_key(|r| r.seq);
         Ok(rows)

@@ -4,7 +4,7 @@ use super::{
     record_from, usage_from, MeterRecord, MeterResult, MeterStats, UsageRow, ENDED_NOT_SUBSCRIBED,
     METER_EXPIRED, METER_FAILED, METER_NOT_SUBSCRIBED, METER_STOPPED, METER_UNSENT, RECORD_COLUMNS,
 };
-use crate::store::{q, storable_text, Backend, Store, StoreError};
+use crate::store::{q, storable_text, Store, StoreError};
 use sqlx::Row;
 
 impl Store {
@@ -35,10 +35,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<MeterRecord>, StoreError> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let lock = self.skip_locked();
         let sql = format!(
             "UPDATE mplink_meter_records SET lease_owner = $1, lease_until = $2 \
              WHERE (sub_key, dimension, usage_hour) IN (SELECT r.sub_key, r.dimension, r.usage_hour \
@@ -47,16 +44,16 @@ impl Store {
                ORDER BY r.usage_hour, r.sub_key, r.dimension LIMIT $4{lock}) \
              RETURNING {RECORD_COLUMNS}"
         );
-        let mut tx = self.begin().await?;
-        let found = sqlx::query(&sql)
-            .bind(owner)
-            .bind(now_ms + lease_ms)
-            .bind(now_ms)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(q("leasing meter records"))?;
-        tx.commit().await.map_err(q("leasing meter records"))?;
+        let found = self
+            .lease_rows(
+                &sql,
+                owner,
+                now_ms,
+                lease_ms,
+                limit,
+                "leasing meter records",
+            )
+            .await?;
         let mut out: Vec<MeterRecord> = found.iter().map(record_from).collect::<Result<_, _>>()?;
         out.sort_by(|a, b| {
             (a.usage_hour, &a.sub_key, &a.dimension).cmp(&(b.usage_hour, &b.sub_key, &b.dimension))
