@@ -40,6 +40,15 @@ fn config(owner: &str) -> MeterConfig {
 }
 
 impl Story {
+    /// What the double billed, (hour, quantity) in the order it was metered.
+    fn billed(&self) -> Vec<(i64, i64)> {
+        self.double
+            .metered_records()
+            .iter()
+            .map(|r| (r.hour.timestamp_millis(), r.quantity))
+            .collect()
+    }
+
     async fn new(backend: Backend) -> Story {
         let double = MarketplaceDouble::start("127.0.0.1:0").await.unwrap();
         let client = metering_client(&double, 1).await;
@@ -456,12 +465,7 @@ async fn seed_story_with_usage(backend: Backend) {
     let (closed, sent) = s.tick_at(s.now).await;
     assert_eq!(closed.finals_closed.len(), 1, "{closed:?}");
     assert!(sent.failed == 0 && sent.expired.is_empty(), "{sent:?}");
-    let billed: BTreeMap<i64, i64> = s
-        .double
-        .metered_records()
-        .iter()
-        .map(|r| (r.hour.timestamp_millis(), r.quantity))
-        .collect();
+    let billed: BTreeMap<i64, i64> = s.billed().into_iter().collect();
     let expected: BTreeMap<i64, i64> = [
         (s.at(3, 0), 10),
         (s.at(2, 0), 11),
@@ -767,12 +771,7 @@ async fn the_worker_meters_with_its_flag() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let billed: Vec<(i64, i64)> = s
-        .double
-        .metered_records()
-        .iter()
-        .map(|r| (r.hour.timestamp_millis(), r.quantity))
-        .collect();
+    let billed = s.billed();
     assert_eq!(billed, vec![(s.at(1, 0), 4)]);
     let records = s.records().await;
     assert!(
@@ -819,12 +818,7 @@ async fn usage_rows_written_with_sql_are_decided_and_metered() {
     assert_eq!(rows["sql-1"], ("accepted".to_string(), None, s.at(1, 0)));
     assert_eq!(rows["sql-2"].1.as_deref(), Some("invalid_quantity"));
     assert_eq!(rows["sql-3"].1.as_deref(), Some("not_linked"));
-    let billed: Vec<(i64, i64)> = s
-        .double
-        .metered_records()
-        .iter()
-        .map(|r| (r.hour.timestamp_millis(), r.quantity))
-        .collect();
+    let billed = s.billed();
     assert_eq!(billed, vec![(s.at(1, 0), 6)]);
     s.db.cleanup().await;
 }
@@ -966,12 +960,7 @@ async fn seed_story_on_an_eventbridge_listing(backend: Backend) {
             );
         }
     }
-    let billed: BTreeMap<i64, i64> = s
-        .double
-        .metered_records()
-        .iter()
-        .map(|r| (r.hour.timestamp_millis(), r.quantity))
-        .collect();
+    let billed: BTreeMap<i64, i64> = s.billed().into_iter().collect();
     let expected: BTreeMap<i64, i64> = [
         (s.at(3, 0), 1),
         (s.at(2, 0), 2),
