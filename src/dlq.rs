@@ -229,11 +229,10 @@ pub struct Inspected {
     pub last_rejection: Option<String>,
 }
 
+/// A `SentTimestamp` attribute (epoch ms as text) as RFC 3339.
 fn rfc3339(ms: &str) -> Option<String> {
-    ms.parse::<i64>()
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    let ms = ms.parse::<i64>().ok()?;
+    crate::time::rfc3339(ms, crate::time::Precision::Millis)
 }
 
 /// Lists up to `max` dead letters without consuming them: each is made visible again as soon

@@ -2,7 +2,8 @@
 
 use crate::consumer::Health;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Store};
+use crate::store::Store;
+use crate::time::now_ms;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;

@@ -1,7 +1,7 @@
 //! mplink: applies AWS Marketplace subscription events to a billing-link ledger.
 //!
 //! The path of one message: [`event`] decodes it, [`verify`] decides whether to trust it,
-//! [`ledger`] decides what it does (pure), [`store`] records the decision in one transaction.
+//! [`ledger`] decides what it does (pure, in `mplink-core`), [`store`] records the decision in one transaction.
 //! [`process`] is that path; [`consumer`] feeds it from SQS, [`app`] runs the consumer with its
 //! [`http`] surface, [`dlq`] replays dead letters through it. [`api`] is the HTTP API the host
 //! application builds the buyer's pages on. [`cli`] drives everything.
@@ -14,20 +14,19 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
-pub mod event;
 pub mod failpoint;
 pub mod healthcheck;
 pub mod http;
-pub mod ledger;
 pub mod marketplace_double;
 pub mod metering;
 pub mod metrics;
 pub mod outbox;
 pub mod process;
 pub mod provision;
-pub mod redrive;
 pub mod sqs;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod verify;
+
+pub use mplink_core::{event, ledger, redrive, time, topics};

@@ -5,7 +5,8 @@
 use crate::event::{self, DecodeError, Event, InboundMessage, SubjectKey};
 use crate::ledger::Outcome;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Incoming, Store, StoreError};
+use crate::store::{Incoming, Store, StoreError};
+use crate::time::now_ms;
 use crate::verify::Verifier;
 use futures_util::StreamExt;
 use std::borrow::Borrow;

@@ -3,16 +3,13 @@
 //! local use and tests; production uses the deploy templates.
 
 use crate::aws::error_text;
+use crate::topics::{ENTITLEMENT_TOPIC_PREFIX, SUBSCRIPTION_TOPIC_PREFIX};
 use aws_config::SdkConfig;
 use aws_sdk_sqs::types::QueueAttributeName;
 use std::collections::HashMap;
 use std::time::Duration;
 use thiserror::Error;
 
-/// Prefix of the legacy subscription topic, followed by the product code.
-pub const SUBSCRIPTION_TOPIC_PREFIX: &str = "aws-mp-subscription-notification-";
-/// Prefix of the legacy entitlement topic, followed by the product code.
-pub const ENTITLEMENT_TOPIC_PREFIX: &str = "aws-mp-entitlement-notification-";
 /// Suffix added to the queue name for its dead-letter queue.
 pub const DEAD_LETTER_SUFFIX: &str = "-dlq";
 /// Id of the EventBridge target pointing at the queue.

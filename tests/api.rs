@@ -45,7 +45,7 @@ async fn registration(
     customer: Option<&str>,
     expires_in_ms: i64,
 ) -> Registration {
-    let now = mplink::store::now_ms();
+    let now = mplink::time::now_ms();
     store
         .create_registration(&NewRegistration {
             id: new_registration_id(),

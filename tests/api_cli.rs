@@ -105,7 +105,7 @@ async fn serve_with_worker_shares_one_database_and_one_set_of_metrics() {
         stack.suffix.replace('-', "")
     );
     let agreement = format!("agmt-{}", stack.suffix);
-    let now = mplink::store::now_ms();
+    let now = mplink::time::now_ms();
     let reg = db
         .store
         .create_registration(&NewRegistration {

@@ -12,7 +12,8 @@ use mplink::marketplace_double::{
 };
 use mplink::metering::runner::tick;
 use mplink::metering::{hour_of, record_usage, MeterConfig, Refusal, UsageReport, HOUR_MS};
-use mplink::store::{now_ms, MeterRecord, Store};
+use mplink::store::{MeterRecord, Store};
+use mplink::time::now_ms;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -1015,7 +1015,7 @@ async fn localstack_signed_messages_verify_and_tampered_copies_do_not() {
     let entitlement_topic = stack
         .topics
         .iter()
-        .find(|t| t.contains(mplink::provision::ENTITLEMENT_TOPIC_PREFIX))
+        .find(|t| t.contains(mplink::topics::ENTITLEMENT_TOPIC_PREFIX))
         .expect("entitlement topic")
         .clone();
     let tampered = [
@@ -1149,7 +1149,7 @@ fn eventbridge_ended_at(time: &str, id: &str) -> InboundMessage {
 #[tokio::test]
 async fn an_event_dated_beyond_the_skew_is_refused_and_one_within_it_is_not() {
     let verifier = fixed_verifier(VerifyConfig::default());
-    let now = mplink::store::now_ms();
+    let now = mplink::time::now_ms();
     let iso = |ms: i64| iso_ms(ms);
     let far = eventbridge_ended_at("2099-01-01T00:00:00Z", "far");
     let event = decode(&far).expect("decodes");
@@ -1198,7 +1198,7 @@ async fn a_future_event_cannot_pin_a_subscription_through_the_pipeline() {
         other => panic!("{other:?}"),
     }
     // A real, present-day event of the same agreement still decides its state.
-    let now = eventbridge_ended_at(&iso_ms(mplink::store::now_ms() - 1000), "now-1");
+    let now = eventbridge_ended_at(&iso_ms(mplink::time::now_ms() - 1000), "now-1");
     assert!(matches!(
         pipeline.process(&now).await,
         Processed::Done(mplink::ledger::Outcome::Applied)
@@ -1206,7 +1206,7 @@ async fn a_future_event_cannot_pin_a_subscription_through_the_pipeline() {
     let subs = db.store.subscriptions().await.expect("subscriptions");
     assert_eq!(subs.len(), 1);
     assert_eq!(subs[0].state, mplink::ledger::SubState::Cancelling);
-    assert!(subs[0].last_event_time_ms.unwrap() < mplink::store::now_ms());
+    assert!(subs[0].last_event_time_ms.unwrap() < mplink::time::now_ms());
     db.cleanup().await;
 }
 

@@ -273,7 +273,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub(super) async fn meter_retry(store: &Store) -> Result<ExitCode, CliError> {
-    let n = store.meter_retry(crate::store::now_ms()).await?;
+    let n = store.meter_retry(crate::time::now_ms()).await?;
     print_line(&format!("{n} records put back to unsent"))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -282,7 +282,7 @@ pub(super) async fn meter_send(store: &Store, args: MeterLoopArgs) -> Result<Exi
     let client = metering_client().await;
     let config = args.config();
     let (closed, sent) =
-        crate::metering::runner::tick(store, &client, &config, crate::store::now_ms()).await?;
+        crate::metering::runner::tick(store, &client, &config, crate::time::now_ms()).await?;
     let answered: Vec<String> = sent
         .answered
         .iter()

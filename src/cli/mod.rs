@@ -6,6 +6,7 @@ mod args;
 mod dlq;
 mod error;
 mod metering;
+mod outbox;
 mod output;
 mod provision;
 mod serve;
@@ -107,23 +108,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             .await
         }
         Command::Events(args) => {
-            with_store(&url, |store| async move {
-                crate::outbox::commands::events(&store, args).await
-            })
+            with_store(
+                &url,
+                |store| async move { outbox::events(&store, args).await },
+            )
             .await
         }
         Command::Outbox(OutboxArgs { command }) => {
             with_store(&url, |store| async move {
                 match command {
-                    OutboxCommand::Inspect(args) => {
-                        crate::outbox::commands::inspect(&store, args).await
-                    }
-                    OutboxCommand::Retry(args) => {
-                        crate::outbox::commands::retry(&store, args).await
-                    }
-                    OutboxCommand::Deliver(args) => {
-                        crate::outbox::commands::deliver(&store, args).await
-                    }
+                    OutboxCommand::Inspect(args) => outbox::inspect(&store, args).await,
+                    OutboxCommand::Retry(args) => outbox::retry(&store, args).await,
+                    OutboxCommand::Deliver(args) => outbox::deliver(&store, args).await,
                 }
             })
             .await

@@ -4,7 +4,8 @@ use super::output::{render_table, Table};
 use super::{CliError, LinkArgs, StatusArgs};
 use crate::event::normalize_identifier;
 use crate::ledger::LinkRequest;
-use crate::store::{now_ms, StatusFilter, Store};
+use crate::store::{StatusFilter, Store};
+use crate::time::now_ms;
 use std::io::Write;
 use std::process::ExitCode;
 

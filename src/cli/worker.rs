@@ -65,7 +65,7 @@ pub(super) async fn run_until(
     }
     // The deliverer stops with the worker, whether a signal or an idle queue stopped it.
     let deliverer_stop = shutdown.child_token();
-    let deliverer = crate::outbox::commands::spawn_deliverer(
+    let deliverer = super::outbox::spawn_deliverer(
         store,
         webhooks,
         pipeline.metrics.clone(),

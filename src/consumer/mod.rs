@@ -14,7 +14,7 @@ mod visibility;
 use crate::ledger::Outcome;
 use crate::metrics::Metrics;
 use crate::process::Pipeline;
-use crate::store::now_ms;
+use crate::time::now_ms;
 use aws_sdk_sqs::Client as SqsClient;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;

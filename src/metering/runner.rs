@@ -6,11 +6,12 @@ use super::send::{send_due, SendSummary};
 use super::{MeterConfig, Refusal, HOUR_MS};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::store::{
     METER_DUPLICATE, METER_EXPIRED, METER_FAILED, METER_NOT_SUBSCRIBED, METER_STOPPED,
     METER_SUCCESS, METER_UNSENT,
 };
+use crate::time::now_ms;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use tokio_util::sync::CancellationToken;
 

@@ -29,11 +29,10 @@ pub struct SendSummary {
     pub lease_lost: usize,
 }
 
-/// An epoch-ms time as RFC 3339, for logs and tables.
+/// An hour of usage as RFC 3339 to the second, for logs and tables; the raw ms if no calendar
+/// holds it, so a corrupt row still prints.
 pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| ms.to_string())
+    crate::time::rfc3339(ms, crate::time::Precision::Seconds).unwrap_or_else(|| ms.to_string())
 }
 
 /// Which customer a record names on the wire: account + license for new integrations, the

@@ -11,7 +11,8 @@
 use super::{q, reach, rows, Backend, StoreError};
 use crate::event::Event;
 use crate::ledger::{resolve_link_among, LinkRequest, Subscription};
-use crate::outbox::{rfc3339, EventType, NewRow, OrgView, OutboxRow, SubscriptionIds};
+use crate::outbox::{EventType, NewRow, OrgView, OutboxRow, SubscriptionIds};
+use crate::time::rfc3339_millis;
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -387,9 +388,9 @@ pub(super) fn row_from(row: &sqlx::any::AnyRow) -> Result<OutboxRow, StoreError>
         state_after: get("state_after")?,
         payment_method_before: get("payment_method_before")?,
         payment_method: get("payment_method")?,
-        event_time: rfc3339(int("event_time")?),
+        event_time: rfc3339_millis(int("event_time")?),
         cause: get("cause")?.unwrap_or_default(),
-        created_at: rfc3339(created_at_ms),
+        created_at: rfc3339_millis(created_at_ms),
         status: get("status")?.unwrap_or_default(),
         attempts: int("attempts")?,
         last_error: get("last_error")?,

@@ -420,11 +420,6 @@ impl StatusRow {
     }
 }
 
-fn rfc3339(ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-}
-
 /// The status line of a subscription and the link resolved to it; either may be missing.
 pub(super) fn row_for(
     sub: Option<&Subscription>,
@@ -449,7 +444,7 @@ pub(super) fn row_for(
         subscription_state: sub.map_or(SubState::Pending, |s| s.state),
         link_state: link.map(|(_, state)| state),
         payment_method: link.and_then(|(_, state)| state.payment_method()),
-        last_event_time: sub.and_then(|s| s.last_event_time_ms).and_then(rfc3339),
+        last_event_time: sub.and_then(|s| s.last_event_time_ms).and_then(time_text),
         details: sub.map_or_else(StatusDetails::default, |s| details_columns(&s.details)),
     }
 }
@@ -457,8 +452,8 @@ pub(super) fn row_for(
 /// The appended detail keys of a subscription's status row.
 fn details_columns(details: &SubscriptionDetails) -> StatusDetails {
     let d = details.clone();
-    let time = |v: Option<Dated<i64>>| v.and_then(|d| rfc3339(d.value));
-    let stamp_time = |s: Option<Stamp>| s.and_then(|s| rfc3339(s.time_ms));
+    let time = |v: Option<Dated<i64>>| v.and_then(|d| time_text(d.value));
+    let stamp_time = |s: Option<Stamp>| s.and_then(|s| time_text(s.time_ms));
     StatusDetails {
         offer_id: d.offer_id.map(|v| v.value),
         free_trial: d.free_trial.map(|v| v.value),
@@ -476,7 +471,7 @@ fn details_columns(details: &SubscriptionDetails) -> StatusDetails {
         cancellation_request_time: d
             .cancellation_request
             .as_ref()
-            .and_then(|v| rfc3339(v.stamp.time_ms)),
+            .and_then(|v| time_text(v.stamp.time_ms)),
         cancellation_request: d.cancellation_request.map(|v| v.value),
         billing_adjustment: d.billing_adjustment.map(|v| v.value),
         ending_notice_days_before_end: d.ending_notice_days,
@@ -534,4 +529,8 @@ pub fn status_rows(
                 .is_none_or(|c| r.customer_identifier.as_ref() == Some(c))
     });
     out
+}
+
+fn time_text(ms: i64) -> Option<String> {
+    crate::time::rfc3339(ms, crate::time::Precision::Millis)
 }

@@ -194,8 +194,8 @@ pub fn aws_marketplace_topic_product(topic: &str) -> Option<&str> {
 /// product code is the name's suffix), in whatever account.
 pub fn marketplace_topic_product(topic: &str) -> Option<&str> {
     let name = topic.rsplit(':').next()?;
-    name.strip_prefix(crate::provision::SUBSCRIPTION_TOPIC_PREFIX)
-        .or_else(|| name.strip_prefix(crate::provision::ENTITLEMENT_TOPIC_PREFIX))
+    name.strip_prefix(crate::topics::SUBSCRIPTION_TOPIC_PREFIX)
+        .or_else(|| name.strip_prefix(crate::topics::ENTITLEMENT_TOPIC_PREFIX))
 }
 
 /// Where certificates come from.
@@ -286,7 +286,7 @@ impl Verifier {
 
     /// Accepts or refuses `event`, decoded from `msg`.
     pub async fn verify(&self, msg: &InboundMessage, event: &Event) -> Result<(), VerifyError> {
-        self.check_time(msg, event, crate::store::now_ms())?;
+        self.check_time(msg, event, crate::time::now_ms())?;
         match event.delivery {
             Delivery::Raw if !self.config.accept_raw_delivery => {
                 return Err(VerifyError::RawDeliveryNotAccepted)

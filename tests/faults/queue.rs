@@ -369,7 +369,7 @@ async fn queue_outage() {
     )
     .await;
     let recovery = restored.elapsed();
-    let recovered_ms = mplink::store::now_ms();
+    let recovered_ms = mplink::time::now_ms();
     eventually(Duration::from_secs(20), "the queue to drain", || async {
         queue_total(&stack, &stack.queue.queue_url).await == 0
     })

@@ -4,8 +4,8 @@
 use crate::api::error::ApiError;
 use crate::api::state::ApiState;
 use crate::ledger::{LinkState, PaymentMethod, SubState, Subscription};
-use crate::outbox::rfc3339;
 use crate::store::Store;
+use crate::time::rfc3339_millis;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
@@ -78,7 +78,7 @@ pub fn billing_view(org_id: &str, link: Option<(LinkState, Option<&Subscription>
     });
     let state_time = sub
         .and_then(|s| s.state_stamp.as_ref())
-        .map(|stamp| rfc3339(stamp.time_ms));
+        .map(|stamp| rfc3339_millis(stamp.time_ms));
     BillingView {
         org_id: org_id.to_string(),
         payment_method,

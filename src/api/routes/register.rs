@@ -5,7 +5,8 @@
 
 use crate::api::state::ApiState;
 use crate::event::normalize_identifier;
-use crate::store::{now_ms, NewRegistration, Registration};
+use crate::store::{NewRegistration, Registration};
+use crate::time::now_ms;
 use aws_sdk_marketplacemetering::error::ProvideErrorMetadata;
 use aws_sdk_marketplacemetering::operation::resolve_customer::{
     ResolveCustomerError, ResolveCustomerOutput,

@@ -6,8 +6,9 @@ use super::{check_org_id, check_registration_id};
 use crate::api::error::{ApiError, ApiJson, ErrorBody};
 use crate::api::reasons::{Facts, Reason};
 use crate::api::state::ApiState;
-use crate::outbox::rfc3339;
-use crate::store::{link_key, now_ms, still_billing, LinkRefusal, Registration, RegistrationLink};
+use crate::store::{link_key, still_billing, LinkRefusal, Registration, RegistrationLink};
+use crate::time::now_ms;
+use crate::time::rfc3339_millis;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -51,8 +52,8 @@ impl RegistrationView {
             license_arn: r.license_arn.clone(),
             customer_identifier: r.customer_identifier.clone(),
             offer_type: r.offer_type.clone(),
-            created_at: rfc3339(r.created_at_ms),
-            expires_at: rfc3339(r.expires_at_ms),
+            created_at: rfc3339_millis(r.created_at_ms),
+            expires_at: rfc3339_millis(r.expires_at_ms),
             expired: r.expired(now),
             linked_org_id: r.linked_org_id.clone(),
         }

@@ -5,7 +5,7 @@
 use crate::api::error::{ApiError, ApiJson};
 use crate::api::state::ApiState;
 use crate::metering::{record_usage, MeterConfig, MeteringError, UsageReceipt, UsageReport};
-use crate::outbox::rfc3339;
+use crate::time::rfc3339_millis;
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -55,7 +55,7 @@ impl From<UsageReceipt> for UsageAnswer {
             idempotency_key: receipt.idempotency_key,
             accepted: receipt.accepted,
             refusal: receipt.refusal.map(|r| r.as_str()),
-            usage_hour: rfc3339(receipt.usage_hour),
+            usage_hour: rfc3339_millis(receipt.usage_hour),
             replayed: receipt.replayed,
         }
     }

@@ -2,8 +2,7 @@
 //! handles (the decoder's table, which `mplink provision` also uses), so nothing else is even
 //! delivered. `scripts/check-deploy.sh` then checks that the deployed rule is the template's.
 
-use mplink::event::{eventbridge_rule_pattern, handled_detail_types, EVENTBRIDGE_SOURCE};
-use std::path::PathBuf;
+use mplink_core::event::{eventbridge_rule_pattern, handled_detail_types, EVENTBRIDGE_SOURCE};
 
 /// The quoted items under `detail-type:` in the template's rule, in order.
 fn template_detail_types(template: &str) -> Vec<String> {
@@ -21,7 +20,7 @@ fn template_detail_types(template: &str) -> Vec<String> {
 }
 
 fn template() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/cloudformation.yaml");
+    let path = crate::repo_root().join("deploy/cloudformation.yaml");
     std::fs::read_to_string(path).expect("template")
 }
 

@@ -1,13 +1,13 @@
 //! The bodies of `mplink events`, `mplink outbox inspect|retry|deliver` (their arguments live
 //! in [`crate::cli`]).
 
-use super::deliver::{parse_secrets, Deliverer, WebhookConfig};
-use super::OutboxRow;
 use crate::cli::{
     print_line, CliError, EventsArgs, OutboxDeliverArgs, OutboxInspectArgs, OutboxRetryArgs,
     WebhookArgs,
 };
 use crate::metrics::Metrics;
+use crate::outbox::deliver::{parse_secrets, Deliverer, WebhookConfig};
+use crate::outbox::OutboxRow;
 use crate::store::Store;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -81,7 +81,7 @@ pub async fn events(store: &Store, args: EventsArgs) -> Result<ExitCode, CliErro
 pub async fn inspect(store: &Store, args: OutboxInspectArgs) -> Result<ExitCode, CliError> {
     let stats = store.outbox_stats().await?;
     let rows = store.outbox_undelivered(args.limit).await?;
-    let now = crate::store::now_ms();
+    let now = crate::time::now_ms();
     if args.json {
         let body = serde_json::json!({
             "pending": stats.pending,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 
-use mplink::event::{
+use mplink_core::event::{
     decode, Action, DecodeError, Delivery, Details, EndStatus, Event, Identifiers, InboundMessage,
     Intent, Party, SubjectKey, EVENTBRIDGE_SOURCE, MAX_BODY_BYTES,
 };
@@ -40,7 +40,7 @@ const SHORT_ARN: &str = "aws:license-manager::123456789012:l-e52ca6f38bf84d0fafb
 // Helpers
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events")
+    crate::repo_root().join("tests/fixtures/events")
 }
 
 fn fixture(name: &str) -> String {
