@@ -46,8 +46,9 @@ export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 venv="${MPLINK_LOCALSTACK_VENV:-$PWD/.localstack-venv}"
 aws() { "$venv/bin/aws" --endpoint-url "$AWS_ENDPOINT_URL" --output json "$@"; }
 
-heading "Building mplink (cargo build, the same dev profile CI and the tests use)"
-cargo build
+heading "Building mplink and the Marketplace test double (the same dev profile CI and the tests use)"
+cargo build --bin mplink
+cargo build -p mplink-marketplace-double
 mplink="${CARGO_TARGET_DIR:-target}/debug/mplink"
 
 # A fresh database every run, so the status tables below show only this run.

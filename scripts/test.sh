@@ -38,9 +38,17 @@ bash scripts/check-deploy.sh >"$deploy_log" 2>&1 &
 deploy_pid=$!
 
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --no-run
-cargo test --locked --no-run --test faults
+# Tests build the product with its failpoints (src/failpoint.rs); releases never do. Both are
+# linted, and the binary built without them must not even name a switch.
+tested=(--workspace --features mplink/failpoints)
+cargo clippy --locked "${tested[@]}" --all-targets -- -D warnings
+cargo clippy --locked --lib --bins -- -D warnings
+cargo build --locked --bin mplink
+if grep -a -o -E 'MPLINK_(FAILPOINT|CRASH_AFTER)[A-Z_]*' "${CARGO_TARGET_DIR:-target}/debug/mplink" | sort -u | grep .; then
+    echo "the product binary (built without --features failpoints) names a failpoint switch" >&2
+    exit 1
+fi
+cargo test --locked "${tested[@]}" --no-run
 
 deploy_status=0
 wait "$deploy_pid" || deploy_status=$?
@@ -52,9 +60,9 @@ if [ "$deploy_status" != 0 ]; then
 fi
 # The fault suite, one scenario at a time so they do not distort each other's figures; its
 # summary tables are printed. MPLINK_FAULT_SCALE=10 runs it ten times bigger.
-cargo test --locked --test faults -- --nocapture --test-threads=1
-# Everything else.
-cargo test --locked
+cargo test --locked --features failpoints --test faults -- --nocapture --test-threads=1
+# Everything else, the pure crate and the Marketplace double included.
+cargo test --locked "${tested[@]}"
 # The worker benchmark at a tiny size on the debug build: it keeps working; its figures mean
 # nothing at this size (scripts/bench.sh measures).
 MPLINK_BENCH_PROFILE=dev MPLINK_BENCH_APPLY=2000 MPLINK_BENCH_RATE=10 MPLINK_BENCH_SECONDS=3 \

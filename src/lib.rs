@@ -17,7 +17,6 @@ pub mod dlq;
 pub mod failpoint;
 pub mod healthcheck;
 pub mod http;
-pub mod marketplace_double;
 pub mod metering;
 pub mod metrics;
 pub mod outbox;

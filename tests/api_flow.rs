@@ -11,7 +11,7 @@ mod common;
 use common::api::{spawn_app_with, AppConfig, SELECT_URL};
 use common::localstack::*;
 use common::*;
-use mplink::marketplace_double::{MarketplaceDouble, ResolvedCustomer};
+use mplink_marketplace_double::{MarketplaceDouble, ResolvedCustomer};
 use serde_json::{json, Value};
 use std::time::Duration;
 

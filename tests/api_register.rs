@@ -1,6 +1,6 @@
 //! The buyer's landing, `POST /marketplace/register`, through real HTTP with the real
 //! `aws-sdk-marketplacemetering` client against the Marketplace test double
-//! (`mplink::marketplace_double`, AWS JSON 1.1): success, invalid and expired tokens,
+//! (`mplink_marketplace_double`, AWS JSON 1.1): success, invalid and expired tokens,
 //! throttling within and beyond the SDK's retries, the same token twice.
 
 mod common;
@@ -8,7 +8,7 @@ mod common;
 use common::api::{spawn_app_with, AppConfig, TestApp, SELECT_URL};
 use common::*;
 use mplink::api::routes::register::token_sha256;
-use mplink::marketplace_double::{Failure, MarketplaceDouble, Operation, ResolvedCustomer};
+use mplink_marketplace_double::{Failure, MarketplaceDouble, Operation, ResolvedCustomer};
 use serde_json::Value;
 
 const PRODUCT: &str = "prod-registerexample";

@@ -271,6 +271,7 @@ async fn errors_are_one_clear_line(backend: Backend) {
 /// fail: with the duplicate check switched off, redeliveries and the second party's copy of a
 /// fact are applied again and counted; with it on, nothing is.
 async fn double_application_is_measurable(backend: Backend) {
+    common::require_failpoints();
     let created = agreement_body(
         "ev-p",
         "Created",
@@ -322,6 +323,7 @@ async fn double_application_is_measurable(backend: Backend) {
 /// tie was settled is applied again by the broken build and tells the organization a second
 /// time; the real build counts it a duplicate and notifies nobody.
 async fn repeated_notification_is_measurable(backend: Backend) {
+    common::require_failpoints();
     let linked = sns_body("m-tie-a", "subscribe-success", PRODUCT, CUSTOMER, T0);
     let tie = sns_body("m-tie-b", "unsubscribe-pending", PRODUCT, CUSTOMER, T0);
     let input = format!("{linked}\n{tie}\n{linked}\n");

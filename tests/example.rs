@@ -7,7 +7,7 @@ mod common;
 use common::api::{metering_client, TOKEN};
 use common::{Backend, TestDb};
 use mplink::api::{ApiOptions, ApiState, ApiTokens, SelectUrl};
-use mplink::marketplace_double::{MarketplaceDouble, ResolvedCustomer};
+use mplink_marketplace_double::{MarketplaceDouble, ResolvedCustomer};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,16 +4,16 @@
 
 mod common;
 
-use common::marketplace::metering as metering_client;
 use common::*;
 use mplink::ledger::LinkRequest;
-use mplink::marketplace_double::{
-    CallOutcome, Failure, MarketplaceDouble, Operation, ResolvedCustomer,
-};
 use mplink::metering::runner::tick;
 use mplink::metering::{hour_of, record_usage, MeterConfig, Refusal, UsageReport, HOUR_MS};
 use mplink::store::{MeterRecord, Store};
 use mplink::time::now_ms;
+use mplink_marketplace_double::clients::metering as metering_client;
+use mplink_marketplace_double::{
+    CallOutcome, Failure, MarketplaceDouble, Operation, ResolvedCustomer,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -525,6 +525,7 @@ async fn seed_story_with_usage(backend: Backend) {
 }
 
 async fn a_crash_between_answer_and_commit_resends_identical_records(backend: Backend) {
+    common::require_failpoints();
     let s = Story::new(backend).await;
     s.subscribed("org-a", "cust-a").await;
     s.usage("org-a", "k1", 6, s.at(2, 0)).await;

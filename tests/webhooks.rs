@@ -623,6 +623,7 @@ async fn three_replicas_deliver_each_row_once_between_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_the_200_and_the_update_the_row_goes_again_with_the_same_id() {
+    common::require_failpoints();
     let db = TestDb::new(Backend::Sqlite).await;
     populate(&db.store, 1).await;
     let rx = Receiver::start(always(Answer::Status(200))).await;

@@ -3,7 +3,7 @@
 //! real LocalStack EventBridge or SNS to the test's queue.
 
 use crate::common::localstack::Stack;
-use mplink::marketplace_double::ResolvedCustomer;
+use mplink_marketplace_double::ResolvedCustomer;
 use serde_json::{json, Value};
 use std::time::Duration;
 

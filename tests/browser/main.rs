@@ -29,7 +29,7 @@ use common::localstack::Stack;
 use common::{Backend, TestDb};
 use driver::{text, wait_for, Artifacts, Driver};
 use fantoccini::{Client, Locator};
-use mplink::marketplace_double::MarketplaceDouble;
+use mplink_marketplace_double::MarketplaceDouble;
 use std::time::Duration;
 
 const API_TOKEN: &str = "example-host-token-0123456789";

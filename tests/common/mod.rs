@@ -4,7 +4,6 @@
 
 pub mod api;
 pub mod localstack;
-pub mod marketplace;
 
 use mplink::config::DatabaseUrl;
 use mplink::event::{decode, Event, InboundMessage};
@@ -121,6 +120,17 @@ impl TestDb {
                 .expect("drop schema");
         }
     }
+}
+
+/// Refuses to run a test of the deliberately broken build unless the failpoints are compiled in:
+/// without them the broken build is the real one, and a test that says it catches a broken
+/// build would pass without having seen one.
+pub fn require_failpoints() {
+    #[cfg(not(feature = "failpoints"))]
+    panic!(
+        "this test drives the deliberately broken build: run it with `--features failpoints` \
+         (scripts/test.sh does)"
+    );
 }
 
 /// Runs an async test body once per backend, as two named tests.

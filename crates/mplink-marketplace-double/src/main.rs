@@ -1,9 +1,9 @@
 //! The Marketplace test double as a process, for the demo and tests that run several processes:
 //! prints its endpoint URL on stdout, serves until SIGTERM or Ctrl-C. Controls: `/_double/…`
-//! (see `mplink::marketplace_double`).
+//! (see the crate's documentation).
 
 use clap::Parser;
-use mplink::marketplace_double::{DoubleConfig, MarketplaceDouble};
+use mplink_marketplace_double::{DoubleConfig, MarketplaceDouble};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -22,7 +22,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    mplink::telemetry::init(mplink::telemetry::LogFormat::from_env(), "warn");
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MPLINK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let config = DoubleConfig {
         require_known_credentials: args.require_known_credentials,
         ..DoubleConfig::default()
@@ -42,7 +48,29 @@ async fn main() -> ExitCode {
         eprintln!("mplink-marketplace-double: error: cannot write the endpoint URL to stdout");
         return ExitCode::FAILURE;
     }
-    mplink::app::shutdown_signal().await;
+    shutdown_signal().await;
     double.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Ctrl-C or SIGTERM, whichever comes first (the demo stops the double with SIGTERM).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

@@ -55,6 +55,7 @@
 //! endpoint URL on stdout and serves until SIGTERM or Ctrl-C.
 
 mod cbor;
+pub mod clients;
 mod control;
 mod entitlement;
 mod metering;

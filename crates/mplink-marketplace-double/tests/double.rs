@@ -1,14 +1,12 @@
 //! The Marketplace test double against the real AWS SDK clients: what it answers, what it
 //! refuses, and that the SDK reads its errors as the typed errors AWS's would be.
 
-mod common;
-
 use aws_sdk_marketplaceentitlement::types::GetEntitlementFilterName;
 use aws_sdk_marketplacemetering::primitives::DateTime as SdkTime;
 use aws_sdk_marketplacemetering::types::{UsageRecord, UsageRecordResultStatus};
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
-use common::marketplace::{customer, entitlement, metering, sdk_for};
-use mplink::marketplace_double::{
+use mplink_marketplace_double::clients::{customer, entitlement, metering, sdk_for};
+use mplink_marketplace_double::{
     CallOutcome, Entitlement, EntitlementValue, Failure, MarketplaceDouble, Operation,
     ResolvedCustomer,
 };

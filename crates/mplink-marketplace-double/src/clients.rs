@@ -1,9 +1,10 @@
-//! Real AWS SDK Marketplace clients pointed at the local double.
+//! The real AWS SDK Marketplace clients, pointed at a double: what every test that talks to one
+//! needs, so each configures them the same way.
 
+use crate::{MarketplaceDouble, ResolvedCustomer};
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_marketplacemetering::config::Credentials;
-use mplink::marketplace_double::{MarketplaceDouble, ResolvedCustomer};
 use std::time::Duration;
 
 /// SDK configuration for the double: test credentials, us-east-1, `max_attempts` tries per call.
