@@ -2,7 +2,6 @@
 //! into an exit code, so a container health check needs no curl or shell in the image.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::ExitCode;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -90,25 +89,6 @@ pub async fn check(
             status: status.as_u16(),
             body: body.replace('\n', "; "),
         })
-    }
-}
-
-/// `mplink healthcheck`: the answer on stdout and exit 0, or the reason on stderr and exit 1.
-pub async fn run(args: &crate::cli::HealthcheckArgs) -> ExitCode {
-    let endpoint = if args.live {
-        Endpoint::Live
-    } else {
-        Endpoint::Ready
-    };
-    match check(args.http_addr, endpoint, Duration::from_secs(args.timeout)).await {
-        Ok(body) => {
-            println!("{}", body.replace('\n', "; "));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("mplink: healthcheck failed: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 

@@ -10,6 +10,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
+
+/// Where the worker's health and metrics listen unless told otherwise (`--http-addr`).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9090";
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -22,10 +22,11 @@ pub mod metrics;
 pub mod outbox;
 pub mod process;
 pub mod provision;
+pub mod shutdown;
 pub mod sqs;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod verify;
 
-pub use mplink_core::{event, ledger, redrive, time, topics};
+pub use mplink_core::{event, ledger, notify, redrive, time, topics};

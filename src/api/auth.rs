@@ -1,12 +1,6 @@
 //! Bearer tokens of the host application: several may be configured (rotation), each compared
 //! in constant time.
 
-use super::error::ApiError;
-use super::state::ApiState;
-use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::Response;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -86,28 +80,6 @@ impl ApiTokens {
             matched |= d.ct_eq(&wanted);
         }
         matched.into()
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer(request: &Request) -> Option<&str> {
-    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// Refuses requests without one of the configured tokens with 401.
-pub async fn require_token(
-    State(state): State<ApiState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    match bearer(&request) {
-        Some(token) if state.tokens.accepts(token) => Ok(next.run(request).await),
-        _ => Err(ApiError::Unauthorized),
     }
 }
 

@@ -3,7 +3,6 @@
 //! here turns axum's rejections (too large, not JSON, unknown field) into such errors.
 
 use super::reasons::Reason;
-use super::state::ApiState;
 use crate::store::StoreError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -176,19 +175,6 @@ impl IntoResponse for ApiError {
 /// The code of an error response, for the metric.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
-
-/// Counts every error response by code in `mplink_api_errors_total`.
-pub async fn count_errors(
-    axum::extract::State(state): axum::extract::State<ApiState>,
-    request: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let response = next.run(request).await;
-    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
-        state.metrics.api_errors.with_label_values(&[code]).inc();
-    }
-    response
-}
 
 /// `Json<T>` whose rejections are [`ApiError`]s. `T` should deny unknown fields.
 #[derive(Debug)]

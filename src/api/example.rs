@@ -113,7 +113,7 @@ impl IntoResponse for ExampleError {
         tracing::warn!(code = self.code(), error = %self, "example host request refused");
         let body = json!({ "code": self.code(), "message": self.to_string() });
         let mut response = (self.status(), Json(body)).into_response();
-        // Counted in mplink_api_errors_total like /v1's errors (api::error::count_errors).
+        // Counted in mplink_api_errors_total like /v1's errors (api::middleware::count_errors).
         response.extensions_mut().insert(ErrorCode(self.code()));
         response
     }

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod example;
+mod middleware;
 pub mod reasons;
 pub mod routes;
 pub mod state;
@@ -53,7 +54,7 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         .route("/usage", post(usage::report))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn_with_state(state.clone(), auth::require_token))
+        .layer(from_fn_with_state(state.clone(), middleware::require_token))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     let app = Router::new()
         .route(
@@ -71,7 +72,7 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         }
         None => app,
     };
-    app.layer(from_fn_with_state(state.clone(), error::count_errors))
+    app.layer(from_fn_with_state(state.clone(), middleware::count_errors))
         .with_state(state)
 }
 

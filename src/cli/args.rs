@@ -125,7 +125,7 @@ pub struct OutboxDeliverArgs {
 #[derive(Debug, clap::Args)]
 pub struct HealthcheckArgs {
     /// The worker's HTTP address (its --http-addr); 0.0.0.0 or [::] is asked on loopback.
-    #[arg(long, env = "MPLINK_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+    #[arg(long, env = "MPLINK_HTTP_ADDR", default_value = crate::http::DEFAULT_ADDR)]
     pub http_addr: std::net::SocketAddr,
     /// Ask /healthz (the process answers) instead of /readyz (database and queue answer).
     #[arg(long)]

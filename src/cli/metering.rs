@@ -92,10 +92,10 @@ pub struct MeterLoopArgs {
     )]
     pub zero_dimensions: Vec<String>,
     /// Seconds after an hour ends before it is closed (late reports within it still count).
-    #[arg(long, env = "MPLINK_METER_CLOSE_GRACE", default_value_t = 300)]
+    #[arg(long, env = "MPLINK_METER_CLOSE_GRACE", default_value_t = crate::metering::defaults::CLOSE_GRACE_S)]
     pub meter_close_grace: u64,
     /// Seconds a sender holds the records it is sending.
-    #[arg(long, env = "MPLINK_METER_LEASE", default_value_t = 60)]
+    #[arg(long, env = "MPLINK_METER_LEASE", default_value_t = crate::metering::defaults::LEASE_S)]
     pub meter_lease: u64,
 }
 

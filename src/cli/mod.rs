@@ -5,6 +5,7 @@ mod apply;
 mod args;
 mod dlq;
 mod error;
+mod healthcheck;
 mod metering;
 mod outbox;
 mod output;
@@ -50,7 +51,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         // Commands that only talk to AWS open no database.
         Command::Provision(args) => provision::provision(args).await,
-        Command::Healthcheck(args) => Ok(crate::healthcheck::run(&args).await),
+        Command::Healthcheck(args) => Ok(healthcheck::run(&args).await),
         Command::Dlq(DlqArgs { command }) => match command {
             DlqCommand::Redrive(args) => dlq::redrive(args).await,
             DlqCommand::Export(args) => dlq::export(args).await,

@@ -49,7 +49,7 @@ pub async fn events(store: &Store, args: EventsArgs) -> Result<ExitCode, CliErro
     if args.follow {
         let on_signal = stop.clone();
         tokio::spawn(async move {
-            crate::app::shutdown_signal().await;
+            crate::shutdown::shutdown_signal().await;
             on_signal.cancel();
         });
     }
@@ -211,7 +211,7 @@ pub async fn deliver(store: &Store, args: OutboxDeliverArgs) -> Result<ExitCode,
         let stop = CancellationToken::new();
         let on_signal = stop.clone();
         tokio::spawn(async move {
-            crate::app::shutdown_signal().await;
+            crate::shutdown::shutdown_signal().await;
             on_signal.cancel();
         });
         deliverer.run(stop).await;

@@ -87,7 +87,7 @@ pub(super) async fn serve(
     );
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        crate::app::shutdown_signal().await;
+        crate::shutdown::shutdown_signal().await;
         on_signal.cancel();
     });
     let options = ApiOptions {

@@ -16,7 +16,7 @@ pub(super) async fn run(
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        crate::app::shutdown_signal().await;
+        crate::shutdown::shutdown_signal().await;
         on_signal.cancel();
     });
     run_until(store, url, args, None, shutdown).await

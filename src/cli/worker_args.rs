@@ -3,6 +3,7 @@
 
 use super::CliError;
 use crate::consumer::defaults;
+use crate::outbox::deliver::defaults as deliver_defaults;
 use crate::store::Store;
 
 /// Arguments of `mplink run`. Every flag can also be set by the environment variable shown.
@@ -38,7 +39,7 @@ pub struct RunArgs {
     #[arg(long, env = "MPLINK_MAX_BATCH", default_value_t = defaults::MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_batch: u16,
     /// Address of the HTTP endpoint (/healthz, /readyz, /metrics).
-    #[arg(long, env = "MPLINK_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+    #[arg(long, env = "MPLINK_HTTP_ADDR", default_value = crate::http::DEFAULT_ADDR)]
     pub http_addr: std::net::SocketAddr,
     /// Exit once a receive comes back empty and nothing is in flight (replays, tests).
     #[arg(long, env = "MPLINK_EXIT_WHEN_IDLE")]
@@ -92,16 +93,16 @@ pub struct WebhookArgs {
     #[arg(long = "webhook-secret", env = "MPLINK_WEBHOOK_SECRETS", value_delimiter = ' ', hide_env_values = true, value_parser = secret_text)]
     pub webhook_secrets: Vec<secrecy::SecretString>,
     /// Seconds allowed for one POST.
-    #[arg(long, env = "MPLINK_WEBHOOK_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    #[arg(long, env = "MPLINK_WEBHOOK_TIMEOUT", default_value_t = deliver_defaults::TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub webhook_timeout: u64,
     /// Attempts before a row is parked as failed (see `outbox retry`).
-    #[arg(long, env = "MPLINK_WEBHOOK_MAX_ATTEMPTS", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "MPLINK_WEBHOOK_MAX_ATTEMPTS", default_value_t = deliver_defaults::MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub webhook_max_attempts: u32,
     /// First retry delay in milliseconds; doubles per failure, with jitter.
-    #[arg(long, env = "MPLINK_WEBHOOK_BACKOFF_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    #[arg(long, env = "MPLINK_WEBHOOK_BACKOFF_BASE_MS", default_value_t = deliver_defaults::BACKOFF_BASE_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub webhook_backoff_base_ms: u64,
     /// Longest retry delay in seconds.
-    #[arg(long, env = "MPLINK_WEBHOOK_BACKOFF_CAP", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(long, env = "MPLINK_WEBHOOK_BACKOFF_CAP", default_value_t = deliver_defaults::BACKOFF_CAP_S, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub webhook_backoff_cap: u64,
 }
 

@@ -60,14 +60,22 @@ pub struct MeterConfig {
     pub future_skew: Duration,
 }
 
+/// Metering defaults, read by the flags (`cli/metering.rs`) and by [`MeterConfig::default`].
+pub mod defaults {
+    /// Seconds after an hour ends before it is closed (late reports within it still count).
+    pub const CLOSE_GRACE_S: u64 = 5 * 60;
+    /// Seconds a sender holds the records it is sending.
+    pub const LEASE_S: u64 = 60;
+}
+
 impl Default for MeterConfig {
     fn default() -> Self {
         MeterConfig {
             owner: format!("{}-meter", crate::store::lease_owner()),
             zero_dimensions: Vec::new(),
-            close_grace: Duration::from_secs(5 * 60),
+            close_grace: Duration::from_secs(defaults::CLOSE_GRACE_S),
             send_margin: Duration::from_secs(10 * 60),
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(defaults::LEASE_S),
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(300),
             max_attempts: 20,

@@ -46,6 +46,18 @@ pub enum WebhookConfigError {
     Client(String),
 }
 
+/// Delivery defaults, read by the flags (`cli/worker_args.rs`) and by [`WebhookConfig::new`].
+pub mod defaults {
+    /// Seconds allowed for one POST.
+    pub const TIMEOUT_S: u64 = 10;
+    /// Attempts before a row is parked as failed.
+    pub const MAX_ATTEMPTS: u32 = 15;
+    /// First retry delay, milliseconds; doubles per failure, with jitter.
+    pub const BACKOFF_BASE_MS: u64 = 1000;
+    /// Longest retry delay, seconds.
+    pub const BACKOFF_CAP_S: u64 = 600;
+}
+
 /// Where and how rows are delivered.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
@@ -92,9 +104,12 @@ impl WebhookConfig {
         Ok(Some(WebhookConfig {
             urls,
             secrets: secrets.to_vec(),
-            timeout: Duration::from_secs(10),
-            max_attempts: 15,
-            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(600)),
+            timeout: Duration::from_secs(defaults::TIMEOUT_S),
+            max_attempts: defaults::MAX_ATTEMPTS,
+            backoff: Backoff::new(
+                Duration::from_millis(defaults::BACKOFF_BASE_MS),
+                Duration::from_secs(defaults::BACKOFF_CAP_S),
+            ),
             poll_interval: Duration::from_millis(250),
             notified_poll_interval: Duration::from_secs(2),
             listen: true,

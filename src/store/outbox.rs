@@ -11,7 +11,7 @@
 use super::{q, reach, rows, Backend, StoreError};
 use crate::event::Event;
 use crate::ledger::{resolve_link_among, LinkRequest, Subscription};
-use crate::outbox::{EventType, NewRow, OrgView, OutboxRow, SubscriptionIds};
+use crate::notify::{EventType, NewRow, OrgView, OutboxRow, SubscriptionIds};
 use crate::time::rfc3339_millis;
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -186,7 +186,7 @@ pub(super) async fn rows_for_steps(
                 continue;
             }
             let now = view_of(link, &slice_subs(&state, i), &claimed);
-            if let Some(event_type) = crate::outbox::change_type(Some(views[i].state), now.state) {
+            if let Some(event_type) = crate::notify::change_type(Some(views[i].state), now.state) {
                 out.push(NewRow {
                     event_type,
                     org_id: link.org_id.clone(),
@@ -219,7 +219,7 @@ pub(super) fn diff(
         let (b, a) = (before.get(org), after.get(org));
         let event_type = match (b, a) {
             (Some(_), None) => Some(EventType::Moved),
-            (b, Some(a)) => crate::outbox::change_type(b.map(|v| v.state), a.state),
+            (b, Some(a)) => crate::notify::change_type(b.map(|v| v.state), a.state),
             (None, None) => None,
         };
         let Some(event_type) = event_type else {
