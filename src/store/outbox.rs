@@ -582,7 +582,7 @@ impl super::Store {
             "UPDATE mplink_outbox SET status = '{STATUS_PENDING}', attempts = 0, \
              next_attempt_at = {now_placeholder}, last_error = NULL WHERE status = '{STATUS_FAILED}'"
         );
-        let now = super::now_ms();
+        let now = crate::time::now_ms();
         let n = match seqs {
             None => sqlx::query(&set)
                 .bind(now)
