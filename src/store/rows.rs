@@ -1,4 +1,5 @@
-//! Mapping between ledger types and database rows, and the `status` view built from them.
+//! Mapping between ledger types and database rows, and the `status` view built from them. One
+//! job (a row and its type, both directions) and long because the subscription has many columns.
 
 use super::{q, Backend, StoreError};
 use crate::event::{

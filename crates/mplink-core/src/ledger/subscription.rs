@@ -1,4 +1,5 @@
 //! One AWS subscription and how an event changes it; the ordering rule is in the module above.
+//! One job, the state machine, kept whole so its rules read in one place.
 
 use crate::event::{
     Action, BillingAdjustment, BillingAdjustmentStatus, CancellationRequestStatus, Event, Notice,
