@@ -21,7 +21,7 @@ trap 'rm -f "$log"' EXIT
 
 echo "fuzzing each target for ${seconds} s"
 status=0
-MPLINK_FUZZ_SECONDS="$seconds" cargo test --test fuzz -- --nocapture 2>&1 | tee "$log" || status=$?
+MPLINK_FUZZ_SECONDS="$seconds" cargo test --test app fuzz:: -- --nocapture 2>&1 | tee "$log" || status=$?
 
 echo
 echo "== fuzz summary =="

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod localstack;
+pub mod process;
 
 use mplink::config::DatabaseUrl;
 use mplink::event::{decode, Event, InboundMessage};

@@ -1,9 +1,7 @@
 //! The outbox rows each ledger change writes, on SQLite and PostgreSQL: one per change of what an
 //! organization sees, in the change's own transaction, none for duplicates and stale events.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mplink::ledger::{LinkRequest, Outcome};
 use mplink::outbox::OutboxRow;
 use mplink::store::{Incoming, Store};

@@ -2,11 +2,9 @@
 //! with and its own reason, the certificate URL rule (no request at all for a refused URL), the
 //! allow-lists, and real LocalStack-signed messages, alone and through the pipeline.
 
-mod common;
-
+use crate::common::localstack::{endpoint, pipeline, signed, Stack};
+use crate::common::{agreement_body, iso_ms, license_body, TestDb, T0};
 use base64::Engine;
-use common::localstack::{endpoint, pipeline, signed, Stack};
-use common::{agreement_body, iso_ms, license_body, TestDb, T0};
 use mplink::event::{decode, InboundMessage, EVENTBRIDGE_SOURCE};
 use mplink::ledger::Outcome;
 use mplink::process::Processed;
@@ -1086,7 +1084,7 @@ async fn localstack_certificates_are_refused_without_the_configured_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_rejects_a_tampered_localstack_message_and_applies_the_real_one() {
     let (stack, msg) = localstack_message("cust-v").await;
-    let db = TestDb::new(common::Backend::Sqlite).await;
+    let db = TestDb::new(crate::common::Backend::Sqlite).await;
     let pipeline = pipeline(db.store.clone(), stack.trusting(signed()));
 
     let tampered = with_body(&msg, &with_action(&body_json(&msg), "unsubscribe-success"));
@@ -1190,7 +1188,7 @@ async fn an_event_dated_beyond_the_skew_is_refused_and_one_within_it_is_not() {
 
 #[tokio::test]
 async fn a_future_event_cannot_pin_a_subscription_through_the_pipeline() {
-    let db = TestDb::new(common::Backend::Sqlite).await;
+    let db = TestDb::new(crate::common::Backend::Sqlite).await;
     let pipeline = pipeline(db.store.clone(), VerifyConfig::default());
     let far = eventbridge_ended_at("2099-01-01T00:00:00Z", "far-1");
     match pipeline.process(&far).await {
@@ -1278,7 +1276,7 @@ async fn forged_redrive_attributes_are_refused_and_signed_ones_believed() {
         assert_eq!(r.untrusted_claim.as_ref().map(|e| e.reason()), Some(reason));
     }
     // Through the pipeline the forgery is recorded as a rejection with its reason.
-    let db = TestDb::new(common::Backend::Sqlite).await;
+    let db = TestDb::new(crate::common::Backend::Sqlite).await;
     let pipeline = pipeline(
         db.store.clone(),
         VerifyConfig {

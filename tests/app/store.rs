@@ -1,8 +1,6 @@
 //! The store suite: every test runs on SQLite and on PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mplink::event::InboundMessage;
 use mplink::ledger::{LinkRequest, LinkState, Outcome, PaymentMethod, SubState};
 use mplink::store::{Incoming, StatusFilter, StatusRow, Store};
@@ -739,7 +737,8 @@ async fn batch_mates_of_a_held_row(
             sent_timestamp_ms: None,
         });
     }
-    let pipeline = common::localstack::pipeline(store.clone(), common::localstack::unsigned());
+    let pipeline =
+        crate::common::localstack::pipeline(store.clone(), crate::common::localstack::unsigned());
     let started = Instant::now();
     let running = tokio::spawn(async move { pipeline.process_batch(&batch).await });
     let mut mates_in = false;
@@ -849,7 +848,8 @@ async fn on_postgres_a_batch_never_scans_an_event_log_without_statistics() {
         })
         .collect();
     let store = db.another_store().await;
-    let pipeline = common::localstack::pipeline(store.clone(), common::localstack::unsigned());
+    let pipeline =
+        crate::common::localstack::pipeline(store.clone(), crate::common::localstack::unsigned());
     for r in pipeline.process_batch(&batch).await {
         assert!(
             matches!(r, mplink::process::Processed::Done(Outcome::Applied)),

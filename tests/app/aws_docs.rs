@@ -2,9 +2,7 @@
 //! the event it documents, every handled detail-type has one, and the lifecycles AWS describes
 //! walk through the store to the states and details they should, on SQLite and PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mplink::event::{
     decode, handled_detail_types, Action, BillingAdjustment, DecodeError, InboundMessage, Party,
 };

@@ -2,11 +2,7 @@
 //! page size, and on a large PostgreSQL ledger no per-organization operation scans
 //! `mplink_subscriptions` (with the indexes dropped, the same operations do: the check can fail).
 
-#[path = "common/bulk.rs"]
-mod bulk;
-mod common;
-
-use common::*;
+use crate::common::*;
 use mplink::ledger::{LinkRequest, LinkState};
 use mplink::store::{status_rows, StatusFilter, StatusRow, Store};
 use rand::seq::SliceRandom;
@@ -278,7 +274,7 @@ async fn per_org_operations(db: &TestDb) {
     let linked = store
         .link(&LinkRequest {
             customer_identifier: Some("c-7".into()),
-            ..link("org-new", bulk::BULK_PRODUCT)
+            ..link("org-new", crate::bulk::BULK_PRODUCT)
         })
         .await
         .expect("link");
@@ -286,7 +282,7 @@ async fn per_org_operations(db: &TestDb) {
     let linked = store
         .link(&LinkRequest {
             license_arn: Some("arn:aws:license-manager::1:license:l-30".into()),
-            ..link("org-new-license", bulk::BULK_PRODUCT)
+            ..link("org-new-license", crate::bulk::BULK_PRODUCT)
         })
         .await
         .expect("link by license");
@@ -344,7 +340,7 @@ async fn per_organization_lookups_never_scan_the_ledger() {
         return;
     }
     let db = TestDb::new(Backend::Postgres).await;
-    bulk::bulk_ledger(db.store.pool(), PLAN_SUBSCRIPTIONS, PLAN_LINKS).await;
+    crate::bulk::bulk_ledger(db.store.pool(), PLAN_SUBSCRIPTIONS, PLAN_LINKS).await;
     let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
         .fetch_one(db.store.pool())
         .await

@@ -6,11 +6,9 @@
 //! Subscription" with Edit disabled; the cancellation arrives the same way; the page shows no
 //! payment method, Edit enabled, and the notice that the organization's data was kept.
 
-mod common;
-
-use common::api::{spawn_app_with, AppConfig, SELECT_URL};
-use common::localstack::*;
-use common::*;
+use crate::common::api::{spawn_app_with, AppConfig, SELECT_URL};
+use crate::common::localstack::*;
+use crate::common::*;
 use mplink_marketplace_double::{MarketplaceDouble, ResolvedCustomer};
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -1,35 +1,21 @@
 //! The dead-letter tools against real LocalStack queues whose dead letters were put there by
 //! the real redrive policy.
 
-mod common;
-
-use common::localstack::*;
-use common::*;
+use crate::common::localstack::*;
+use crate::common::process::{mplink_command, ok};
+use crate::common::*;
 use serde_json::Value;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 /// Runs the `mplink` binary against LocalStack; hand-made envelopes carry no real signature.
 fn mplink(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mplink"))
-        .arg("--database-url")
-        .arg(db.url.expose())
+    mplink_command(db)
         .args(args)
         .envs(binary_env())
         .env_remove("MPLINK_LOG_FORMAT")
         .output()
         .expect("run mplink")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "mplink failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
 }
 
 /// A consumer that keeps failing: receives every message without deleting it until the
@@ -69,7 +55,7 @@ fn replay_json(db: &TestDb, dlq: &str, extra: &[&str]) -> Value {
         "false",
     ];
     args.extend_from_slice(extra);
-    let out = ok(mplink(db, &args));
+    let out = ok(&mplink(db, &args));
     serde_json::from_str(out.trim()).expect("summary is JSON")
 }
 
@@ -101,7 +87,7 @@ async fn replay_after_an_incident_applies_the_good_once_and_keeps_the_bad() {
     let dlq = stack.queue.dead_letter_queue_url.clone();
 
     // Inspect lists everything and consumes nothing.
-    let out = ok(mplink(
+    let out = ok(&mplink(
         &db,
         &["dlq", "inspect", "--queue-url", &dlq, "--json"],
     ));
@@ -192,7 +178,7 @@ async fn replay_after_an_incident_applies_the_good_once_and_keeps_the_bad() {
     );
 
     // Inspect now tells why the rest is still there.
-    let out = ok(mplink(
+    let out = ok(&mplink(
         &db,
         &["dlq", "inspect", "--queue-url", &dlq, "--json"],
     ));
@@ -250,7 +236,7 @@ async fn redrive_then_work(portable: bool) {
     if portable {
         args.extend(["--portable", "--redrive-key", KEY]);
     }
-    let out = ok(mplink(&db, &args));
+    let out = ok(&mplink(&db, &args));
     assert!(out.contains("moved 4"), "{out}");
     eventually(
         Duration::from_secs(20),
@@ -307,7 +293,7 @@ async fn an_export_replays_later_against_another_database() {
     crash_until_dead(&stack, 4).await;
     let dlq = stack.queue.dead_letter_queue_url.clone();
 
-    let exported = ok(mplink(&live, &["dlq", "export", "--queue-url", &dlq]));
+    let exported = ok(&mplink(&live, &["dlq", "export", "--queue-url", &dlq]));
     assert_eq!(exported.lines().count(), 4, "{exported}");
     assert_eq!(stack.depth(&dlq).await.0, 4, "export consumed nothing");
     let dir = tempfile::tempdir().expect("dir");
@@ -318,19 +304,19 @@ async fn an_export_replays_later_against_another_database() {
     let mut args = vec!["apply"];
     args.extend_from_slice(&trust);
     args.push(path);
-    let out = ok(mplink(&archive, &args));
+    let out = ok(&mplink(&archive, &args));
     assert!(
         out.contains("applied 4, stale 0, duplicate 0, rejected 0"),
         "{out}"
     );
     // Replaying the archive again is harmless.
-    let out = ok(mplink(&archive, &args));
+    let out = ok(&mplink(&archive, &args));
     assert!(out.contains("applied 0, stale 0, duplicate 4"), "{out}");
 
     // The live database gets the same messages by replaying the queue itself.
     let mut args = vec!["dlq", "replay", "--queue-url", &dlq];
     args.extend_from_slice(&trust);
-    ok(mplink(&live, &args));
+    ok(&mplink(&live, &args));
     assert_eq!(stack.depth(&dlq).await.0, 0);
     let a = archive.store.subscriptions().await.expect("subs");
     let b = live.store.subscriptions().await.expect("subs");

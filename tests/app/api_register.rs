@@ -3,10 +3,8 @@
 //! (`mplink_marketplace_double`, AWS JSON 1.1): success, invalid and expired tokens,
 //! throttling within and beyond the SDK's retries, the same token twice.
 
-mod common;
-
-use common::api::{spawn_app_with, AppConfig, TestApp, SELECT_URL};
-use common::*;
+use crate::common::api::{spawn_app_with, AppConfig, TestApp, SELECT_URL};
+use crate::common::*;
 use mplink::api::routes::register::token_sha256;
 use mplink_marketplace_double::{Failure, MarketplaceDouble, Operation, ResolvedCustomer};
 use serde_json::Value;
@@ -48,7 +46,7 @@ fn resolve_calls(double: &MarketplaceDouble) -> usize {
 }
 
 /// The registration id of a 303 to the select-organization page.
-fn registration_of(a: &common::api::Answer) -> String {
+fn registration_of(a: &crate::common::api::Answer) -> String {
     assert_eq!(a.status, 303, "{a:?}");
     let location = a.location.as_deref().expect("Location");
     let id = location
@@ -58,7 +56,7 @@ fn registration_of(a: &common::api::Answer) -> String {
     id.to_string()
 }
 
-fn assert_error_page(a: &common::api::Answer, status: u16, says: &str, token: &str) {
+fn assert_error_page(a: &crate::common::api::Answer, status: u16, says: &str, token: &str) {
     assert_eq!(a.status, status, "{a:?}");
     assert!(a.content_type.starts_with("text/html"), "{a:?}");
     assert!(a.text.contains(says), "{says:?} not in {}", a.text);
@@ -226,7 +224,7 @@ async fn throttling_is_retried_then_gives_up_with_a_503_page(backend: Backend) {
 /// Nothing answers at the Marketplace endpoint: the same 503 page, never a 500.
 #[tokio::test]
 async fn an_unreachable_marketplace_is_a_503_page() {
-    let app = common::api::spawn_app(Backend::Sqlite).await;
+    let app = crate::common::api::spawn_app(Backend::Sqlite).await;
     let a = app.register("tok-nowhere-0001", None).await;
     assert_error_page(&a, 503, "busy", "tok-nowhere-0001");
     app.stop().await;

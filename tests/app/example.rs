@@ -2,10 +2,8 @@
 //! backend, which calls `/v1` with the configured token on the browser's behalf and checks what
 //! the browser sends first. The Marketplace double resolves the registration token.
 
-mod common;
-
-use common::api::{metering_client, TOKEN};
-use common::{Backend, TestDb};
+use crate::common::api::{metering_client, TOKEN};
+use crate::common::{Backend, TestDb};
 use mplink::api::{ApiOptions, ApiState, ApiTokens, SelectUrl};
 use mplink_marketplace_double::{MarketplaceDouble, ResolvedCustomer};
 use serde_json::{json, Value};

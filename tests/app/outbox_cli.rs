@@ -1,50 +1,14 @@
 //! `mplink events`, `mplink outbox inspect|retry|deliver` and the webhook start-up checks,
 //! through the binary.
 
-mod common;
-
-use common::*;
+use crate::common::process::{mplink_command, ok, run_mplink};
+use crate::common::*;
 use serde_json::Value;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
 
 const PRODUCT: &str = "n0123EXAMPLEXXXXXXXXXXXX";
 
-fn mplink(db: &TestDb, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mplink"))
-        .arg("--database-url")
-        .arg(db.url.expose())
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("MPLINK_DATABASE_URL")
-        .env_remove("MPLINK_WEBHOOK_URLS")
-        .env_remove("MPLINK_WEBHOOK_SECRETS")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mplink");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("mplink output")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "mplink failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn mplink(db: &TestDb, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    run_mplink(db, args, stdin, &[])
 }
 
 fn story(db: &TestDb) {
@@ -112,14 +76,8 @@ async fn feed_and_tools(backend: Backend) {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", dead.local_addr().unwrap());
     drop(dead);
-    let out = Command::new(env!("CARGO_BIN_EXE_mplink"))
-        .args([
-            "--database-url",
-            db.url.expose(),
-            "outbox",
-            "deliver",
-            "--until-idle",
-        ])
+    let out = mplink_command(&db)
+        .args(["outbox", "deliver", "--until-idle"])
         .args(["--webhook-url", &url, "--webhook-max-attempts", "1"])
         .env(
             "MPLINK_WEBHOOK_SECRETS",
@@ -169,16 +127,9 @@ async fn bad_webhook_configuration_stops_the_start() {
         ),
     ] {
         // `run` checks before it touches SQS: no queue is needed to see the refusal.
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mplink"));
-        cmd.args([
-            "--database-url",
-            db.url.expose(),
-            "run",
-            "--queue-url",
-            "http://127.0.0.1:9/q",
-        ])
-        .args(["--webhook-url", url, "--http-addr", "127.0.0.1:0"])
-        .env_remove("MPLINK_WEBHOOK_SECRETS");
+        let mut cmd = mplink_command(&db);
+        cmd.args(["run", "--queue-url", "http://127.0.0.1:9/q"])
+            .args(["--webhook-url", url, "--http-addr", "127.0.0.1:0"]);
         if let Some(s) = secret {
             cmd.env("MPLINK_WEBHOOK_SECRETS", s);
         }

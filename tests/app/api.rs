@@ -4,10 +4,8 @@
 //! The landing (`/marketplace/register`) against the Marketplace test double is in
 //! `tests/api_register.rs`.
 
-mod common;
-
-use common::api::{spawn_app, spawn_app_with, AppConfig, TestApp, OTHER_TOKEN, TOKEN};
-use common::*;
+use crate::common::api::{spawn_app, spawn_app_with, AppConfig, TestApp, OTHER_TOKEN, TOKEN};
+use crate::common::*;
 use mplink::api::routes::register::{new_registration_id, token_sha256};
 use mplink::ledger::LinkRequest;
 use mplink::store::{NewRegistration, Registration, Store};
@@ -921,7 +919,7 @@ async fn openapi_matches_the_checked_in_file() {
     assert!(
         checked_in == generated,
         "docs/openapi.json differs from what the code generates; regenerate with \
-         `MPLINK_WRITE_OPENAPI=1 cargo test --test api openapi` and commit it"
+         `MPLINK_WRITE_OPENAPI=1 cargo test --test app api::openapi` and commit it"
     );
     let doc = served.json();
     assert_eq!(doc["openapi"], "3.1.0");

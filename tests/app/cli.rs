@@ -1,58 +1,14 @@
 //! The seed's story end to end through the `mplink` binary, on both backends.
 
-mod common;
-
-use common::*;
+use crate::common::process::{ok, run_mplink};
+use crate::common::*;
 use serde_json::Value;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
 
 const PRODUCT: &str = "n0123EXAMPLEXXXXXXXXXXXX";
 const CUSTOMER: &str = "X01EXAMPLEX";
 
-fn mplink(db: &TestDb, args: &[&str], stdin: Option<&str>) -> Output {
-    mplink_with_env(db, args, stdin, &[])
-}
-
-fn mplink_with_env(
-    db: &TestDb,
-    args: &[&str],
-    stdin: Option<&str>,
-    env: &[(&str, &str)],
-) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mplink"))
-        .arg("--database-url")
-        .arg(db.url.expose())
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("DATABASE_URL")
-        .env_remove("MPLINK_DATABASE_URL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mplink");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("mplink output")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "mplink failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf8")
+fn mplink(db: &TestDb, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    run_mplink(db, args, stdin, &[])
 }
 
 fn status_json(db: &TestDb, org: &str) -> Value {
@@ -271,7 +227,7 @@ async fn errors_are_one_clear_line(backend: Backend) {
 /// fail: with the duplicate check switched off, redeliveries and the second party's copy of a
 /// fact are applied again and counted; with it on, nothing is.
 async fn double_application_is_measurable(backend: Backend) {
-    common::require_failpoints();
+    crate::common::require_failpoints();
     let created = agreement_body(
         "ev-p",
         "Created",
@@ -299,7 +255,7 @@ async fn double_application_is_measurable(backend: Backend) {
         } else {
             &[]
         };
-        let out = mplink_with_env(
+        let out = run_mplink(
             &db,
             &["apply", "--verify-signatures", "false", "-"],
             Some(&input),
@@ -323,7 +279,7 @@ async fn double_application_is_measurable(backend: Backend) {
 /// tie was settled is applied again by the broken build and tells the organization a second
 /// time; the real build counts it a duplicate and notifies nobody.
 async fn repeated_notification_is_measurable(backend: Backend) {
-    common::require_failpoints();
+    crate::common::require_failpoints();
     let linked = sns_body("m-tie-a", "subscribe-success", PRODUCT, CUSTOMER, T0);
     let tie = sns_body("m-tie-b", "unsubscribe-pending", PRODUCT, CUSTOMER, T0);
     let input = format!("{linked}\n{tie}\n{linked}\n");
@@ -347,7 +303,7 @@ async fn repeated_notification_is_measurable(backend: Backend) {
         } else {
             &[]
         };
-        let out = mplink_with_env(
+        let out = run_mplink(
             &db,
             &["apply", "--verify-signatures", "false", "-"],
             Some(&input),

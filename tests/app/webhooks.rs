@@ -4,14 +4,12 @@
 //! followed, parking and retry, a kill -9 between the receiver's 200 and the row's update, and
 //! three replicas delivering one outbox on PostgreSQL.
 
-mod common;
-
+use crate::common::*;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use common::*;
 use hmac::{Hmac, Mac};
 use mplink::ledger::LinkRequest;
 use mplink::metrics::Metrics;
@@ -623,7 +621,7 @@ async fn three_replicas_deliver_each_row_once_between_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_the_200_and_the_update_the_row_goes_again_with_the_same_id() {
-    common::require_failpoints();
+    crate::common::require_failpoints();
     let db = TestDb::new(Backend::Sqlite).await;
     populate(&db.store, 1).await;
     let rx = Receiver::start(always(Answer::Status(200))).await;

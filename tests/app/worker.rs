@@ -1,9 +1,7 @@
 //! The worker against real LocalStack SNS, EventBridge and SQS, on both databases.
 
-mod common;
-
-use common::localstack::*;
-use common::*;
+use crate::common::localstack::*;
+use crate::common::*;
 use mplink::ledger::{LinkRequest, LinkState, SubState};
 use mplink::store::{StatusFilter, StatusRow, Store};
 use rand::seq::SliceRandom;

@@ -2,9 +2,7 @@
 //! `aws-sdk-marketplacemetering` client against the local Marketplace double, on SQLite and
 //! PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mplink::ledger::LinkRequest;
 use mplink::metering::runner::tick;
 use mplink::metering::{hour_of, record_usage, MeterConfig, Refusal, UsageReport, HOUR_MS};
@@ -525,7 +523,7 @@ async fn seed_story_with_usage(backend: Backend) {
 }
 
 async fn a_crash_between_answer_and_commit_resends_identical_records(backend: Backend) {
-    common::require_failpoints();
+    crate::common::require_failpoints();
     let s = Story::new(backend).await;
     s.subscribed("org-a", "cust-a").await;
     s.usage("org-a", "k1", 6, s.at(2, 0)).await;
@@ -728,7 +726,7 @@ async fn the_worker_meters_with_its_flag() {
     let s = Story::new(Backend::Sqlite).await;
     s.subscribed("org-a", "cust-a").await;
     s.usage("org-a", "k1", 4, s.at(1, 10)).await;
-    let sqs = aws_sdk_sqs::Client::new(&common::localstack::sdk().await);
+    let sqs = aws_sdk_sqs::Client::new(&crate::common::localstack::sdk().await);
     let queue = sqs
         .create_queue()
         .queue_name(format!(
@@ -759,7 +757,7 @@ async fn the_worker_meters_with_its_flag() {
             "--meter-close-grace",
             "0",
         ])
-        .envs(common::localstack::binary_env())
+        .envs(crate::common::localstack::binary_env())
         .env("MPLINK_DATABASE_URL", s.db.url.expose())
         .env(
             "AWS_ENDPOINT_URL_MARKETPLACE_METERING",

@@ -2,11 +2,9 @@
 //! SQS worker in one process on one database pool (a confirmation sent through LocalStack SQS
 //! shows on the API's billing page; the API's counters show on the worker's /metrics).
 
-mod common;
-
-use common::api::TOKEN;
-use common::localstack::*;
-use common::*;
+use crate::common::api::TOKEN;
+use crate::common::localstack::*;
+use crate::common::*;
 use mplink::api::routes::register::{new_registration_id, token_sha256};
 use mplink::store::NewRegistration;
 use std::net::SocketAddr;
