@@ -1,5 +1,5 @@
 //! Why an organization cannot be linked: the one home of the reason codes and of the texts the
-//! host shows as the disabled Link button's tooltip (README "HTTP API" lists them).
+//! host shows as the disabled Link button's tooltip (docs/http-api.md lists them).
 
 use serde::Serialize;
 use utoipa::ToSchema;

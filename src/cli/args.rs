@@ -301,7 +301,7 @@ pub struct StatusArgs {
     /// Only this customer identifier.
     #[arg(long)]
     pub customer_identifier: Option<String>,
-    /// One JSON object per line (stable keys, see README) instead of a table.
+    /// One JSON object per line (stable keys, see docs/operations.md) instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -45,7 +45,7 @@ pub struct RunArgs {
     #[arg(long, env = "MPLINK_EXIT_WHEN_IDLE")]
     pub exit_when_idle: bool,
     /// Also run the usage-metering loop: close each hour, send BatchMeterUsage, final usage on
-    /// cancellation (see the README's metering section).
+    /// cancellation (see docs/metering.md).
     #[arg(long, env = "MPLINK_METER")]
     pub meter: bool,
     /// The metering loop's settings.

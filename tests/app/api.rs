@@ -444,7 +444,7 @@ async fn each_reason_is_given(backend: Backend) {
             expect("org-card", None),
         ]
     );
-    // The texts are the tooltips the README lists.
+    // The texts are the tooltips docs/http-api.md lists.
     let a = app
         .post_json(
             &format!("/v1/registrations/{}/organizations", reg.id),
@@ -1023,14 +1023,18 @@ fn the_openapi_file_validates() {
     );
 }
 
-/// The README's table of reasons says what the code says: every code with its exact tooltip.
+/// The HTTP API guide's table of reasons says what the code says: every code with its exact
+/// tooltip.
 #[test]
-fn the_readme_lists_every_reason_with_its_text() {
-    let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .expect("README.md");
+fn the_api_guide_lists_every_reason_with_its_text() {
+    let guide =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/http-api.md"))
+            .expect("docs/http-api.md");
     for reason in mplink::api::reasons::Reason::ALL {
         let row = format!("| `{}` | {} |", reason.code(), reason.text());
-        assert!(readme.contains(&row), "README.md lacks the row {row:?}");
+        assert!(
+            guide.contains(&row),
+            "docs/http-api.md lacks the row {row:?}"
+        );
     }
 }

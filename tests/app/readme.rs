@@ -6,7 +6,20 @@
 use std::path::Path;
 use std::process::Command;
 
-const DOCS: [&str; 2] = ["README.md", "deploy/README.md"];
+/// Every page that prints commands: the READMEs and the guides under `docs/`.
+const DOCS: [&str; 11] = [
+    "README.md",
+    "deploy/README.md",
+    "docs/deploy.md",
+    "docs/events.md",
+    "docs/http-api.md",
+    "docs/metering.md",
+    "docs/operations.md",
+    "docs/performance.md",
+    "docs/reliability.md",
+    "docs/testing.md",
+    "docs/webhooks.md",
+];
 
 /// The first word of every command the markdown shows that names a program of the repository:
 /// lines of fenced code blocks and inline code spans starting with `scripts/`, `.ci/` or `./`,
@@ -110,5 +123,73 @@ fn the_check_catches_a_file_without_its_executable_bit() {
             "deploy/Dockerfile (git mode 100644)",
             "scripts/no-such-script.sh (git mode untracked)"
         ]
+    );
+}
+
+#[test]
+fn every_guide_under_docs_is_checked() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut guides: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .filter_map(|e| e.ok())
+        .map(|e| format!("docs/{}", e.file_name().to_string_lossy()))
+        .filter(|p| p.ends_with(".md"))
+        .collect();
+    guides.sort();
+    let listed: Vec<String> = DOCS
+        .iter()
+        .filter(|d| d.starts_with("docs/"))
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(guides, listed, "DOCS must list every guide under docs/");
+}
+
+/// Every path the README's Layout table names exists: the table follows the tree.
+#[test]
+fn the_layout_names_only_paths_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let layout = readme
+        .split("\n## Layout\n")
+        .nth(1)
+        .expect("the README has a Layout section");
+    let mut checked = 0;
+    for line in layout.lines().filter(|l| l.starts_with("| `")) {
+        let first_cell = line.split('|').nth(1).unwrap_or("");
+        let paths: Vec<&str> = first_cell.split('`').skip(1).step_by(2).collect();
+        // `crates/x/src/notify.rs`, `redrive.rs`: later names in a cell sit beside the first.
+        let dir = paths
+            .first()
+            .map(|p| Path::new(p).parent().unwrap_or(Path::new("")).to_path_buf())
+            .unwrap_or_default();
+        for (i, path) in paths.iter().enumerate() {
+            let full = if i == 0 || path.contains('/') {
+                root.join(path)
+            } else {
+                root.join(&dir).join(path)
+            };
+            assert!(
+                full.exists(),
+                "the Layout names {path}, which is not in the tree"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} paths found in the Layout table"
+    );
+}
+
+#[test]
+fn the_readme_is_short() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lines = std::fs::read_to_string(root.join("README.md"))
+        .expect("README.md")
+        .lines()
+        .count();
+    assert!(
+        lines <= 300,
+        "README.md has {lines} lines; reference material goes to docs/"
     );
 }

@@ -680,13 +680,13 @@ async fn killed_between_the_200_and_the_update_the_row_goes_again_with_the_same_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_receiver_verifies_real_deliveries_and_refuses_forgeries() {
+async fn the_documented_receiver_verifies_real_deliveries_and_refuses_forgeries() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("examples/webhook_receiver.py")).unwrap();
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let guide = std::fs::read_to_string(root.join("docs/webhooks.md")).unwrap();
     assert!(
-        readme.contains(example.trim_end()),
-        "the README's receiver is not examples/webhook_receiver.py"
+        guide.contains(example.trim_end()),
+        "the receiver in docs/webhooks.md is not examples/webhook_receiver.py"
     );
     let port = TcpListener::bind("127.0.0.1:0")
         .await

@@ -1,5 +1,5 @@
 //! `POST /v1/usage`: the host reports usage of one organization; mplink meters it to AWS
-//! Marketplace (see README "Usage metering"). The same `mplink::metering::record_usage` as
+//! Marketplace (see docs/metering.md). The same `mplink::metering::record_usage` as
 //! `mplink usage record`, so a report means the same whichever way it arrives.
 
 use crate::api::error::{ApiError, ApiJson};

@@ -62,7 +62,7 @@ pub(super) enum DetailType {
 }
 
 /// Every `aws.agreement-marketplace` detail-type mplink handles, with what it is: the one list
-/// the decoder, the EventBridge rule (`provision`, `deploy/`) and the README's table follow.
+/// the decoder, the EventBridge rule (`provision`, `deploy/`) and docs/events.md's table follow.
 pub(super) const DETAIL_TYPES: &[(&str, DetailType)] = {
     use crate::event::Notice as N;
     use BillingAdjustmentStatus as B;
