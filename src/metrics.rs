@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric mplink exports, registered in its own registry.
@@ -49,6 +49,51 @@ pub struct Metrics {
     pub api_errors: IntCounterVec,
     /// Buyers' landings on `/marketplace/register`, by outcome.
     pub registrations: IntCounterVec,
+    /// Time a message spends in each stage of the worker (see [`Stage`]).
+    pub worker_stage_seconds: HistogramVec,
+}
+
+/// The stages of a message's way through the worker, in order: where its time goes when the
+/// worker is slower than the queue allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A receive loop waiting for an in-flight slot before it may ask for more.
+    SlotWait,
+    /// One ReceiveMessage call that returned messages.
+    Receive,
+    /// A received batch waiting for the combiner to start its transaction.
+    Combine,
+    /// Decode, verify and the committed transaction of one batch.
+    Commit,
+    /// A committed message waiting for its DeleteMessageBatch call to start (the linger and
+    /// the wait for a delete slot).
+    AckWait,
+    /// One DeleteMessageBatch call, with its retries.
+    Delete,
+}
+
+impl Stage {
+    /// Every stage, in the order a message passes them.
+    pub const ALL: [Stage; 6] = [
+        Stage::SlotWait,
+        Stage::Receive,
+        Stage::Combine,
+        Stage::Commit,
+        Stage::AckWait,
+        Stage::Delete,
+    ];
+
+    /// The `stage` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::SlotWait => "slot_wait",
+            Stage::Receive => "receive",
+            Stage::Combine => "combine",
+            Stage::Commit => "commit",
+            Stage::AckWait => "ack_wait",
+            Stage::Delete => "delete",
+        }
+    }
 }
 
 /// The outcomes `mplink_webhook_deliveries_total` counts.
@@ -186,8 +231,21 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let worker_stage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "mplink_worker_stage_seconds",
+                "Time spent in each stage of the worker (slot_wait, receive, combine, commit, ack_wait, delete)",
+            )
+            .buckets(APPLY_BUCKETS.to_vec()),
+            &["stage"],
+        )
+        .expect("valid metric");
+        for s in Stage::ALL {
+            worker_stage_seconds.with_label_values(&[s.as_str()]);
+        }
         for c in [
-            Box::new(outbox_pending.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(worker_stage_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(outbox_pending.clone()),
             Box::new(outbox_oldest_age_seconds.clone()),
             Box::new(webhook_deliveries.clone()),
             Box::new(webhook_latency_seconds.clone()),
@@ -238,7 +296,35 @@ impl Metrics {
             webhook_latency_seconds,
             api_errors,
             registrations,
+            worker_stage_seconds,
         }
+    }
+
+    /// Records `seconds` spent in `stage` by one call (receive, delete), one batch (combine,
+    /// commit) or one message (ack_wait).
+    pub fn stage(&self, stage: Stage, seconds: f64) {
+        self.worker_stage_seconds
+            .with_label_values(&[stage.as_str()])
+            .observe(seconds);
+    }
+
+    /// Per stage: how many observations and their mean in milliseconds, as one log field
+    /// (`slot_wait=120x0.8ms receive=…`).
+    pub fn stage_breakdown(&self) -> String {
+        Stage::ALL
+            .iter()
+            .map(|s| {
+                let h = self.worker_stage_seconds.with_label_values(&[s.as_str()]);
+                let n = h.get_sample_count();
+                let mean_ms = if n == 0 {
+                    0.0
+                } else {
+                    h.get_sample_sum() * 1000.0 / n as f64
+                };
+                format!("{}={}x{:.1}ms", s.as_str(), n, mean_ms)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Counts one acknowledged event of an unknown detail-type under its (truncated) name, or

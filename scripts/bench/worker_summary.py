@@ -15,6 +15,17 @@ def totals(name):
                 return {k: int(v) for k, v in re.findall(r"(\w+)\W+(\d+)", line)}
     return {}
 
+def stages(name):
+    """Where a worker run's time went: the exit line's per-stage counts and mean times."""
+    try:
+        for line in open("target/bench/%s.log" % name, errors="replace"):
+            m = re.search(r'"stages":"([^"]*)"', line)
+            if m:
+                return m.group(1)
+    except FileNotFoundError:
+        pass
+    return None
+
 def quantile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else None
@@ -68,6 +79,7 @@ for name, sent, wall, cpu, rss in rows:
     if not name.startswith("ceiling"):
         t = totals(name)
         row.update({k: t.get(k) for k in ("received", "applied", "stale", "duplicate", "rejected")})
+        row["stages"] = stages(name)
     if name in idle:
         before, after, hwm = idle[name]
         row.update({"idle_rss_mib_before_load": round(before / 1024, 1),
@@ -92,6 +104,9 @@ for r in table:
         "-" if not lat else "%s / %s" % (cell(lat["commit_p50_ms"]), cell(lat["commit_p99_ms"])),
         "-" if not lat else "%s / %s" % (cell(lat["worker_p50_ms"]), cell(lat["worker_p99_ms"])),
         decided))
+for r in table:
+    if r.get("stages"):
+        print("%s stages (calls or batches x mean): %s" % (r["run"], r["stages"]))
 for r in table:
     lat = r.get("light_load")
     if lat:

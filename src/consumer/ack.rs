@@ -2,11 +2,12 @@
 
 use super::Side;
 use crate::backoff::Backoff;
+use crate::metrics::Stage;
 use crate::sqs::{delete_entries, entry_index, SQS_MAX_BATCH};
 use aws_sdk_sqs::Client as SqsClient;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
@@ -22,6 +23,7 @@ const DELETE_ATTEMPTS: u32 = 5;
 pub(super) struct Ack {
     pub(super) message_id: String,
     pub(super) receipt_handle: String,
+    pub(super) committed_at: Instant,
     pub(super) _slot: OwnedSemaphorePermit,
 }
 
@@ -55,10 +57,17 @@ pub(super) async fn delete_loop(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
+        for a in &batch {
+            side.metrics
+                .stage(Stage::AckWait, a.committed_at.elapsed().as_secs_f64());
+        }
         let side = side.clone();
         let failures = failures.clone();
         deletes.spawn(async move {
+            let started = Instant::now();
             let failed = delete_batch(&side.sqs, &side.config.queue_url, &batch).await;
+            side.metrics
+                .stage(Stage::Delete, started.elapsed().as_secs_f64());
             if failed > 0 {
                 side.metrics.delete_failures.inc_by(failed as u64);
                 failures.fetch_add(failed as u64, Ordering::Relaxed);

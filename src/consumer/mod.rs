@@ -296,7 +296,7 @@ impl Worker {
         let mut summary = Snapshot::take(&metrics).since(&started);
         summary.delete_failures = delete_failures.load(Ordering::Relaxed);
         summary.released = released.load(Ordering::Relaxed);
-        tracing::info!(?summary, "worker stopped");
+        tracing::info!(?summary, stages = %metrics.stage_breakdown(), "worker stopped");
         summary
     }
 }

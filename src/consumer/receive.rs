@@ -4,12 +4,12 @@
 use super::ack::Ack;
 use super::{visibility, WorkerParts};
 use crate::backoff::Backoff;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use crate::process::Processed;
 use crate::sqs::{Received, SQS_MAX_BATCH};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 pub(super) struct Receipt {
     messages: Vec<(Message, OwnedSemaphorePermit)>,
     work: TaskTrackerToken,
+    received_at: Instant,
 }
 
 pub(super) async fn receive_loop(
@@ -58,10 +59,14 @@ pub(super) async fn receive_loop(
                 }
             }
         }
+        let waiting = Instant::now();
         let first = tokio::select! {
             _ = stop.cancelled() => return,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
+        parts
+            .metrics
+            .stage(Stage::SlotWait, waiting.elapsed().as_secs_f64());
         let mut held = vec![first];
         while held.len() < SQS_MAX_BATCH {
             match permits.clone().try_acquire_owned() {
@@ -83,6 +88,7 @@ pub(super) async fn receive_loop(
             ))
             .send();
         // Dropping the request future on shutdown cancels the open long poll at once.
+        let asked = Instant::now();
         let received = tokio::select! {
             _ = stop.cancelled() => return,
             r = request => r,
@@ -119,9 +125,13 @@ pub(super) async fn receive_loop(
             continue;
         }
         parts.metrics.received.inc_by(messages.len() as u64);
+        parts
+            .metrics
+            .stage(Stage::Receive, asked.elapsed().as_secs_f64());
         let receipt = Receipt {
             messages: messages.into_iter().zip(held.drain(..)).collect(),
             work: tasks.token(),
+            received_at: Instant::now(),
         };
         if batches.send(receipt).await.is_err() {
             tracing::error!("the combiner stopped before the receive loops");
@@ -207,7 +217,15 @@ async fn handle_batch(
     // The work tokens end with this task, whatever way it ends.
     let mut works = Vec::with_capacity(receipts.len());
     let mut pending = Vec::with_capacity(count);
-    for Receipt { messages, work } in receipts {
+    for Receipt {
+        messages,
+        work,
+        received_at,
+    } in receipts
+    {
+        parts
+            .metrics
+            .stage(Stage::Combine, received_at.elapsed().as_secs_f64());
         works.push(work);
         for (message, slot) in messages {
             let received = crate::sqs::received(&message, parts.pipeline.verifier.redrive_key());
@@ -230,10 +248,15 @@ async fn handle_batch(
     let mut backoff = Backoff::new(parts.config.backoff_base, parts.config.backoff_cap);
     while !pending.is_empty() {
         let refs: Vec<&Received> = pending.iter().map(|p| &p.received).collect();
+        let started = Instant::now();
         let results = tokio::select! {
             _ = abort.cancelled() => { release(&parts, &pending).await; return; }
             r = parts.pipeline.process_received_batch(&refs) => r,
         };
+        parts
+            .metrics
+            .stage(Stage::Commit, started.elapsed().as_secs_f64());
+        let committed_at = Instant::now();
         drop(refs);
         let mut retry = Vec::new();
         let mut transient = None;
@@ -246,6 +269,7 @@ async fn handle_batch(
                     let ack = Ack {
                         message_id: p.received.inbound.message_id,
                         receipt_handle: p.receipt,
+                        committed_at,
                         _slot: p.slot,
                     };
                     if parts.acks.send(ack).await.is_err() {
