@@ -5,16 +5,18 @@ use crate::backoff::Backoff;
 use crate::metrics::Stage;
 use crate::sqs::{delete_entries, entry_index, SQS_MAX_BATCH};
 use aws_sdk_sqs::Client as SqsClient;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-/// How long a partial batch of deletes waits for companions before it is sent.
-const DELETE_LINGER: Duration = Duration::from_millis(25);
-/// DeleteMessageBatch calls in flight at once, so deletes keep up with commits.
-const MAX_CONCURRENT_DELETES: usize = 4;
+/// DeleteMessageBatch calls in flight per receive loop (at least [`MIN_CONCURRENT_DELETES`]):
+/// deletes must keep pace with receives however many loops there are, or the messages waiting
+/// for them hold the in-flight slots the loops need.
+const DELETES_PER_RECEIVE_LOOP: usize = 2;
+const MIN_CONCURRENT_DELETES: usize = 4;
 /// Attempts per DeleteMessageBatch entry before it is counted as failed.
 const DELETE_ATTEMPTS: u32 = 5;
 
@@ -27,36 +29,34 @@ pub(super) struct Ack {
     pub(super) _slot: OwnedSemaphorePermit,
 }
 
-/// Gathers acks into batches of up to ten (sent at once when full, after a short linger when
-/// not) and deletes them with up to [`MAX_CONCURRENT_DELETES`] calls in flight.
+/// Deletes committed messages, a batch's acks arriving together. No linger: a call starts as
+/// soon as a call slot is free, with up to ten of whatever is waiting, so a quiet queue's
+/// message is deleted at once and a busy queue's acks gather into full calls while every slot
+/// is busy.
 pub(super) async fn delete_loop(
     side: Side,
-    mut acks: mpsc::Receiver<Ack>,
+    mut acks: mpsc::Receiver<Vec<Ack>>,
     failures: Arc<AtomicU64>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_DELETES));
+    let concurrency =
+        (side.config.receive_loops * DELETES_PER_RECEIVE_LOOP).max(MIN_CONCURRENT_DELETES);
+    let slots = Arc::new(Semaphore::new(concurrency));
     let deletes = TaskTracker::new();
-    while let Some(first) = acks.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < SQS_MAX_BATCH {
-            match acks.try_recv() {
-                Ok(a) => batch.push(a),
-                Err(_) => break,
-            }
-        }
-        if batch.len() < SQS_MAX_BATCH {
-            let linger = tokio::time::sleep(DELETE_LINGER);
-            tokio::pin!(linger);
-            while batch.len() < SQS_MAX_BATCH {
-                tokio::select! {
-                    _ = &mut linger => break,
-                    next = acks.recv() => match next { Some(a) => batch.push(a), None => break },
-                }
+    let mut waiting: VecDeque<Ack> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match acks.recv().await {
+                Some(batch) => waiting.extend(batch),
+                None => break,
             }
         }
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
+        while let Ok(batch) = acks.try_recv() {
+            waiting.extend(batch);
+        }
+        let batch: Vec<Ack> = waiting.drain(..waiting.len().min(SQS_MAX_BATCH)).collect();
         for a in &batch {
             side.metrics
                 .stage(Stage::AckWait, a.committed_at.elapsed().as_secs_f64());

@@ -171,7 +171,7 @@ struct WorkerParts {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     in_flight: visibility::InFlight,
-    acks: mpsc::Sender<ack::Ack>,
+    acks: mpsc::Sender<Vec<ack::Ack>>,
     released: Arc<AtomicU64>,
 }
 
@@ -211,7 +211,8 @@ impl Worker {
         let idle = CancellationToken::new();
         let abort = CancellationToken::new();
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
-        // Every ack holds an in-flight slot, so the channel never holds more than this.
+        // Every ack holds an in-flight slot, so the channel never holds more than this many
+        // batches (of one message at least).
         let (acks, ack_rx) = mpsc::channel(self.config.max_in_flight.max(1));
         let delete_failures = Arc::new(AtomicU64::new(0));
         let config = Arc::new(self.config);

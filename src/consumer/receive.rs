@@ -260,21 +260,19 @@ async fn handle_batch(
         drop(refs);
         let mut retry = Vec::new();
         let mut transient = None;
+        let mut committed = Vec::new();
         for (p, result) in pending.into_iter().zip(results) {
             match result {
                 Processed::Done(_) => {
                     parts.health.set_database_ok(true);
                     // The deleter owns the message (and its slot) from here; it stays tracked,
                     // and its visibility extended, until the delete is done.
-                    let ack = Ack {
+                    committed.push(Ack {
                         message_id: p.received.inbound.message_id,
                         receipt_handle: p.receipt,
                         committed_at,
                         _slot: p.slot,
-                    };
-                    if parts.acks.send(ack).await.is_err() {
-                        tracing::error!("the deleter stopped before every ack was sent");
-                    }
+                    });
                 }
                 Processed::Rejected { .. } => {
                     // Not deleted: it becomes visible again and the redrive policy moves it to
@@ -286,6 +284,10 @@ async fn handle_batch(
                     retry.push(p);
                 }
             }
+        }
+        // One send per transaction: the deleter sees the batch whole and fills its calls.
+        if !committed.is_empty() && parts.acks.send(committed).await.is_err() {
+            tracing::error!("the deleter stopped before every ack was sent");
         }
         pending = retry;
         if let Some(e) = transient {
