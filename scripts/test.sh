@@ -60,7 +60,7 @@ if [ "$deploy_status" != 0 ]; then
 fi
 # The fault suite, one scenario at a time so they do not distort each other's figures; its
 # summary tables are printed. MPLINK_FAULT_SCALE=10 runs it ten times bigger.
-cargo test --locked --features failpoints --test faults -- --nocapture --test-threads=1
+cargo test --locked "${tested[@]}" --test faults -- --nocapture --test-threads=1
 # Everything else, the pure crate and the Marketplace double included.
 cargo test --locked "${tested[@]}"
 # The worker benchmark at a tiny size on the debug build: it keeps working; its figures mean

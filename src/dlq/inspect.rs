@@ -116,3 +116,18 @@ pub async fn export(
     release(client, queue_url, &refs).await?;
     Ok(letters.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sent_timestamp_reads_as_rfc3339_and_garbage_as_nothing() {
+        assert_eq!(
+            rfc3339("1788125763123").as_deref(),
+            Some("2026-08-30T21:36:03.123Z")
+        );
+        assert_eq!(rfc3339("not a number"), None);
+        assert_eq!(rfc3339(&i64::MAX.to_string()), None);
+    }
+}

@@ -137,3 +137,32 @@ pub async fn replay(
     progress.finish(summary.seen);
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_line_names_every_count_and_each_failing_reason() {
+        let mut summary = ReplaySummary {
+            seen: 7,
+            applied: 2,
+            duplicate: 1,
+            stale: 1,
+            noted: 0,
+            unrecognised: 0,
+            ..ReplaySummary::default()
+        };
+        assert_eq!(
+            summary.line(),
+            "seen 7, applied 2, duplicate 1, stale 1, noted 0, unrecognised 0, still failing 0"
+        );
+        summary.still_failing.insert("bad_signature".into(), 2);
+        summary.still_failing.insert("decode_error".into(), 1);
+        assert_eq!(
+            summary.line(),
+            "seen 7, applied 2, duplicate 1, stale 1, noted 0, unrecognised 0, still failing 3 \
+             (bad_signature: 2, decode_error: 1)"
+        );
+    }
+}

@@ -106,3 +106,47 @@ pub(super) fn is_batch_retryable(e: &StoreError) -> bool {
 pub(super) fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { op, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_on_either_backend_rerun_and_other_failures_do_not() {
+        // PostgreSQL: deadlock, serialization failure, lock timeout; SQLite: busy, locked and
+        // their extended codes.
+        for code in ["40P01", "40001", "55P03", "5", "6", "517", "261", "262"] {
+            assert!(is_conflict_code(Some(code)), "{code} is a conflict");
+        }
+        // A unique violation is not a conflict (the batch rule treats it on its own), nor is a
+        // syntax error or a missing code.
+        for code in [Some("23505"), Some("42601"), Some("1"), None] {
+            assert!(!is_conflict_code(code), "{code:?} is not a conflict");
+        }
+        for code in ["23505", "2067", "1555"] {
+            assert!(
+                is_unique_violation(Some(code)),
+                "{code} is a unique violation"
+            );
+        }
+        assert!(!is_unique_violation(Some("40001")));
+    }
+
+    #[test]
+    fn a_lost_connection_is_transient_and_a_corrupt_row_is_not() {
+        let down = q("reading links")(sqlx::Error::PoolTimedOut);
+        assert!(down.is_transient());
+        assert_eq!(
+            down.to_string(),
+            "database error while reading links: pool timed out while waiting for an open connection"
+        );
+        let corrupt = StoreError::Corrupt {
+            table: "mplink_subscriptions",
+            column: "state",
+            value: "bogus".into(),
+        };
+        assert!(!corrupt.is_transient());
+        assert!(!is_batch_retryable(&corrupt));
+        assert!(!StoreError::LinkWithoutKey.is_transient());
+    }
+}

@@ -169,3 +169,26 @@ pub(super) fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(s.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storable_text_cuts_on_a_character_boundary_and_replaces_nul() {
+        assert_eq!(storable_text("abc", 10), "abc");
+        assert_eq!(storable_text("abcdef", 3), "abc");
+        // "é" is two bytes: a limit inside it keeps the whole characters before it.
+        assert_eq!(storable_text("aé", 2), "a");
+        assert_eq!(storable_text("a\0b", 10), "a\u{FFFD}b");
+        assert_eq!(storable_text("", 0), "");
+    }
+
+    #[test]
+    fn hashes_are_lowercase_hex_sha256() {
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -156,3 +156,70 @@ pub(super) fn link_keys_naming(sub: &Subscription) -> Vec<String> {
 /// Who holds a link key: [`Store::link_key_holder`] and the registration link's check.
 pub(super) const SELECT_LINK_KEY_HOLDER: &str =
     "SELECT org_id FROM mplink_org_links WHERE link_key = $1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::SubjectKey;
+
+    fn agreement() -> Subscription {
+        let mut sub = Subscription::new(&SubjectKey::Agreement {
+            agreement_id: "agmt-1".into(),
+        });
+        sub.product_code = Some("prod".into());
+        sub.customer_aws_account_id = Some("111122223333".into());
+        sub.license_arn = Some("arn:aws:license-manager::111122223333:license:l-abc".into());
+        sub
+    }
+
+    fn link(license: bool, customer: bool, account: bool) -> LinkRequest {
+        LinkRequest {
+            org_id: "org".into(),
+            product_code: "prod".into(),
+            customer_identifier: customer.then(|| "cust".into()),
+            customer_aws_account_id: account.then(|| "111122223333".into()),
+            license_arn: license
+                .then(|| "arn:aws:license-manager::111122223333:license:l-abc".into()),
+            requested_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_most_specific_identifier_is_the_key() {
+        assert_eq!(
+            link_key(&link(true, true, true)).as_deref(),
+            Some("lic:l-abc")
+        );
+        assert_eq!(
+            link_key(&link(false, true, true)).as_deref(),
+            Some("cust:prod:cust")
+        );
+        assert_eq!(
+            link_key(&link(false, false, true)).as_deref(),
+            Some("acct:prod:111122223333")
+        );
+        assert_eq!(link_key(&link(false, false, false)), None);
+    }
+
+    /// The key lookup finds a registration exactly when the ledger's own rule says it names
+    /// the subscription: the index and `LinkRequest::matches` never disagree.
+    #[test]
+    fn a_subscription_is_found_under_a_key_exactly_when_the_link_matches_it() {
+        let sub = agreement();
+        let keys = link_keys_naming(&sub);
+        for (license, customer, account) in [
+            (true, false, false),
+            (false, false, true),
+            (false, true, false),
+            (true, true, true),
+        ] {
+            let l = link(license, customer, account);
+            let key = link_key(&l).expect("a key");
+            assert_eq!(
+                keys.contains(&key),
+                l.matches(&sub),
+                "{key} against {keys:?}"
+            );
+        }
+    }
+}
