@@ -1,8 +1,11 @@
 //! Applying events: a batch of decoded messages decided by the ledger and recorded, with its
 //! event log, transitions and outbox rows, in one transaction. One job, in steps: load what the
-//! batch names, decide each message in order, write what changed.
+//! batch names (`ensure_rows`, `lock_rows`, `seen_in_log`), decide each message in order
+//! (`decide`, pure), write what changed (`record_log`, `record_transitions`, the subscriptions,
+//! the outbox, `remove_rows`).
 
 use super::*;
+use sqlx::AnyConnection;
 
 /// One decoded event with the body it came from (kept in the event log for audit).
 #[derive(Debug, Clone, Copy)]
@@ -66,8 +69,9 @@ impl Store {
     /// make sure every subscription row exists, lock them all in key order (so concurrent
     /// batches cannot deadlock each other), look every delivery and fact up in the event log at
     /// once, decide in memory with the pure ledger, then write the log rows and the changed
-    /// subscriptions in bulk, and remove the rows no event touched (all duplicates). Because the rows are locked before the log is read, two copies of
-    /// one delivery or fact in concurrent transactions are serialized on their subscription.
+    /// subscriptions in bulk, and remove the rows no event touched (all duplicates). Because
+    /// the rows are locked before the log is read, two copies of one delivery or fact in
+    /// concurrent transactions are serialized on their subscription.
     pub(super) async fn try_batch(
         &self,
         batch: &[Incoming<'_>],
@@ -81,29 +85,88 @@ impl Store {
             .into_iter()
             .collect();
         let mut tx = self.begin().await?;
-        if self.backend == Backend::Postgres {
-            // SET does not take bind parameters; the value is a number of our own.
-            let lock_timeout = match (self.batch_lock_timeout, batch.len() > 1) {
-                (Some(timeout), true) => {
-                    format!(
-                        "SET LOCAL lock_timeout = '{}ms'; ",
-                        timeout.as_millis().max(1)
-                    )
-                }
-                _ => String::new(),
-            };
-            // Every statement below is a keyed lookup or write. Without column statistics
-            // (autovacuum off, or an event log growing faster than autoanalyze runs) PostgreSQL
-            // takes each key of a 50-key lookup to match 0.5 % of the rows and scans the whole
-            // event log instead, once per batch: throughput falling as the log grows.
-            let settings = format!("{lock_timeout}SET LOCAL enable_seqscan = off");
-            // Without bind parameters the statements go as one simple query: one round trip.
-            sqlx::Executor::execute(&mut *tx, settings.as_str())
-                .await
-                .map_err(q("setting the batch's planner and lock settings"))?;
-        }
+        self.set_batch_settings(&mut tx, batch.len()).await?;
+        let created = self.ensure_rows(&mut tx, &keys, now).await?;
+        let before = self.lock_rows(&mut tx, &keys).await?;
+        let seen = self.seen_in_log(&mut tx, batch).await?;
+        let decided = decide(batch, before.clone(), seen)?;
 
-        // The rows this transaction creates, so that those no event touches can go again.
+        self.record_log(&mut tx, &decided.log_rows, now).await?;
+        self.record_transitions(&mut tx, &decided.transitions, now)
+            .await?;
+        let changed: Vec<&Subscription> = keys
+            .iter()
+            .filter_map(|k| {
+                decided
+                    .current
+                    .get(k)
+                    .filter(|sub| before.get(k) != Some(*sub))
+            })
+            .collect();
+        for chunk in changed.chunks(BULK_ROWS / 4) {
+            rows::write_subscriptions(self.backend, &mut tx, chunk, now).await?;
+        }
+        // What the organizations see, event by event: a preview writes no outbox (nor locks it).
+        if commit {
+            let new =
+                outbox::rows_for_steps(self.backend, &mut tx, &before, &decided.steps).await?;
+            outbox::insert(self.backend, &mut tx, &new, now).await?;
+        }
+        // A row this transaction created only to lock it (every event for it a duplicate) goes
+        // again before anyone can see it; the lock still serialized the concurrent copies.
+        let untouched: Vec<&String> = keys
+            .iter()
+            .filter(|k| created.contains(*k) && before.get(*k) == decided.current.get(*k))
+            .collect();
+        self.remove_rows(&mut tx, &untouched).await?;
+
+        if commit {
+            tx.commit().await.map_err(q("committing applied events"))?;
+        } else {
+            tx.rollback().await.map_err(q("rolling back a preview"))?;
+        }
+        Ok(decided.outcomes)
+    }
+
+    /// PostgreSQL only: the batch's lock timeout and planner setting, in one round trip.
+    async fn set_batch_settings(
+        &self,
+        conn: &mut AnyConnection,
+        batch_len: usize,
+    ) -> Result<(), StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        // SET does not take bind parameters; the value is a number of our own.
+        let lock_timeout = match (self.batch_lock_timeout, batch_len > 1) {
+            (Some(timeout), true) => {
+                format!(
+                    "SET LOCAL lock_timeout = '{}ms'; ",
+                    timeout.as_millis().max(1)
+                )
+            }
+            _ => String::new(),
+        };
+        // Every statement below is a keyed lookup or write. Without column statistics
+        // (autovacuum off, or an event log growing faster than autoanalyze runs) PostgreSQL
+        // takes each key of a 50-key lookup to match 0.5 % of the rows and scans the whole
+        // event log instead, once per batch: throughput falling as the log grows.
+        let settings = format!("{lock_timeout}SET LOCAL enable_seqscan = off");
+        // Without bind parameters the statements go as one simple query: one round trip.
+        sqlx::Executor::execute(&mut *conn, settings.as_str())
+            .await
+            .map_err(q("setting the batch's planner and lock settings"))?;
+        Ok(())
+    }
+
+    /// Makes sure a row exists for every key; returns the keys whose row this transaction
+    /// created, so that those no event touches can go again.
+    async fn ensure_rows(
+        &self,
+        conn: &mut AnyConnection,
+        keys: &[String],
+        now: i64,
+    ) -> Result<HashSet<String>, StoreError> {
         let mut created: HashSet<String> = HashSet::new();
         for chunk in keys.chunks(BULK_ROWS) {
             let sql = format!(
@@ -121,12 +184,20 @@ impl Store {
             }
             created.extend(
                 query
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut *conn)
                     .await
                     .map_err(q("creating subscription rows"))?,
             );
         }
+        Ok(created)
+    }
 
+    /// Locks every key's row, in key order, and reads it.
+    async fn lock_rows(
+        &self,
+        conn: &mut AnyConnection,
+        keys: &[String],
+    ) -> Result<HashMap<String, Subscription>, StoreError> {
         let mut current: HashMap<String, Subscription> = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(BULK_ROWS) {
             let lock = match self.backend {
@@ -143,7 +214,7 @@ impl Store {
                 query = query.bind(key);
             }
             for row in query
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(q("locking subscriptions"))?
             {
@@ -151,10 +222,16 @@ impl Store {
                 current.insert(sub.key.clone(), sub);
             }
         }
-        let before = current.clone();
+        Ok(current)
+    }
 
-        let mut seen_ids: HashSet<String> = HashSet::new();
-        let mut seen_facts: HashSet<String> = HashSet::new();
+    /// The deliveries and facts of `batch` the event log already holds.
+    async fn seen_in_log(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[Incoming<'_>],
+    ) -> Result<Seen, StoreError> {
+        let mut seen = Seen::default();
         for chunk in batch.chunks(BULK_ROWS) {
             let n = chunk.len();
             let sql = format!(
@@ -170,11 +247,11 @@ impl Store {
                 query = query.bind(&item.event.fact_key);
             }
             for row in query
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(q("looking up the event log"))?
             {
-                seen_ids.insert(
+                seen.ids.insert(
                     row.try_get("message_id")
                         .map_err(q("looking up the event log"))?,
                 );
@@ -182,62 +259,23 @@ impl Store {
                     .try_get::<Option<String>, _>("fact_key")
                     .map_err(q("looking up the event log"))?
                 {
-                    seen_facts.insert(fact);
+                    seen.facts.insert(fact);
                 }
             }
         }
+        Ok(seen)
+    }
 
-        let skip_duplicate_check = crate::failpoint::skip_duplicate_check();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut log_rows: Vec<(&Incoming<'_>, Outcome)> = Vec::with_capacity(batch.len());
-        let mut transitions: Vec<Transition<'_>> = Vec::new();
-        let mut steps: Vec<outbox::Step<'_>> = Vec::new();
-        for item in batch {
-            let event = item.event;
-            // This very delivery is already recorded: nothing to write.
-            if !seen_ids.insert(event.event_id.clone()) && !skip_duplicate_check {
-                outcomes.push(Outcome::Duplicate);
-                continue;
-            }
-            let outcome = if seen_facts.contains(&event.fact_key) && !skip_duplicate_check {
-                // Another copy of the same fact (e.g. the Manufacturer copy of a Proposer event).
-                Outcome::Duplicate
-            } else {
-                let key = event.subject.as_key();
-                let sub = current.get(&key).ok_or(StoreError::Corrupt {
-                    table: "mplink_subscriptions",
-                    column: "sub_key",
-                    value: key.clone(),
-                })?;
-                let decision = if skip_duplicate_check {
-                    crate::failpoint::apply_forgetting_ties(sub, event)
-                } else {
-                    ledger::apply(sub, event)
-                };
-                if visible_change(sub, &decision.next) {
-                    steps.push(outbox::Step {
-                        event,
-                        sub: decision.next.clone(),
-                    });
-                }
-                if decision.outcome == Outcome::Applied {
-                    transitions.push(Transition {
-                        event,
-                        from: sub.state,
-                        to: decision.next.state,
-                    });
-                }
-                current.insert(key, decision.next);
-                decision.outcome
-            };
-            seen_facts.insert(event.fact_key.clone());
-            outcomes.push(outcome);
-            log_rows.push((item, outcome));
-        }
-
+    /// The event log's rows of the batch (duplicates of a recorded delivery write none).
+    async fn record_log(
+        &self,
+        conn: &mut AnyConnection,
+        log_rows: &[(&Incoming<'_>, Outcome)],
+        now: i64,
+    ) -> Result<(), StoreError> {
         // The broken build the fault suite proves its "double-applied" column with records a
         // second application instead of failing on the event log's key.
-        let on_conflict = if skip_duplicate_check {
+        let on_conflict = if crate::failpoint::skip_duplicate_check() {
             " ON CONFLICT (message_id) DO NOTHING"
         } else {
             ""
@@ -265,11 +303,20 @@ impl Store {
                     .bind(now);
             }
             query
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(q("recording events"))?;
         }
+        Ok(())
+    }
 
+    /// One `mplink_transitions` row per applied decision.
+    async fn record_transitions(
+        &self,
+        conn: &mut AnyConnection,
+        transitions: &[Transition<'_>],
+        now: i64,
+    ) -> Result<(), StoreError> {
         for chunk in transitions.chunks(BULK_ROWS) {
             let sql = format!(
                 "INSERT INTO mplink_transitions \
@@ -288,33 +335,20 @@ impl Store {
                     .bind(now);
             }
             query
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(q("recording transitions"))?;
         }
+        Ok(())
+    }
 
-        let changed: Vec<&Subscription> = keys
-            .iter()
-            .filter_map(|k| current.get(k).filter(|sub| before.get(k) != Some(*sub)))
-            .collect();
-
-        for chunk in changed.chunks(BULK_ROWS / 4) {
-            rows::write_subscriptions(self.backend, &mut tx, chunk, now).await?;
-        }
-
-        // What the organizations see, event by event: a preview writes no outbox (nor locks it).
-        if commit {
-            let new = outbox::rows_for_steps(self.backend, &mut tx, &before, &steps).await?;
-            outbox::insert(self.backend, &mut tx, &new, now).await?;
-        }
-
-        // A row this transaction created only to lock it (every event for it a duplicate) goes
-        // again before anyone can see it; the lock still serialized the concurrent copies.
-        let untouched: Vec<&String> = keys
-            .iter()
-            .filter(|k| created.contains(*k) && before.get(*k) == current.get(*k))
-            .collect();
-        for chunk in untouched.chunks(BULK_ROWS) {
+    /// Deletes the rows of `keys`.
+    async fn remove_rows(
+        &self,
+        conn: &mut AnyConnection,
+        keys: &[&String],
+    ) -> Result<(), StoreError> {
+        for chunk in keys.chunks(BULK_ROWS) {
             let sql = format!(
                 "DELETE FROM mplink_subscriptions WHERE sub_key IN {}",
                 rows::tuples(self.backend, 1, chunk.len(), 1)
@@ -324,18 +358,95 @@ impl Store {
                 query = query.bind(*key);
             }
             query
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(q("removing unused subscription rows"))?;
         }
-
-        if commit {
-            tx.commit().await.map_err(q("committing applied events"))?;
-        } else {
-            tx.rollback().await.map_err(q("rolling back a preview"))?;
-        }
-        Ok(outcomes)
+        Ok(())
     }
+}
+
+/// What the event log already holds of a batch: delivery ids and fact keys.
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<String>,
+    facts: HashSet<String>,
+}
+
+/// What a batch decided, in memory, before anything of it is written.
+struct Decided<'a> {
+    /// Each message's outcome, in batch order.
+    outcomes: Vec<Outcome>,
+    /// The event log's rows: every message but a duplicate of a recorded delivery.
+    log_rows: Vec<(&'a Incoming<'a>, Outcome)>,
+    transitions: Vec<Transition<'a>>,
+    /// The subscriptions as the batch leaves them.
+    current: HashMap<String, Subscription>,
+    /// Each change a link can see, for the outbox.
+    steps: Vec<outbox::Step<'a>>,
+}
+
+/// Decides every message of `batch` in order with the pure ledger, starting from `current` (the
+/// locked rows) and what the log has `seen`. No I/O.
+fn decide<'a>(
+    batch: &'a [Incoming<'a>],
+    mut current: HashMap<String, Subscription>,
+    mut seen: Seen,
+) -> Result<Decided<'a>, StoreError> {
+    let skip_duplicate_check = crate::failpoint::skip_duplicate_check();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut log_rows = Vec::with_capacity(batch.len());
+    let mut transitions = Vec::new();
+    let mut steps = Vec::new();
+    for item in batch {
+        let event = item.event;
+        // This very delivery is already recorded: nothing to write.
+        if !seen.ids.insert(event.event_id.clone()) && !skip_duplicate_check {
+            outcomes.push(Outcome::Duplicate);
+            continue;
+        }
+        let outcome = if seen.facts.contains(&event.fact_key) && !skip_duplicate_check {
+            // Another copy of the same fact (e.g. the Manufacturer copy of a Proposer event).
+            Outcome::Duplicate
+        } else {
+            let key = event.subject.as_key();
+            let sub = current.get(&key).ok_or(StoreError::Corrupt {
+                table: "mplink_subscriptions",
+                column: "sub_key",
+                value: key.clone(),
+            })?;
+            let decision = if skip_duplicate_check {
+                crate::failpoint::apply_forgetting_ties(sub, event)
+            } else {
+                ledger::apply(sub, event)
+            };
+            if visible_change(sub, &decision.next) {
+                steps.push(outbox::Step {
+                    event,
+                    sub: decision.next.clone(),
+                });
+            }
+            if decision.outcome == Outcome::Applied {
+                transitions.push(Transition {
+                    event,
+                    from: sub.state,
+                    to: decision.next.state,
+                });
+            }
+            current.insert(key, decision.next);
+            decision.outcome
+        };
+        seen.facts.insert(event.fact_key.clone());
+        outcomes.push(outcome);
+        log_rows.push((item, outcome));
+    }
+    Ok(Decided {
+        outcomes,
+        log_rows,
+        transitions,
+        current,
+        steps,
+    })
 }
 
 /// True when `after` differs from `before` in something a link can see (its state, history or
