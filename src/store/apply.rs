@@ -89,9 +89,12 @@ impl Store {
         let created = self.ensure_rows(&mut tx, &keys, now).await?;
         let before = self.lock_rows(&mut tx, &keys).await?;
         let seen = self.seen_in_log(&mut tx, batch).await?;
-        let decided = decide(batch, before.clone(), seen)?;
+        // The fault suite's broken build (src/failpoint.rs); false in every release.
+        let broken = crate::failpoint::skip_duplicate_check();
+        let decided = decide(batch, before.clone(), seen, broken)?;
 
-        self.record_log(&mut tx, &decided.log_rows, now).await?;
+        self.record_log(&mut tx, &decided.log_rows, now, broken)
+            .await?;
         self.record_transitions(&mut tx, &decided.transitions, now)
             .await?;
         let changed: Vec<&Subscription> = keys
@@ -272,10 +275,11 @@ impl Store {
         conn: &mut AnyConnection,
         log_rows: &[(&Incoming<'_>, Outcome)],
         now: i64,
+        skip_duplicate_check: bool,
     ) -> Result<(), StoreError> {
         // The broken build the fault suite proves its "double-applied" column with records a
         // second application instead of failing on the event log's key.
-        let on_conflict = if crate::failpoint::skip_duplicate_check() {
+        let on_conflict = if skip_duplicate_check {
             " ON CONFLICT (message_id) DO NOTHING"
         } else {
             ""
@@ -387,13 +391,14 @@ struct Decided<'a> {
 }
 
 /// Decides every message of `batch` in order with the pure ledger, starting from `current` (the
-/// locked rows) and what the log has `seen`. No I/O.
+/// locked rows) and what the log has `seen`; `skip_duplicate_check` is the fault suite's broken
+/// build. No I/O.
 fn decide<'a>(
     batch: &'a [Incoming<'a>],
     mut current: HashMap<String, Subscription>,
     mut seen: Seen,
+    skip_duplicate_check: bool,
 ) -> Result<Decided<'a>, StoreError> {
-    let skip_duplicate_check = crate::failpoint::skip_duplicate_check();
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut log_rows = Vec::with_capacity(batch.len());
     let mut transitions = Vec::new();
