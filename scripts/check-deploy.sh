@@ -223,6 +223,135 @@ print("ok")
 EOF
 say "ok: $service: database URL from Secrets Manager, stopTimeout above the grace period, read-only root, mplink healthcheck, JSON logs, AWS's topics for the product codes, circuit breaker with rollback"
 
+# The service stack's public API, read the same way: `mplink serve` behind the ALB. What it must
+# keep: the token from Secrets Manager only; MPLINK_HTTP_HEADER_TIMEOUT (which also bounds a kept-
+# alive connection's idle wait) above the ALB's idle timeout, else mplink closes connections the
+# ALB is about to reuse (502s); the client address from the rightmost X-Forwarded-For entry the
+# ALB appends; /healthz as the target group's health check (the API has no /readyz); and the
+# API's port reachable from the ALB's security group alone.
+"$python" - "$service" >"$tmp/api.out" 2>&1 <<'EOF' || die "$service (public API): $(cat "$tmp/api.out")"
+import sys
+from cfnlint.decode import decode
+tpl, problems = decode(sys.argv[1])
+if problems: sys.exit(f"cannot decode: {problems}")
+res = tpl["Resources"]
+def fail(msg): sys.exit(msg)
+def names(node):
+    """The logical names (resources and parameters) a value refers to with Ref or Fn::GetAtt."""
+    if isinstance(node, dict):
+        if "Ref" in node: return {node["Ref"]}
+        if "Fn::GetAtt" in node:
+            att = node["Fn::GetAtt"]
+            return {att[0] if isinstance(att, list) else att.split(".")[0]}
+        return set().union(*(names(v) for v in node.values())) if node else set()
+    if isinstance(node, list): return set().union(*(names(v) for v in node)) if node else set()
+    return set()
+def of_type(t): return {k: v for k, v in res.items() if v["Type"] == t}
+def props(name): return res[name].get("Properties", {})
+apis = {k: v for k, v in of_type("AWS::ECS::Service").items() if v["Properties"].get("LoadBalancers")}
+if len(apis) != 1: fail(f"expected one ECS service behind a load balancer, found {sorted(apis)}")
+(svc_name, svc), = apis.items()
+svc = svc["Properties"]
+if len(svc["LoadBalancers"]) != 1: fail(f"{svc_name}: expected one LoadBalancers mapping, got {svc['LoadBalancers']}")
+mapping = svc["LoadBalancers"][0]
+port = int(mapping["ContainerPort"])
+if port != 8080: fail(f"{svc_name} maps container port {port} to the target group, expected 8080")
+(td_name,) = names(svc["TaskDefinition"])
+td = props(td_name)
+containers = [c for c in td["ContainerDefinitions"] if c["Name"] == mapping["ContainerName"]]
+if len(containers) != 1: fail(f"{td_name} has no container {mapping['ContainerName']!r} (the service's LoadBalancers names it)")
+api = containers[0]
+env = {e["Name"]: e["Value"] for e in api.get("Environment", [])}
+secrets = {s["Name"]: s["ValueFrom"] for s in api.get("Secrets", []) if "Name" in s}
+command = api.get("Command", [])
+
+# 1. It runs `mplink serve`, listening on the mapped port on every interface.
+if command[:1] != ["serve"]: fail(f"the API container runs {command}: expected mplink serve")
+if "--listen" not in command: fail(f"the API container's command {command} has no --listen (the default is loopback)")
+listen = command[command.index("--listen") + 1]
+if listen != f"0.0.0.0:{port}": fail(f"the API listens on {listen}: expected 0.0.0.0:{port}, the port the target group reaches")
+# 2. The bearer tokens come from Secrets Manager, never from the command line or plain environment.
+if any(a.startswith("--api-token") for a in command): fail(f"the API token is on the command line {command}: it must come from Secrets")
+for bad in ("MPLINK_API_TOKENS", "MPLINK_API_TOKEN", "MPLINK_DATABASE_URL"):
+    if bad in env: fail(f"{bad} is plain environment of the API container; it must come from Secrets")
+if secrets.get("MPLINK_API_TOKENS") != {"Ref": "ApiTokenSecretArn"}:
+    fail(f"MPLINK_API_TOKENS must be a secret from ApiTokenSecretArn; the API's secrets are {secrets}")
+if secrets.get("MPLINK_DATABASE_URL") != {"Ref": "DatabaseUrlSecretArn"}: fail(f"the API's database URL is not the secret: {secrets}")
+(exec_role,) = names(td["ExecutionRoleArn"])
+readable = names([p["PolicyDocument"] for p in props(exec_role).get("Policies", [])])
+if not {"ApiTokenSecretArn", "DatabaseUrlSecretArn"} <= readable:
+    fail(f"the execution role {exec_role} cannot read the API's secrets (its policies name {sorted(readable)})")
+# 3. The load balancer in front, and its idle timeout against mplink's header timeout.
+tg_name = next(iter(names(mapping["TargetGroupArn"])))
+forwarding = {k: v["Properties"] for k, v in of_type("AWS::ElasticLoadBalancingV2::Listener").items()
+              if tg_name in names(v["Properties"].get("DefaultActions", []))}
+lbs = set().union(*(names(l["LoadBalancerArn"]) for l in forwarding.values())) if forwarding else set()
+if len(lbs) != 1: fail(f"expected one load balancer forwarding to {tg_name}, found {sorted(lbs)}")
+(lb_name,) = lbs
+if sorted(l["Protocol"] for l in forwarding.values()) != ["HTTPS"]:
+    fail(f"{tg_name} must be reached through HTTPS listeners only: {forwarding}")
+if any(l.get("SslPolicy") != "ELBSecurityPolicy-TLS13-1-2-2021-06" for l in forwarding.values()):
+    fail(f"the HTTPS listener's TLS policy is not ELBSecurityPolicy-TLS13-1-2-2021-06")
+lb = props(lb_name)
+if lb.get("Scheme") != "internet-facing": fail(f"{lb_name} is {lb.get('Scheme')!r}, expected internet-facing")
+attrs = {a["Key"]: str(a["Value"]) for a in lb.get("LoadBalancerAttributes", [])}
+idle = int(attrs.get("idle_timeout.timeout_seconds", "60"))  # AWS's default
+if "MPLINK_HTTP_HEADER_TIMEOUT" not in env: fail("MPLINK_HTTP_HEADER_TIMEOUT is not set on the API (its default is below the ALB's idle timeout)")
+header_timeout = int(env["MPLINK_HTTP_HEADER_TIMEOUT"])
+if not header_timeout > idle:
+    fail(f"MPLINK_HTTP_HEADER_TIMEOUT ({header_timeout} s) must exceed the ALB's idle_timeout.timeout_seconds ({idle} s): "
+         "it also bounds a kept-alive connection's idle wait, and the ALB would reuse connections mplink has closed (502)")
+if attrs.get("routing.http.drop_invalid_header_fields.enabled") != "true": fail(f"{lb_name} does not drop invalid header fields")
+# 4. The target group's health check is /healthz (the API has no /readyz), on the API's port.
+tg = props(tg_name)
+if tg.get("HealthCheckPath") != "/healthz": fail(f"the target group's health check path is {tg.get('HealthCheckPath')!r}, expected /healthz")
+if tg.get("Matcher", {}).get("HttpCode") != "200": fail(f"the target group's health check expects {tg.get('Matcher')}, expected 200")
+if (tg.get("TargetType"), int(tg.get("Port", 0)), tg.get("Protocol")) != ("ip", port, "HTTP"):
+    fail(f"target group: type {tg.get('TargetType')}, port {tg.get('Port')}, {tg.get('Protocol')}: expected ip, {port}, HTTP (awsvpc tasks)")
+hc = api.get("HealthCheck", {}).get("Command", [])
+if hc and (hc[:3] != ["CMD", "mplink", "healthcheck"] or "--live" not in hc or f"127.0.0.1:{port}" not in hc):
+    fail(f"the API container's health check {hc} must be mplink healthcheck --live on 127.0.0.1:{port} (/readyz is the worker's)")
+# 5. The client address: the rightmost X-Forwarded-For entry, which the ALB appends; no per-client
+#    connection cap (every connection comes from the ALB).
+if env.get("MPLINK_CLIENT_IP_HEADER", "").lower() != "x-forwarded-for":
+    fail(f"MPLINK_CLIENT_IP_HEADER is {env.get('MPLINK_CLIENT_IP_HEADER')!r}, expected X-Forwarded-For (the ALB's)")
+if attrs.get("routing.http.xff_header_processing.mode", "append") != "append" or attrs.get("routing.http.xff_client_port.enabled", "false") != "false":
+    fail(f"{lb_name} must append the client's address, without its port, to X-Forwarded-For: {attrs}")
+if env.get("MPLINK_HTTP_MAX_CONNECTIONS_PER_CLIENT") != "0":
+    fail(f"MPLINK_HTTP_MAX_CONNECTIONS_PER_CLIENT is {env.get('MPLINK_HTTP_MAX_CONNECTIONS_PER_CLIENT')!r}, expected 0: behind the ALB every connection comes from the ALB")
+# 6. The API's port is open to the ALB's security group and nothing else.
+groups = set(of_type("AWS::EC2::SecurityGroup"))
+lb_groups = names(lb.get("SecurityGroups", [])) & groups
+task_groups = names(svc["NetworkConfiguration"]["AwsvpcConfiguration"]["SecurityGroups"]) & groups
+if not lb_groups: fail(f"{lb_name} has no security group of this stack")
+if not task_groups: fail(f"{svc_name} has no security group of this stack (nothing opens its port to the ALB)")
+if lb_groups & task_groups: fail(f"the ALB and the API tasks share {sorted(lb_groups & task_groups)}")
+for g in sorted(task_groups):
+    rules = [(g, r) for r in props(g).get("SecurityGroupIngress", [])]
+    rules += [(k, v["Properties"]) for k, v in of_type("AWS::EC2::SecurityGroupIngress").items() if g in names(v["Properties"]["GroupId"])]
+    if not rules: fail(f"{g}: no ingress rule lets the ALB reach port {port}")
+    for where, r in rules:
+        opened = (str(r.get("IpProtocol")), int(r.get("FromPort", -1)), int(r.get("ToPort", -1)))
+        if opened != ("tcp", port, port): fail(f"{where} opens {opened} on the API tasks: only tcp {port}, from the ALB")
+        wide = [k for k in ("CidrIp", "CidrIpv6", "SourcePrefixListId", "SourceSecurityGroupName") if k in r]
+        source = names(r.get("SourceSecurityGroupId"))
+        if wide or not source or not source <= lb_groups:
+            fail(f"{where} opens port {port} of the API tasks to {wide or sorted(source)}: only the ALB's security group {sorted(lb_groups)} may reach it")
+# And the rest of the service as the worker's: the circuit breaker, a read-only root, JSON logs, a
+# task role that may resolve customers and nothing more.
+if svc["DeploymentConfiguration"].get("DeploymentCircuitBreaker") != {"Enable": True, "Rollback": True}: fail(f"{svc_name}: circuit breaker")
+if api.get("ReadonlyRootFilesystem") is not True: fail("the API's root filesystem is writable")
+if api["LogConfiguration"]["LogDriver"] != "awslogs" or env.get("MPLINK_LOG_FORMAT") != "json": fail("the API's logs are not JSON to CloudWatch")
+(task_role,) = names(td["TaskRoleArn"])
+role = props(task_role)
+actions = sorted(a for p in role.get("Policies", []) for s in p["PolicyDocument"]["Statement"]
+                 for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))
+if actions != ["aws-marketplace:ResolveCustomer"] or role.get("ManagedPolicyArns"):
+    fail(f"the API's task role {task_role} may do {actions} (+ managed {role.get('ManagedPolicyArns')}): expected aws-marketplace:ResolveCustomer only")
+print("ok")
+EOF
+say "ok: $service: the API runs mplink serve on 8080 behind an internet-facing ALB, its tokens and database URL from Secrets Manager, MPLINK_HTTP_HEADER_TIMEOUT above the ALB's idle timeout, client address from X-Forwarded-For, target health check /healthz, port 8080 open to the ALB's security group only, ResolveCustomer only"
+
 # --- 2. deploy -----------------------------------------------------------------------------------
 # new_topic NAME: creates the topic, remembers it for cleanup, sets $topic_arn.
 new_topic() {

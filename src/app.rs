@@ -9,13 +9,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the worker and serves HTTP on `listener` until `shutdown` (or, with
+/// Runs the worker and serves HTTP on `listener` (under `limits`) until `shutdown` (or, with
 /// `exit_when_idle`, an empty queue) stops the worker; returns the run's totals.
 pub async fn run(
     sqs: aws_sdk_sqs::Client,
     pipeline: Pipeline,
     config: WorkerConfig,
     listener: TcpListener,
+    limits: crate::server::ConnectionLimits,
     shutdown: CancellationToken,
 ) -> RunSummary {
     let health = Arc::new(Health::new());
@@ -27,7 +28,7 @@ pub async fn run(
         queue_freshness: config.wait_time * 2 + Duration::from_secs(10),
     };
     let http_stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
+    let server = tokio::spawn(http::serve(listener, state, limits, http_stop.clone()));
     let summary = Worker::new(sqs, pipeline, config, health)
         .run(shutdown)
         .await;

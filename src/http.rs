@@ -2,6 +2,7 @@
 
 use crate::consumer::Health;
 use crate::metrics::Metrics;
+use crate::server::ConnectionLimits;
 use crate::store::Store;
 use crate::time::now_ms;
 use axum::extract::State;
@@ -39,15 +40,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the router on `listener` until `shutdown` is cancelled.
+/// Serves the router on `listener` under `limits` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let metrics = state.metrics.clone();
+    crate::server::serve(listener, router(state), limits, metrics, "health", shutdown).await
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod process;
 pub mod provision;
+pub mod server;
 pub mod shutdown;
 pub mod sqs;
 pub mod store;
@@ -29,4 +30,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod verify;
 
-pub use mplink_core::{event, ledger, notify, redrive, time, topics};
+pub use mplink_core::{event, ledger, notify, org, redrive, time, topics};

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub api_errors: IntCounterVec,
     /// Buyers' landings on `/marketplace/register`, by outcome.
     pub registrations: IntCounterVec,
+    /// Connections an HTTP listener closed before or instead of serving them, by listener
+    /// (`api`, `health`) and reason (`max_connections`, `max_connections_per_client`,
+    /// `header_timeout`, `accept_failed`).
+    pub http_connections_refused: IntCounterVec,
     /// `mplink_worker_stage_seconds`, one series per [`Stage`] in [`Stage::ALL`]'s order, resolved
     /// once: the worker observes them per message, and a label lookup each time would cost a
     /// hash and a lock on the hot path.
@@ -233,6 +237,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let http_connections_refused = IntCounterVec::new(
+            Opts::new(
+                "mplink_http_connections_refused_total",
+                "Connections an HTTP listener closed before or instead of serving them, by listener and reason",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
         let worker_stage_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "mplink_worker_stage_seconds",
@@ -252,6 +264,7 @@ impl Metrics {
             Box::new(webhook_latency_seconds.clone()),
             Box::new(api_errors.clone()),
             Box::new(registrations.clone()),
+            Box::new(http_connections_refused.clone()),
             Box::new(received.clone()),
             Box::new(outcomes.clone()),
             Box::new(rejected.clone()),
@@ -297,6 +310,7 @@ impl Metrics {
             webhook_latency_seconds,
             api_errors,
             registrations,
+            http_connections_refused,
             worker_stages,
         }
     }

@@ -36,6 +36,8 @@ pub struct ApiOptions {
     /// Serve the example host pages under `/example/` (`mplink serve --example`); their backend
     /// calls `/v1` with this token (the first configured).
     pub example: Option<secrecy::SecretString>,
+    /// The listener's timeouts and connection caps.
+    pub connections: crate::server::ConnectionLimits,
 }
 
 /// The whole router: `/marketplace/register`, `/v1/*` behind the bearer tokens, `/openapi.json`
@@ -94,7 +96,15 @@ pub async fn serve(
     options: ApiOptions,
 ) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
-    axum::serve(listener, router(state, &options))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let metrics = state.metrics.clone();
+    let router = router(state, &options);
+    crate::server::serve(
+        listener,
+        router,
+        options.connections,
+        metrics,
+        "api",
+        shutdown,
+    )
+    .await
 }

@@ -259,8 +259,8 @@ pub struct ProvisionArgs {
 /// Arguments of `mplink link`.
 #[derive(Debug, clap::Args)]
 pub struct LinkArgs {
-    /// The organization to link.
-    #[arg(long = "org")]
+    /// The organization to link (the id rule: docs/http-api.md).
+    #[arg(long = "org", value_parser = org_id)]
     pub org: String,
     /// Marketplace product code.
     #[arg(long)]
@@ -296,7 +296,7 @@ pub struct ApplyArgs {
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Only this organization.
-    #[arg(long = "org")]
+    #[arg(long = "org", value_parser = org_id)]
     pub org: Option<String>,
     /// Only this customer identifier.
     #[arg(long)]
@@ -304,4 +304,11 @@ pub struct StatusArgs {
     /// One JSON object per line (stable keys, see docs/operations.md) instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// An organization id under the one rule every entry point applies ([`crate::org`]).
+pub fn org_id(text: &str) -> Result<String, String> {
+    crate::org::check(text)
+        .map(|()| text.to_string())
+        .map_err(|e| format!("the organization id {e}"))
 }

@@ -31,7 +31,7 @@ pub enum UsageCommand {
 #[derive(Debug, clap::Args)]
 pub struct UsageRecordArgs {
     /// The organization that used the product.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::org_id)]
     pub org: String,
     /// The pricing dimension, as listed on AWS Marketplace.
     #[arg(long)]

@@ -65,6 +65,7 @@ pub(super) async fn serve(
         .api
         .state(store, metrics.clone(), shutdown.clone())
         .await?;
+    let connections = args.run.http.limits();
     let worker = match (args.worker, args.run) {
         (true, run) if run.queue_url.trim().is_empty() => {
             return Err(CliError::Setup("--worker needs --queue-url".into()));
@@ -96,6 +97,7 @@ pub(super) async fn serve(
             .example
             .then(|| args.api.api_tokens.first().cloned())
             .flatten(),
+        connections,
     };
     let api = tokio::spawn(crate::api::serve(listener, state, options));
     let result = match worker {

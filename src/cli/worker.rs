@@ -92,6 +92,7 @@ pub(super) async fn run_until(
         pipeline,
         config,
         listener,
+        args.http.limits(),
         shutdown,
     )
     .await;

@@ -4,6 +4,7 @@
 use super::CliError;
 use crate::consumer::defaults;
 use crate::outbox::deliver::defaults as deliver_defaults;
+use crate::server::defaults as server_defaults;
 use crate::store::Store;
 
 /// Arguments of `mplink run`. Every flag can also be set by the environment variable shown.
@@ -41,6 +42,10 @@ pub struct RunArgs {
     /// Address of the HTTP endpoint (/healthz, /readyz, /metrics).
     #[arg(long, env = "MPLINK_HTTP_ADDR", default_value = crate::http::DEFAULT_ADDR)]
     pub http_addr: std::net::SocketAddr,
+    /// The timeouts and connection caps of every HTTP listener (this one, and the API's with
+    /// `mplink serve`).
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Exit once a receive comes back empty and nothing is in flight (replays, tests).
     #[arg(long, env = "MPLINK_EXIT_WHEN_IDLE")]
     pub exit_when_idle: bool,
@@ -74,6 +79,39 @@ impl RunArgs {
         config.max_batch = self.max_batch.into();
         config.exit_when_idle = self.exit_when_idle;
         config
+    }
+}
+
+/// Timeouts and connection caps of an HTTP listener (see docs/http-api.md, "Limits").
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Seconds a client has to send a request's headers, after connecting or after its previous
+    /// response (so also how long a kept-alive connection may sit idle); 0 is off. Behind a load
+    /// balancer, set it above the balancer's idle timeout.
+    #[arg(long, env = "MPLINK_HTTP_HEADER_TIMEOUT", default_value_t = server_defaults::HEADER_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub http_header_timeout: u64,
+    /// Seconds a client has to send a whole request body once its headers arrived; 0 is off.
+    #[arg(long, env = "MPLINK_HTTP_BODY_TIMEOUT", default_value_t = server_defaults::BODY_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub http_body_timeout: u64,
+    /// Most open connections per listener; more are answered 503 and closed.
+    #[arg(long, env = "MPLINK_HTTP_MAX_CONNECTIONS", default_value_t = server_defaults::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+    /// Most open connections from one client address; 0 is no cap (behind a load balancer,
+    /// whose own addresses are the only clients).
+    #[arg(long, env = "MPLINK_HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = server_defaults::MAX_CONNECTIONS_PER_CLIENT, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub http_max_connections_per_client: u32,
+}
+
+impl HttpArgs {
+    /// The limits these arguments describe.
+    pub fn limits(&self) -> crate::server::ConnectionLimits {
+        let seconds = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
+        crate::server::ConnectionLimits {
+            header_timeout: seconds(self.http_header_timeout),
+            body_timeout: seconds(self.http_body_timeout),
+            max_connections: self.http_max_connections as usize,
+            max_per_client: self.http_max_connections_per_client as usize,
+        }
     }
 }
 

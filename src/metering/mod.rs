@@ -234,7 +234,11 @@ pub fn validate(
 ) -> Result<(), MeteringError> {
     let key = &report.idempotency_key;
     check_id(key, "idempotency_key", key)?;
-    check_id(key, "org_id", &report.org_id)?;
+    crate::org::check(&report.org_id).map_err(|e| MeteringError::Invalid {
+        key: key.clone(),
+        field: "org_id",
+        problem: e.to_string(),
+    })?;
     check_id(key, "dimension", &report.dimension)?;
     if !(0..=i64::from(i32::MAX)).contains(&report.quantity) {
         return Err(MeteringError::Invalid {

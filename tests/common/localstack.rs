@@ -325,8 +325,9 @@ pub async fn spawn_worker(
     let sqs = stack.sqs.clone();
     let token = shutdown.clone();
     let pipeline = pipeline(store, stack.trusting(verify));
-    let handle =
-        tokio::spawn(async move { mplink::app::run(sqs, pipeline, config, listener, token).await });
+    let handle = tokio::spawn(async move {
+        mplink::app::run(sqs, pipeline, config, listener, Default::default(), token).await
+    });
     RunningWorker {
         addr,
         shutdown,

@@ -9,24 +9,9 @@ pub mod usage;
 
 use super::error::ApiError;
 
-/// Longest organization id accepted.
-pub const MAX_ORG_ID_CHARS: usize = 128;
-
-/// Refuses an organization id that is empty, longer than [`MAX_ORG_ID_CHARS`], padded with
-/// whitespace or holding control characters.
+/// Refuses an organization id the one rule ([`crate::org`]) refuses, naming `field`.
 pub fn check_org_id(field: &str, org_id: &str) -> Result<(), ApiError> {
-    let problem = if org_id.is_empty() {
-        "is empty"
-    } else if org_id.chars().count() > MAX_ORG_ID_CHARS {
-        "is longer than 128 characters"
-    } else if org_id.trim() != org_id {
-        "starts or ends with whitespace"
-    } else if org_id.chars().any(char::is_control) {
-        "holds control characters"
-    } else {
-        return Ok(());
-    };
-    Err(ApiError::field(field, problem))
+    crate::org::check(org_id).map_err(|e| ApiError::field(field, e.to_string()))
 }
 
 /// True for what [`register::new_registration_id`] makes: `reg_` and 32 lowercase hex digits.
@@ -47,7 +32,7 @@ mod tests {
     fn organization_ids_are_checked() {
         assert!(check_org_id("org_id", "org-1").is_ok());
         assert!(check_org_id("org_id", &"x".repeat(128)).is_ok());
-        for bad in ["", " org", "org\n", "a\u{7}b"] {
+        for bad in ["", " org", "org\n", "a\u{7}b", "Acme Corp", "org\u{202E}"] {
             assert!(check_org_id("org_id", bad).is_err(), "{bad:?}");
         }
         assert!(check_org_id("org_id", &"x".repeat(129)).is_err());

@@ -3,6 +3,7 @@
 
 mod decoder;
 mod deploy_rule;
+mod org_pattern;
 
 /// The repository's root, where the fixtures and the deploy templates live.
 fn repo_root() -> std::path::PathBuf {
