@@ -5,8 +5,12 @@
 #      hadolint finds nothing in deploy/Dockerfile (scripts/hadolint.sh); the service's container
 #      takes the database URL from secrets only, stops after the grace period, has a read-only
 #      root filesystem and `mplink healthcheck` as health check, and passes AWS Marketplace's
-#      own topics for its product codes as MPLINK_ALLOWED_TOPIC_ARNS. LocalStack's free edition
-#      has no ECS, so the service stack is checked statically only;
+#      own topics for its product codes as MPLINK_ALLOWED_TOPIC_ARNS; the public API's container
+#      runs `mplink serve` with its token from secrets only, behind an internet-facing ALB whose
+#      idle timeout is below MPLINK_HTTP_HEADER_TIMEOUT, with /healthz as the target group's
+#      health check, MPLINK_CLIENT_IP_HEADER=X-Forwarded-For, and its port open to the ALB's
+#      security group only. LocalStack's free edition has no ECS (nor ELBv2), so the service
+#      stack is checked statically only;
 #   2. the queue template deploys to LocalStack (aws cloudformation deploy) against two
 #      marketplace-like topics this script creates, with two of the four topic slots left empty;
 #   3. the deployed stack is what the template promises (queue attributes, redrive, the exact

@@ -35,15 +35,16 @@ pub fn worker_sqs_client(sdk: &SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::from_conf(config)
 }
 
-/// The Marketplace Metering client (ResolveCustomer) of the API: the SDK's standard retries
-/// (throttling and server errors, 3 attempts in all), pointed at `endpoint` when given (the
+/// The Marketplace Metering client (ResolveCustomer) of the API: one retry at most (throttling
+/// and server errors; the buyer is waiting, and each retry spends the seller's quota again),
+/// pointed at `endpoint` when given (the
 /// local test double); otherwise AWS's, or `AWS_ENDPOINT_URL_MARKETPLACE_METERING`.
 pub fn metering_client(
     sdk: &SdkConfig,
     endpoint: Option<&str>,
 ) -> aws_sdk_marketplacemetering::Client {
     let mut config = aws_sdk_marketplacemetering::config::Builder::from(sdk)
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2));
     if let Some(url) = endpoint {
         config = config.endpoint_url(url);
     }

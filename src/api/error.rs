@@ -47,12 +47,24 @@ pub enum ApiError {
         /// The id asked for.
         id: String,
     },
+    /// Another of the host's users claimed the registration first.
+    #[error("registration {id:?} belongs to another user")]
+    RegistrationClaimed {
+        /// The id asked for.
+        id: String,
+    },
+    /// Too many long polls are waiting already (`--max-long-polls`).
+    #[error("too many requests are waiting for events; retry without wait, or later")]
+    TooManyLongPolls,
     /// The body is larger than the limit.
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge {
         /// The limit, bytes.
         limit: usize,
     },
+    /// The body did not arrive in time (`--http-body-timeout`).
+    #[error("the request body did not arrive within the body timeout")]
+    BodyTimeout,
     /// The body is not `application/json`.
     #[error("the request body must be JSON (Content-Type: application/json)")]
     NotJson,
@@ -105,7 +117,10 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RegistrationNotFound { .. } => "registration_not_found",
+            ApiError::RegistrationClaimed { .. } => "registration_claimed",
+            ApiError::TooManyLongPolls => "too_many_long_polls",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyTimeout => "body_timeout",
             ApiError::NotJson => "unsupported_media_type",
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidBody(_) => "invalid_body",
@@ -126,7 +141,10 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RegistrationClaimed { .. } => StatusCode::FORBIDDEN,
+            ApiError::TooManyLongPolls => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MalformedJson(_) | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidBody(_) | ApiError::InvalidField { .. } => {
@@ -167,6 +185,22 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"mplink\""),
+                );
+            }
+            ApiError::TooManyLongPolls | ApiError::Unavailable(_) => {
+                headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            _ => {}
+        }
         response.extensions_mut().insert(ErrorCode(self.code()));
         response
     }
@@ -200,6 +234,9 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         return ApiError::BodyTooLarge {
             limit: super::BODY_LIMIT,
         };
+    }
+    if crate::server::is_body_timeout(&rejection) {
+        return ApiError::BodyTimeout;
     }
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::NotJson,

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod example;
+pub mod guard;
 mod middleware;
 pub mod reasons;
 pub mod routes;
@@ -18,7 +19,9 @@ pub use auth::ApiTokens;
 pub use state::{ApiState, SelectUrl, DEFAULT_REGISTRATION_TTL};
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, Uri};
+use axum::extract::OriginalUri;
+use axum::http::{header, HeaderValue, Method};
+use tower_http::set_header::SetResponseHeaderLayer;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
@@ -61,7 +64,13 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
     let app = Router::new()
         .route(
             "/marketplace/register",
-            post(register::register).layer(DefaultBodyLimit::max(FORM_BODY_LIMIT)),
+            post(register::register)
+                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(FORM_BODY_LIMIT))
+                .layer::<_, std::convert::Infallible>(guard::register_rate_limit(
+                    &state.guards.config,
+                    state.metrics.clone(),
+                    state.shutdown.clone(),
+                )),
         )
         .route("/openapi.json", get(openapi::get))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -75,10 +84,16 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         None => app,
     };
     app.layer(from_fn_with_state(state.clone(), middleware::count_errors))
+        // Registration ids travel in URLs: no page of this server hands one on in a Referer.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .with_state(state)
 }
 
-async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+/// Named by the whole path (a nested router sees only its tail).
+async fn route_not_found(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError::RouteNotFound {
         method: method.to_string(),
         path: uri.path().chars().take(200).collect(),

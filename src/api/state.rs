@@ -28,6 +28,8 @@ pub struct ApiState {
     pub product_codes: Vec<String>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Rate limits, ResolveCustomer slots, refused tokens, long-poll slots.
+    pub guards: Arc<super::guard::Guards>,
     /// Cancelled at shutdown: long polls answer at once.
     pub shutdown: CancellationToken,
 }

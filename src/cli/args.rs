@@ -53,6 +53,8 @@ pub enum Command {
     Usage(super::metering::UsageArgs),
     /// Usage metering tools: status, retry, send.
     Meter(super::metering::MeterArgs),
+    /// Registration tools: release a registration claimed by the wrong user of the host.
+    Registration(super::registration::RegistrationArgs),
 }
 
 /// Arguments of `mplink events`.

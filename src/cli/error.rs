@@ -52,6 +52,9 @@ pub enum CliError {
         /// How many lines were read.
         total: usize,
     },
+    /// The input names nothing that can be acted on (a malformed or unknown id).
+    #[error("{0}")]
+    Refused(String),
     /// `link --product-code` is empty once surrounding whitespace is removed.
     #[error("--product-code is empty")]
     EmptyProductCode,

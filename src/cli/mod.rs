@@ -10,6 +10,7 @@ mod metering;
 mod outbox;
 mod output;
 mod provision;
+mod registration;
 mod serve;
 mod serve_args;
 mod status;
@@ -130,6 +131,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }) => {
             with_store(&url, |store| async move {
                 metering::usage_record(&store, args).await
+            })
+            .await
+        }
+        Command::Registration(args) => {
+            with_store(&url, |store| async move {
+                registration::run(&store, args).await
             })
             .await
         }

@@ -23,8 +23,8 @@ impl ApiArgs {
         metrics: Arc<crate::metrics::Metrics>,
         shutdown: CancellationToken,
     ) -> Result<ApiState, CliError> {
-        let tokens =
-            ApiTokens::new(&self.api_tokens).map_err(|e| CliError::Setup(e.to_string()))?;
+        let tokens = ApiTokens::new(&self.all_tokens().map_err(CliError::Setup)?)
+            .map_err(|e| CliError::Setup(e.to_string()))?;
         let select = match (&self.select_organization_url, self.example) {
             (Some(url), _) => url.as_str(),
             (None, true) => EXAMPLE_SELECT_URL,
@@ -49,6 +49,7 @@ impl ApiArgs {
                 .map(str::to_owned)
                 .collect(),
             metrics,
+            guards: Arc::new(crate::api::guard::Guards::new(self.guard_config())),
             shutdown,
         })
     }
@@ -95,7 +96,12 @@ pub(super) async fn serve(
         example: args
             .api
             .example
-            .then(|| args.api.api_tokens.first().cloned())
+            .then(|| {
+                args.api
+                    .all_tokens()
+                    .ok()
+                    .and_then(|t| t.into_iter().next())
+            })
             .flatten(),
         connections,
     };

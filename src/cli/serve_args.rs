@@ -1,6 +1,7 @@
 //! The arguments of `mplink serve`: the HTTP API, and optionally the worker in the same process.
 
 use super::worker_args::RunArgs;
+use crate::api::guard::defaults as guard;
 
 /// Arguments of `mplink serve`. Every flag can also be set by the environment variable shown.
 /// The worker's flags are `mplink run`'s; its queue URL is needed only with `--worker`.
@@ -33,8 +34,35 @@ pub struct ApiArgs {
     pub listen: std::net::SocketAddr,
     /// A bearer token the host application sends on /v1 (repeatable, or space-separated in the
     /// environment variable, so a token can be rotated; at least 24 characters each).
+    /// Prefer MPLINK_API_TOKENS or --api-token-file: a command line is visible to every user
+    /// of the machine (`ps`).
     #[arg(long = "api-token", env = "MPLINK_API_TOKENS", value_delimiter = ' ', hide_env_values = true, value_parser = secret_text)]
     pub api_tokens: Vec<secrecy::SecretString>,
+    /// A file holding the bearer token(s), one per line (blank lines and `#` comments
+    /// ignored); added to any --api-token.
+    #[arg(long, env = "MPLINK_API_TOKEN_FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
+    /// The header a trusted proxy in front of mplink puts the client's address in (its
+    /// rightmost entry is used), e.g. X-Forwarded-For behind an ALB; default: the peer address.
+    /// Never set it without such a proxy: clients could then choose their own address.
+    #[arg(long, env = "MPLINK_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<axum::http::HeaderName>,
+    /// Landings on /marketplace/register per minute one client address may make once its
+    /// burst is spent; more get a 429 page.
+    #[arg(long, env = "MPLINK_REGISTER_PER_MINUTE", default_value_t = guard::REGISTER_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub register_per_minute: u32,
+    /// Landings one client address may make at once.
+    #[arg(long, env = "MPLINK_REGISTER_BURST", default_value_t = guard::REGISTER_BURST, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub register_burst: u32,
+    /// ResolveCustomer calls in flight at once (AWS's quota is the seller's, shared by all).
+    #[arg(long, env = "MPLINK_RESOLVE_CONCURRENCY", default_value_t = guard::RESOLVE_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub resolve_concurrency: u32,
+    /// Seconds a token AWS called invalid or expired is answered without asking AWS again.
+    #[arg(long, env = "MPLINK_REFUSED_TOKEN_TTL", default_value_t = guard::REFUSED_TOKEN_TTL_S, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub refused_token_ttl: u64,
+    /// Long polls of /v1/events waiting at once; more are answered 429.
+    #[arg(long, env = "MPLINK_MAX_LONG_POLLS", default_value_t = guard::MAX_LONG_POLLS, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_long_polls: u32,
     /// The host's "Select an Organization to Link" page, where /marketplace/register redirects
     /// the buyer with ?registration=ID (absolute http(s) URL, or a path on this server).
     /// Needed unless --example serves the example host.
@@ -89,5 +117,38 @@ mod tests {
         assert_eq!(both.run.queue_url, "https://q");
         assert_eq!(both.run.wait_time, 1);
         assert!(serve(&["--worker"]).is_err());
+    }
+}
+
+impl ApiArgs {
+    /// The guards these arguments describe.
+    pub fn guard_config(&self) -> crate::api::guard::GuardConfig {
+        use std::num::NonZeroU32;
+        let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
+        crate::api::guard::GuardConfig {
+            register_per_minute: n(self.register_per_minute),
+            register_burst: n(self.register_burst),
+            resolve_concurrency: n(self.resolve_concurrency),
+            refused_token_ttl: std::time::Duration::from_secs(self.refused_token_ttl),
+            max_long_polls: n(self.max_long_polls),
+            client_ip_header: self.client_ip_header.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Every configured token: the flags' and the file's.
+    pub fn all_tokens(&self) -> Result<Vec<secrecy::SecretString>, String> {
+        let mut tokens = self.api_tokens.clone();
+        if let Some(path) = &self.api_token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --api-token-file {}: {e}", path.display()))?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(|l| secrecy::SecretString::from(l.to_string())),
+            );
+        }
+        Ok(tokens)
     }
 }

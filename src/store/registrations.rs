@@ -32,6 +32,8 @@ pub struct Registration {
     pub linked_org_id: Option<String>,
     /// When that organization was linked, epoch ms.
     pub linked_at_ms: Option<i64>,
+    /// The host's user who claimed it (the first to ask about or link through it).
+    pub claimed_by: Option<String>,
 }
 
 impl Registration {
@@ -117,7 +119,7 @@ pub enum RegistrationLink {
 
 const SELECT_REGISTRATION: &str =
     "SELECT id, product_code, customer_aws_account_id, license_arn, customer_identifier, offer_type, \
-     created_at, expires_at, linked_org_id, linked_at FROM mplink_registrations ";
+     created_at, expires_at, linked_org_id, linked_at, claimed_by FROM mplink_registrations ";
 
 fn registration_from_row(row: &AnyRow) -> Result<Registration, StoreError> {
     let get = |source| StoreError::Query {
@@ -135,6 +137,7 @@ fn registration_from_row(row: &AnyRow) -> Result<Registration, StoreError> {
         expires_at_ms: row.try_get("expires_at").map_err(&get)?,
         linked_org_id: row.try_get("linked_org_id").map_err(&get)?,
         linked_at_ms: row.try_get("linked_at").map_err(&get)?,
+        claimed_by: row.try_get("claimed_by").map_err(&get)?,
     })
 }
 
@@ -192,6 +195,47 @@ impl Store {
                 column: "token_sha256",
                 value: new.token_sha256.clone(),
             })
+    }
+
+    /// Claims registration `id` for `user_id` unless another user claimed it first, and returns
+    /// it (`None`: no such registration); the caller compares `claimed_by`. One statement, so
+    /// two users racing for it cannot both win.
+    pub async fn claim_registration(
+        &self,
+        id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<Registration>, StoreError> {
+        sqlx::query(
+            "UPDATE mplink_registrations SET claimed_by = $1, claimed_at = $2 \
+             WHERE id = $3 AND claimed_by IS NULL",
+        )
+        .bind(user_id)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("claiming a registration"))?;
+        self.registration(id).await
+    }
+
+    /// Clears registration `id`'s claim (`mplink registration release`); returns who held it,
+    /// or `None` when there is no such registration.
+    pub async fn release_registration(
+        &self,
+        id: &str,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let Some(registration) = self.registration(id).await? else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE mplink_registrations SET claimed_by = NULL, claimed_at = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("releasing a registration"))?;
+        Ok(Some(registration.claimed_by))
     }
 
     /// The organization whose link names the subscription `link_key` names, if any.

@@ -1,7 +1,7 @@
 //! The example host's server side: checks what the browser sends, then calls `/v1` in-process
 //! with the token, as a host's backend would over HTTP, and adds the host's own data.
 
-use super::host::{host_organization, ORGANIZATIONS};
+use super::host::{host_organization, ORGANIZATIONS, SIGNED_IN_USER};
 use super::ExampleError;
 use crate::api::error::ErrorCode;
 use axum::body::Body;
@@ -136,7 +136,7 @@ pub(super) async fn organizations(
             "POST /v1/registrations/{id}/organizations",
             Method::POST,
             &format!("/v1/registrations/{id}/organizations"),
-            Some(json!({ "organizations": facts })),
+            Some(json!({ "user_id": SIGNED_IN_USER, "organizations": facts })),
         )
         .await?;
     if !verdicts.status.is_success() {
@@ -198,7 +198,7 @@ pub(super) async fn link(
             "POST /v1/registrations/{id}/link",
             Method::POST,
             &format!("/v1/registrations/{id}/link"),
-            Some(json!({ "org_id": org.org_id })),
+            Some(json!({ "user_id": SIGNED_IN_USER, "org_id": org.org_id })),
         )
         .await?;
     Ok(answer.passed_on())

@@ -36,6 +36,10 @@ pub struct Resource {
     pub status: &'static str,
 }
 
+/// The example's signed-in user, as the host's session would name them: sent as `user_id`, it
+/// claims the registrations this user opens.
+pub const SIGNED_IN_USER: &str = "user-demo";
+
 /// The signed-in user's organizations in the example.
 pub const ORGANIZATIONS: &[HostOrganization] = &[
     HostOrganization {

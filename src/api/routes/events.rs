@@ -79,6 +79,16 @@ pub async fn get(
             format!("between 1 and {MAX_LIMIT}"),
         ));
     }
+    // Only a request that may wait holds a slot: a plain read costs no more than any other.
+    let _slot = match query.wait {
+        0 => None,
+        _ => Some(
+            state
+                .guards
+                .long_poll_slot()
+                .ok_or(ApiError::TooManyLongPolls)?,
+        ),
+    };
     let deadline = Instant::now() + Duration::from_secs(query.wait);
     loop {
         let rows = state.store.outbox_after(query.after, limit).await?;

@@ -24,6 +24,13 @@ pub fn check_registration_id(id: &str) -> bool {
     })
 }
 
+/// How logs name a registration: its first 8 hex digits. The whole id is a capability (with
+/// it, a host user can claim the registration), so it is never logged in full.
+pub fn short_registration_id(id: &str) -> String {
+    let shown: String = id.chars().take(12).collect();
+    format!("{shown}…")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,10 @@ pub enum Failure {
     Unavailable,
     /// A product this SaaS does not sell, or an answer without identifiers.
     WrongProduct,
+    /// This client address landed too often (`--register-per-minute`, `--register-burst`).
+    RateLimited,
+    /// Every ResolveCustomer slot stayed busy (`--resolve-concurrency`).
+    Busy,
 }
 
 impl Failure {
@@ -66,12 +70,15 @@ impl Failure {
             Failure::ExpiredToken => "expired_token",
             Failure::Unavailable => "unavailable",
             Failure::WrongProduct => "wrong_product",
+            Failure::RateLimited => "rate_limited",
+            Failure::Busy => "busy",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
-            Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Unavailable | Failure::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -98,6 +105,14 @@ impl Failure {
                 "This subscription cannot be set up here",
                 "The AWS Marketplace subscription is for a product this service does not provide.",
             ),
+            Failure::RateLimited => (
+                "Too many attempts from your network",
+                "We received many registrations from your network in a short time. Wait a minute before trying again.",
+            ),
+            Failure::Busy => (
+                "We could not complete your registration right now",
+                "Many buyers are registering at the moment. Wait a minute before trying again.",
+            ),
         }
     }
 
@@ -111,10 +126,14 @@ impl Failure {
              <p><strong>{TRY_AGAIN}</strong></p>\n</main></body></html>\n"
         );
         let mut response = (self.status(), Html(html)).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CACHE_CONTROL,
             header::HeaderValue::from_static("no-store"),
         );
+        if matches!(self, Failure::RateLimited | Failure::Busy | Failure::Unavailable) {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+        }
         response
     }
 }
@@ -136,6 +155,16 @@ fn failure_of(e: &aws_sdk_marketplacemetering::error::SdkError<ResolveCustomerEr
         Some(ResolveCustomerError::ExpiredTokenException(_)) => Failure::ExpiredToken,
         _ => Failure::Unavailable,
     }
+}
+
+/// The SDK error's own words without its cause chain (which for a transport failure repeats
+/// the request), at most 200 characters.
+fn short_error(e: &aws_sdk_marketplacemetering::error::SdkError<ResolveCustomerError>) -> String {
+    let text = match e {
+        aws_sdk_marketplacemetering::error::SdkError::ServiceError(_) => "service error".to_string(),
+        other => crate::aws::error_text(other),
+    };
+    text.chars().take(200).collect()
 }
 
 /// The registration ResolveCustomer's answer describes, checked: a product code and at least one
@@ -217,7 +246,11 @@ pub async fn register(
                 .registrations
                 .with_label_values(&[outcome])
                 .inc();
-            tracing::info!(registration = %registration.id, outcome, "buyer registered");
+            tracing::info!(
+                registration = %super::short_registration_id(&registration.id),
+                outcome,
+                "buyer registered"
+            );
             let location = state
                 .select_organization_url
                 .with_registration(&registration.id);
@@ -282,6 +315,18 @@ async fn try_register(
         }
         return Ok((known, true));
     }
+    // A token AWS refused a moment ago gets the same answer without asking again.
+    if let Some(failure) = state.guards.refused(token) {
+        tracing::info!(
+            outcome = failure.outcome(),
+            "a token AWS refused recently, answered from memory"
+        );
+        return Err(failure);
+    }
+    let Some(_slot) = state.guards.resolve_slot().await else {
+        tracing::warn!("every ResolveCustomer slot stayed busy; the buyer is asked to retry");
+        return Err(Failure::Busy);
+    };
     let resolved = state
         .metering
         .resolve_customer()
@@ -290,9 +335,16 @@ async fn try_register(
         .await
         .map_err(|e| {
             let failure = failure_of(&e);
+            if matches!(failure, Failure::InvalidToken | Failure::ExpiredToken) {
+                state.guards.remember_refusal(token, failure);
+            }
+            // The code and AWS's message only: the SDK error's Debug form is a kilobyte of
+            // request metadata per failure, which an attacker could make us write at will.
+            let message: String = e.message().unwrap_or("").chars().take(200).collect();
             tracing::warn!(
                 aws_code = e.code().unwrap_or("none"),
-                error = %crate::aws::error_text(&e),
+                aws_message = %message,
+                error = %short_error(&e),
                 outcome = failure.outcome(),
                 "ResolveCustomer failed"
             );
@@ -351,6 +403,8 @@ mod tests {
             Failure::ExpiredToken,
             Failure::Unavailable,
             Failure::WrongProduct,
+            Failure::RateLimited,
+            Failure::Busy,
         ] {
             assert_ne!(f.status(), StatusCode::INTERNAL_SERVER_ERROR);
             let (title, what) = f.words();

@@ -2,7 +2,7 @@
 //! linked to it (and why not), and the link.
 
 use super::billing::{self, BillingView};
-use super::{check_org_id, check_registration_id};
+use super::{check_org_id, check_registration_id, short_registration_id};
 use crate::api::error::{ApiError, ApiJson, ErrorBody};
 use crate::api::reasons::{Facts, Reason};
 use crate::api::state::ApiState;
@@ -41,6 +41,8 @@ pub struct RegistrationView {
     pub expired: bool,
     /// The organization linked through it.
     pub linked_org_id: Option<String>,
+    /// The host's user it belongs to: the first `user_id` that asked about or linked through it.
+    pub claimed_by: Option<String>,
 }
 
 impl RegistrationView {
@@ -56,6 +58,7 @@ impl RegistrationView {
             expires_at: rfc3339_millis(r.expires_at_ms),
             expired: r.expired(now),
             linked_org_id: r.linked_org_id.clone(),
+            claimed_by: r.claimed_by.clone(),
         }
     }
 }
@@ -64,6 +67,10 @@ impl RegistrationView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationsRequest {
+    /// The signed-in user's stable id in the host (the organization id rule applies): the
+    /// first user claims the registration, any other gets 403 `registration_claimed`.
+    #[schema(example = "user-81")]
+    pub user_id: String,
     /// At most 100.
     pub organizations: Vec<CandidateOrganization>,
 }
@@ -118,8 +125,32 @@ pub struct OrganizationsResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkBody {
+    /// The signed-in user's stable id in the host (see `OrganizationsRequest.user_id`).
+    #[schema(example = "user-81")]
+    pub user_id: String,
     /// The host's organization id.
     pub org_id: String,
+}
+
+/// Registration `id`, claimed for `user_id` if nobody has it yet; another user's is refused.
+async fn claim(state: &ApiState, id: &str, user_id: &str) -> Result<Registration, ApiError> {
+    check_org_id("user_id", user_id)?;
+    if !check_registration_id(id) {
+        return Err(ApiError::RegistrationNotFound { id: id.to_string() });
+    }
+    let registration = state
+        .store
+        .claim_registration(id, user_id, now_ms())
+        .await?
+        .ok_or_else(|| ApiError::RegistrationNotFound { id: id.to_string() })?;
+    if registration.claimed_by.as_deref() != Some(user_id) {
+        tracing::warn!(
+            registration = %short_registration_id(id),
+            "a second user asked for a claimed registration"
+        );
+        return Err(ApiError::RegistrationClaimed { id: id.to_string() });
+    }
+    Ok(registration)
 }
 
 async fn load(state: &ApiState, id: &str) -> Result<Registration, ApiError> {
@@ -195,7 +226,7 @@ pub async fn organizations(
             ));
         }
     }
-    let registration = load(&state, &id).await?;
+    let registration = claim(&state, &id, &request.user_id).await?;
     let now = now_ms();
     let key = registration.link_key();
     let holder = match &key {
@@ -273,9 +304,7 @@ pub async fn link(
     ApiJson(body): ApiJson<LinkBody>,
 ) -> Result<Json<BillingView>, ApiError> {
     check_org_id("org_id", &body.org_id)?;
-    if !check_registration_id(&id) {
-        return Err(ApiError::RegistrationNotFound { id });
-    }
+    claim(&state, &id, &body.user_id).await?;
     match state
         .store
         .link_registration(&id, &body.org_id, now_ms())
@@ -283,7 +312,7 @@ pub async fn link(
     {
         RegistrationLink::Linked(outcome) => {
             tracing::info!(
-                registration = %id,
+                registration = %short_registration_id(&id),
                 org_id = %body.org_id,
                 link_state = ?outcome.row.link_state,
                 "organization linked through a registration"
