@@ -126,13 +126,22 @@ async fn main() {
         registration_ttl: mplink::api::DEFAULT_REGISTRATION_TTL,
         product_codes: Vec::new(),
         metrics: Arc::new(mplink::metrics::Metrics::new()),
+        guards: Default::default(),
         shutdown: shutdown.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let server_task = tokio::spawn(mplink::api::serve(listener, state, ApiOptions::default()));
+    // Every client of the benchmark is on loopback: no per-address cap.
+    let options = ApiOptions {
+        example: None,
+        connections: mplink::server::ConnectionLimits {
+            max_per_client: 0,
+            ..Default::default()
+        },
+    };
+    let server_task = tokio::spawn(mplink::api::serve(listener, state, options));
 
     let (linked, unlinked) = measure(&base, links, requests, 200).await;
     shutdown.cancel();

@@ -13,7 +13,9 @@ pub const MIN_TOKEN_CHARS: usize = 24;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TokenError {
     /// No token at all: the API would refuse every request.
-    #[error("at least one API token is needed (MPLINK_API_TOKENS, --api-token-file or --api-token)")]
+    #[error(
+        "at least one API token is needed (MPLINK_API_TOKENS, --api-token-file or --api-token)"
+    )]
     None,
     /// Too short to resist guessing.
     #[error("API token {index} is {len} characters; at least {MIN_TOKEN_CHARS} are needed")]

@@ -83,6 +83,12 @@ pub struct Guards {
     long_polls: Semaphore,
 }
 
+impl Default for Guards {
+    fn default() -> Self {
+        Guards::new(GuardConfig::default())
+    }
+}
+
 impl Guards {
     /// Guards set by `config`.
     pub fn new(config: GuardConfig) -> Guards {
@@ -129,7 +135,10 @@ impl Guards {
                 refused.clear();
             }
         }
-        refused.insert(digest(token), (now + self.config.refused_token_ttl, failure));
+        refused.insert(
+            digest(token),
+            (now + self.config.refused_token_ttl, failure),
+        );
     }
 }
 

@@ -21,12 +21,12 @@ pub use state::{ApiState, SelectUrl, DEFAULT_REGISTRATION_TTL};
 use axum::extract::DefaultBodyLimit;
 use axum::extract::OriginalUri;
 use axum::http::{header, HeaderValue, Method};
-use tower_http::set_header::SetResponseHeaderLayer;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Largest `/v1` request body, bytes: larger ones get 413 `body_too_large`.
 pub const BODY_LIMIT: usize = 64 * 1024;

@@ -27,8 +27,9 @@ pub const HOUR_MS: i64 = 3_600_000;
 pub const BATCH_RECORDS: usize = 25;
 /// AWS refuses records this old (the documented hard limit).
 pub const AWS_WINDOW: Duration = Duration::from_secs(6 * 3600);
-/// Longest idempotency key, organization id or dimension accepted.
-const MAX_ID_LEN: usize = 255;
+/// Longest idempotency key or dimension accepted, in characters (AWS's limit for a dimension
+/// name); organization ids have their own, shorter limit ([`crate::org::MAX_CHARS`]).
+pub const MAX_ID_CHARS: usize = 255;
 
 /// The start of the hour holding `ms`.
 pub fn hour_of(ms: i64) -> i64 {
@@ -206,23 +207,15 @@ impl MeteringError {
 }
 
 fn check_id(key: &str, field: &'static str, value: &str) -> Result<(), MeteringError> {
-    let problem = if value.is_empty() {
-        "is empty".to_string()
-    } else if value.len() > MAX_ID_LEN {
-        format!("is longer than {MAX_ID_LEN} bytes")
-    } else if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        "holds whitespace or control characters".to_string()
-    } else {
-        return Ok(());
-    };
-    Err(MeteringError::Invalid {
+    crate::org::check_id(value, MAX_ID_CHARS).map_err(|e| MeteringError::Invalid {
+        // A bad key is not repeated in its own error.
         key: if field == "idempotency_key" {
             String::new()
         } else {
             key.to_string()
         },
         field,
-        problem,
+        problem: e.to_string(),
     })
 }
 

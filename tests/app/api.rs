@@ -4,7 +4,7 @@
 //! The landing (`/marketplace/register`) against the Marketplace test double is in
 //! `tests/api_register.rs`.
 
-use crate::common::api::{spawn_app, spawn_app_with, AppConfig, TestApp, OTHER_TOKEN, TOKEN};
+use crate::common::api::{spawn_app, spawn_app_with, AppConfig, TestApp, OTHER_TOKEN, TOKEN, USER};
 use crate::common::*;
 use mplink::api::routes::register::{new_registration_id, token_sha256};
 use mplink::ledger::LinkRequest;
@@ -80,7 +80,7 @@ async fn reasons(
     let a = app
         .post_json(
             &format!("/v1/registrations/{reg}/organizations"),
-            &json!({ "organizations": orgs }),
+            &json!({ "user_id": USER, "organizations": orgs }),
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
@@ -109,12 +109,12 @@ fn v1_routes(reg: &str) -> Vec<(&'static str, String, Option<Value>)> {
         (
             "POST",
             format!("/v1/registrations/{reg}/organizations"),
-            Some(json!({"organizations": [candidate("org-1")]})),
+            Some(json!({"user_id": USER, "organizations": [candidate("org-1")]})),
         ),
         (
             "POST",
             format!("/v1/registrations/{reg}/link"),
-            Some(json!({"org_id": "org-1"})),
+            Some(json!({"user_id": USER, "org_id": "org-1"})),
         ),
         ("GET", "/v1/organizations/org-1/billing".to_string(), None),
         ("GET", "/v1/events?after=0".to_string(), None),
@@ -236,20 +236,21 @@ async fn bad_bodies_and_queries_get_json_4xx(backend: Backend) {
         (raw(&link, "application/json", "{\"org_id\": ".into()), 400, "malformed_json", None),
         (raw(&link, "text/plain", "{\"org_id\": \"org-1\"}".into()), 415, "unsupported_media_type", None),
         (
-            raw(&link, "application/json", json!({"org_id": "org-1", "force": true}).to_string()),
+            raw(&link, "application/json", json!({"user_id": USER, "org_id": "org-1", "force": true}).to_string()),
             422,
             "invalid_body",
             Some("unknown field `force`"),
         ),
-        (raw(&link, "application/json", "{}".into()), 422, "invalid_body", Some("missing field `org_id`")),
+        (raw(&link, "application/json", json!({"user_id": USER}).to_string()), 422, "invalid_body", Some("missing field `org_id`")),
+        (raw(&link, "application/json", json!({"org_id": "org-1"}).to_string()), 422, "invalid_body", Some("missing field `user_id`")),
         (
-            raw(&link, "application/json", json!({"org_id": 7}).to_string()),
+            raw(&link, "application/json", json!({"user_id": USER, "org_id": 7}).to_string()),
             422,
             "invalid_body",
             Some("invalid type"),
         ),
         (
-            raw(&link, "application/json", json!({"org_id": " padded"}).to_string()),
+            raw(&link, "application/json", json!({"user_id": USER, "org_id": " padded"}).to_string()),
             422,
             "invalid_field",
             Some("org_id"),
@@ -258,14 +259,14 @@ async fn bad_bodies_and_queries_get_json_4xx(backend: Backend) {
             raw(
                 &orgs,
                 "application/json",
-                json!({"organizations": [{"org_id": "o", "can_change_billing": true, "role": "admin"}]}).to_string(),
+                json!({"user_id": USER, "organizations": [{"org_id": "o", "can_change_billing": true, "role": "admin"}]}).to_string(),
             ),
             422,
             "invalid_body",
             Some("unknown field `role`"),
         ),
         (
-            raw(&orgs, "application/json", json!({"organizations": [{"org_id": "o"}]}).to_string()),
+            raw(&orgs, "application/json", json!({"user_id": USER, "organizations": [{"org_id": "o"}]}).to_string()),
             422,
             "invalid_body",
             Some("can_change_billing"),
@@ -274,7 +275,7 @@ async fn bad_bodies_and_queries_get_json_4xx(backend: Backend) {
             raw(
                 &orgs,
                 "application/json",
-                json!({"organizations": [candidate("o"), candidate("o")]}).to_string(),
+                json!({"user_id": USER, "organizations": [candidate("o"), candidate("o")]}).to_string(),
             ),
             422,
             "invalid_field",
@@ -284,7 +285,7 @@ async fn bad_bodies_and_queries_get_json_4xx(backend: Backend) {
             raw(
                 &orgs,
                 "application/json",
-                json!({"organizations": (0..101).map(|i| candidate(&format!("o-{i}"))).collect::<Vec<_>>()}).to_string(),
+                json!({"user_id": USER, "organizations": (0..101).map(|i| candidate(&format!("o-{i}"))).collect::<Vec<_>>()}).to_string(),
             ),
             422,
             "invalid_field",
@@ -448,7 +449,7 @@ async fn each_reason_is_given(backend: Backend) {
     let a = app
         .post_json(
             &format!("/v1/registrations/{}/organizations", reg.id),
-            &json!({"organizations": [candidate("org-elsewhere"), card_of("org-card")]}),
+            &json!({"user_id": USER, "organizations": [candidate("org-elsewhere"), card_of("org-card")]}),
         )
         .await
         .json();
@@ -463,7 +464,7 @@ async fn each_reason_is_given(backend: Backend) {
     let linked = app
         .post_json(
             &format!("/v1/registrations/{}/link", reg.id),
-            &json!({"org_id": "org-free"}),
+            &json!({"user_id": USER, "org_id": "org-free"}),
         )
         .await;
     assert_eq!(linked.status, 200, "{}", linked.text);
@@ -545,16 +546,22 @@ async fn link_is_idempotent_and_refuses_what_link_would_move(backend: Backend) {
     let reg = registration(s, FIXTURE_PRODUCT, Some(&license(30)), None, HOUR).await;
     let path = format!("/v1/registrations/{}/link", reg.id);
 
-    let first = app.post_json(&path, &json!({"org_id": "org-1"})).await;
+    let first = app
+        .post_json(&path, &json!({"user_id": USER, "org_id": "org-1"}))
+        .await;
     assert_eq!(first.status, 200, "{}", first.text);
     let view = first.json();
     assert_eq!(view["link_state"], "syncing");
     assert_eq!(view["syncing"], true);
     assert_eq!(view["payment_method"], Value::Null);
-    let again = app.post_json(&path, &json!({"org_id": "org-1"})).await;
+    let again = app
+        .post_json(&path, &json!({"user_id": USER, "org_id": "org-1"}))
+        .await;
     assert_eq!((again.status, again.json()), (200, view.clone()));
 
-    let second = app.post_json(&path, &json!({"org_id": "org-2"})).await;
+    let second = app
+        .post_json(&path, &json!({"user_id": USER, "org_id": "org-2"}))
+        .await;
     assert_eq!(
         (second.status, second.code().as_str()),
         (409, "registration_linked"),
@@ -585,7 +592,7 @@ async fn link_is_idempotent_and_refuses_what_link_would_move(backend: Backend) {
     let a = app
         .post_json(
             &format!("/v1/registrations/{}/link", other.id),
-            &json!({"org_id": "org-1"}),
+            &json!({"user_id": USER, "org_id": "org-1"}),
         )
         .await;
     assert_eq!(
@@ -603,7 +610,7 @@ async fn link_is_idempotent_and_refuses_what_link_would_move(backend: Backend) {
     let a = app
         .post_json(
             &format!("/v1/registrations/{}/link", held.id),
-            &json!({"org_id": "org-4"}),
+            &json!({"user_id": USER, "org_id": "org-4"}),
         )
         .await;
     assert_eq!(
@@ -623,7 +630,7 @@ async fn link_is_idempotent_and_refuses_what_link_would_move(backend: Backend) {
     let a = app
         .post_json(
             &format!("/v1/registrations/{}/link", held.id),
-            &json!({"org_id": "org-3"}),
+            &json!({"user_id": USER, "org_id": "org-3"}),
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
@@ -632,7 +639,7 @@ async fn link_is_idempotent_and_refuses_what_link_would_move(backend: Backend) {
     let a = app
         .post_json(
             &format!("/v1/registrations/{}/link", expired.id),
-            &json!({"org_id": "org-5"}),
+            &json!({"user_id": USER, "org_id": "org-5"}),
         )
         .await;
     assert_eq!(
@@ -644,7 +651,7 @@ async fn link_is_idempotent_and_refuses_what_link_would_move(backend: Backend) {
     let a = app
         .post_json(
             &format!("/v1/registrations/{}/link", new_registration_id()),
-            &json!({"org_id": "org-5"}),
+            &json!({"user_id": USER, "org_id": "org-5"}),
         )
         .await;
     assert_eq!(
@@ -655,7 +662,10 @@ async fn link_is_idempotent_and_refuses_what_link_would_move(backend: Backend) {
     // Concurrent links of two organizations through one registration: exactly one wins.
     let race = registration(s, FIXTURE_PRODUCT, Some(&license(34)), None, HOUR).await;
     let path = format!("/v1/registrations/{}/link", race.id);
-    let (six, seven) = (json!({"org_id": "org-6"}), json!({"org_id": "org-7"}));
+    let (six, seven) = (
+        json!({"user_id": USER, "org_id": "org-6"}),
+        json!({"user_id": USER, "org_id": "org-7"}),
+    );
     let (a, b) = tokio::join!(app.post_json(&path, &six), app.post_json(&path, &seven));
     let mut statuses = [a.status, b.status];
     statuses.sort();
@@ -672,7 +682,7 @@ async fn linked_at_once_when_aws_confirmed_first(backend: Backend) {
     let a = app
         .post_json(
             &format!("/v1/registrations/{}/link", reg.id),
-            &json!({"org_id": "org-1"}),
+            &json!({"user_id": USER, "org_id": "org-1"}),
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
@@ -774,7 +784,7 @@ async fn billing_view_follows_the_ledger(backend: Backend) {
     let a = app
         .post_json(
             &format!("/v1/registrations/{}/link", reg.id),
-            &json!({"org_id": "org-1"}),
+            &json!({"user_id": USER, "org_id": "org-1"}),
         )
         .await;
     assert_eq!(a.status, 200);
@@ -840,7 +850,7 @@ async fn the_events_feed_pages_and_long_polls(backend: Backend) {
     let reg = registration(s, FIXTURE_PRODUCT, Some(FIXTURE_LICENSE), None, HOUR).await;
     app.post_json(
         &format!("/v1/registrations/{}/link", reg.id),
-        &json!({"org_id": "org-1"}),
+        &json!({"user_id": USER, "org_id": "org-1"}),
     )
     .await;
     apply_fixture(s, "eb_created_new_manufacturer").await;

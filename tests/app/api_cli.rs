@@ -155,7 +155,7 @@ async fn serve_with_worker_shares_one_database_and_one_set_of_metrics() {
         .post(format!("http://{api}/v1/registrations/{}/link", reg.id))
         .bearer_auth(TOKEN)
         .header("content-type", "application/json")
-        .body(r#"{"org_id": "org-cli"}"#)
+        .body(r#"{"user_id": "user-cli", "org_id": "org-cli"}"#)
         .send()
         .await
         .expect("link");

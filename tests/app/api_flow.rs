@@ -6,7 +6,7 @@
 //! Subscription" with Edit disabled; the cancellation arrives the same way; the page shows no
 //! payment method, Edit enabled, and the notice that the organization's data was kept.
 
-use crate::common::api::{spawn_app_with, AppConfig, SELECT_URL};
+use crate::common::api::{spawn_app_with, AppConfig, SELECT_URL, USER};
 use crate::common::localstack::*;
 use crate::common::*;
 use mplink_marketplace_double::{MarketplaceDouble, ResolvedCustomer};
@@ -62,7 +62,7 @@ async fn the_whole_flow(backend: Backend) {
     let answer = app
         .post_json(
             &format!("/v1/registrations/{reg}/organizations"),
-            &json!({"organizations": [
+            &json!({"user_id": USER, "organizations": [
                 {"org_id": "org-acme", "payment_method_on_file": true, "other_marketplace": null,
                  "under_contract": false, "can_change_billing": true},
                 {"org_id": "org-gcp", "payment_method_on_file": false, "other_marketplace": "gcp",
@@ -83,7 +83,7 @@ async fn the_whole_flow(backend: Backend) {
     let linked = app
         .post_json(
             &format!("/v1/registrations/{reg}/link"),
-            &json!({"org_id": "org-acme"}),
+            &json!({"user_id": USER, "org_id": "org-acme"}),
         )
         .await;
     assert_eq!(linked.status, 200, "{}", linked.text);

@@ -49,10 +49,12 @@ async fn start(db: &TestDb, example: Option<&str>) -> Example {
         registration_ttl: mplink::api::DEFAULT_REGISTRATION_TTL,
         product_codes: Vec::new(),
         metrics: metrics.clone(),
+        guards: Default::default(),
         shutdown: shutdown.clone(),
     };
     let options = ApiOptions {
         example: example.map(secrecy::SecretString::from),
+        connections: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -200,7 +200,7 @@ async fn buyer_path(listing: Listing) {
         ))
         .bearer_auth(API_TOKEN)
         .header("content-type", "application/json")
-        .body(serde_json::json!({"organizations": [
+        .body(serde_json::json!({"user_id": "user-browser", "organizations": [
             {"org_id": "org-globex", "payment_method_on_file": false, "other_marketplace": "gcp",
              "under_contract": false, "can_change_billing": true},
             {"org_id": "org-initech", "payment_method_on_file": true, "other_marketplace": null,

@@ -2,8 +2,10 @@
 //! serve` runs it, and a small client for it.
 
 use super::{Backend, TestDb};
+use mplink::api::guard::{GuardConfig, Guards};
 use mplink::api::{ApiOptions, ApiState, ApiTokens, SelectUrl};
 use mplink::metrics::Metrics;
+use mplink::server::ConnectionLimits;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 /// A second configured token (rotation).
 pub const OTHER_TOKEN: &str = "rotated-token-fedcba9876543210";
+/// The host's signed-in user the tests act as (`user_id`).
+pub const USER: &str = "user-1";
 /// Where the buyer is sent after the landing.
 pub const SELECT_URL: &str = "https://app.example.com/aws/select";
 /// An endpoint where nothing listens: ResolveCustomer fails fast when no double is given.
@@ -27,6 +31,10 @@ pub struct AppConfig {
     pub registration_ttl: Duration,
     /// Product codes sold (empty: any).
     pub product_codes: Vec<String>,
+    /// Rate limits and the other guards.
+    pub guards: GuardConfig,
+    /// The listener's timeouts and connection caps.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for AppConfig {
@@ -35,6 +43,8 @@ impl Default for AppConfig {
             marketplace_endpoint: NO_MARKETPLACE.to_string(),
             registration_ttl: mplink::api::DEFAULT_REGISTRATION_TTL,
             product_codes: Vec::new(),
+            guards: GuardConfig::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -95,13 +105,21 @@ pub async fn spawn_app_with(backend: Backend, config: AppConfig) -> TestApp {
         registration_ttl: config.registration_ttl,
         product_codes: config.product_codes,
         metrics: metrics.clone(),
+        guards: Arc::new(Guards::new(config.guards.clone())),
         shutdown: shutdown.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let handle = tokio::spawn(mplink::api::serve(listener, state, ApiOptions::default()));
+    let handle = tokio::spawn(mplink::api::serve(
+        listener,
+        state,
+        ApiOptions {
+            example: None,
+            connections: config.connections,
+        },
+    ));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))

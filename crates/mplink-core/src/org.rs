@@ -1,6 +1,7 @@
-//! The one rule for the host's organization ids, applied by every entry point that takes one
-//! (the API's link, billing and usage routes, `mplink link`, `mplink usage record`,
-//! `mplink status --org`), so an id that can be linked can always be metered.
+//! The one rule for the ids a host chooses: organization ids, applied by every entry point that
+//! takes one (the API's link, billing and usage routes, `mplink link`, `mplink usage record`,
+//! `mplink status --org`), so an id that can be linked can always be metered; and, with their
+//! own lengths, the host's user ids, usage idempotency keys and dimension names.
 //!
 //! An id is 1 to [`MAX_CHARS`] characters, none of them whitespace, a control character
 //! (Unicode Cc) or a format character (Cf: bidi overrides, zero-width spaces, soft hyphens),
@@ -18,9 +19,9 @@ pub enum OrgIdError {
     /// Nothing at all.
     #[error("is empty")]
     Empty,
-    /// Over [`MAX_CHARS`].
-    #[error("is {0} characters long; at most 128")]
-    TooLong(usize),
+    /// Over the limit: (length, limit), in characters.
+    #[error("is {0} characters long; at most {1}")]
+    TooLong(usize, usize),
     /// A character the rule refuses, named by its code point and position (not echoed, since
     /// it may be invisible or reorder the line it is printed on).
     #[error("holds {kind} U+{code:04X} at character {position}; ids may not hold whitespace, control or format characters")]
@@ -39,7 +40,7 @@ impl OrgIdError {
     pub fn reason(&self) -> &'static str {
         match self {
             OrgIdError::Empty => "empty",
-            OrgIdError::TooLong(_) => "too_long",
+            OrgIdError::TooLong(..) => "too_long",
             OrgIdError::Refused { .. } => "refused_character",
         }
     }
@@ -60,6 +61,11 @@ pub fn refused_kind(c: char) -> Option<&'static str> {
 
 /// Checks an organization id against the rule.
 pub fn check(id: &str) -> Result<(), OrgIdError> {
+    check_id(id, MAX_CHARS)
+}
+
+/// Checks any host-chosen id against the rule, at most `max_chars` long.
+pub fn check_id(id: &str, max_chars: usize) -> Result<(), OrgIdError> {
     if id.is_empty() {
         return Err(OrgIdError::Empty);
     }
@@ -74,13 +80,13 @@ pub fn check(id: &str) -> Result<(), OrgIdError> {
         }
         count += 1;
     }
-    if count > MAX_CHARS {
-        return Err(OrgIdError::TooLong(count));
+    if count > max_chars {
+        return Err(OrgIdError::TooLong(count, max_chars));
     }
     Ok(())
 }
 
-/// The rule as a JSON Schema `pattern` (with `minLength` 1 and `maxLength` [`MAX_CHARS`]): one
+/// The rule as a JSON Schema `pattern` (with `minLength` 1 and `maxLength` the id's limit): one
 /// negated class of every refused character, written with `\uXXXX` and `\UXXXXXXXX` escapes,
 /// which Python's `re` (Schemathesis) and Rust's `regex` read alike. Built from
 /// [`refused_kind`], so the schema cannot drift from the check.
@@ -139,7 +145,8 @@ mod tests {
             assert_eq!(check(good), Ok(()), "{good:?}");
         }
         assert_eq!(check(""), Err(OrgIdError::Empty));
-        assert_eq!(check(&"é".repeat(129)), Err(OrgIdError::TooLong(129)));
+        assert_eq!(check(&"é".repeat(129)), Err(OrgIdError::TooLong(129, 128)));
+        assert_eq!(check_id(&"é".repeat(255), 255), Ok(()));
         for (bad, code) in [
             ("Acme Corp", 0x20),
             (" org", 0x20),

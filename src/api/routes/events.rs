@@ -26,11 +26,14 @@ const POLL: Duration = Duration::from_millis(250);
 pub struct EventsQuery {
     /// Only events after this sequence (the `next_after` of the previous answer; 0 at first).
     #[serde(default)]
+    #[param(minimum = 0)]
     pub after: i64,
     /// Seconds to wait for an event when there is none yet (0-30).
     #[serde(default)]
+    #[param(minimum = 0, maximum = 30)]
     pub wait: u64,
     /// Most events returned (1-500, default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -56,6 +59,8 @@ pub struct EventsPage {
         (status = 400, description = "`invalid_query`", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 422, description = "A value out of range", body = ErrorBody),
+        (status = 429, description = "`too_many_long_polls`: `--max-long-polls` requests with `wait` are waiting already; retry later or without `wait`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
     ),
     security(("bearer" = []))
 )]

@@ -14,6 +14,9 @@ pub fn check_org_id(field: &str, org_id: &str) -> Result<(), ApiError> {
     crate::org::check(org_id).map_err(|e| ApiError::field(field, e.to_string()))
 }
 
+/// [`check_registration_id`] as a JSON Schema pattern.
+pub const REGISTRATION_ID_PATTERN: &str = "^reg_[0-9a-f]{32}$";
+
 /// True for what [`register::new_registration_id`] makes: `reg_` and 32 lowercase hex digits.
 pub fn check_registration_id(id: &str) -> bool {
     id.strip_prefix("reg_").is_some_and(|hex| {

@@ -1,10 +1,14 @@
 //! `GET /openapi.json`: the API's OpenAPI 3.1 description, generated from the handlers'
-//! annotations. `docs/openapi.json` is the same text, checked by `tests/api.rs` (regenerate with
-//! `MPLINK_WRITE_OPENAPI=1 cargo test --test api openapi`).
+//! annotations. `docs/openapi.json` is the same text, checked by `tests/app/api.rs` (regenerate with
+//! `MPLINK_WRITE_OPENAPI=1 cargo test --test app api::openapi`), and Schemathesis checks the
+//! server against it in CI (`scripts/schemathesis.sh`).
 
 use axum::http::header;
 use axum::response::IntoResponse;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 /// The description.
@@ -24,7 +28,7 @@ use utoipa::{Modify, OpenApi};
         super::usage::report,
     ),
     components(schemas(crate::api::reasons::Reason)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Constraints, &CommonAnswers),
     tags(
         (name = "marketplace", description = "Where AWS Marketplace sends the buyer's browser"),
         (name = "registrations", description = "The host application's Select an Organization to Link page"),
@@ -44,6 +48,149 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The limits the handlers enforce, as schema constraints a generated client can know: the id
+/// rule's pattern and lengths are generated from [`crate::org`], so they cannot drift.
+struct Constraints;
+
+impl Modify for Constraints {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use crate::metering::MAX_ID_CHARS;
+        use crate::org::MAX_CHARS;
+        let pattern = crate::org::pattern();
+        let constrain = |object: &mut Object, max: usize| {
+            object.min_length = Some(1);
+            object.max_length = Some(max);
+            object.pattern = Some(pattern.clone());
+        };
+        if let Some(components) = openapi.components.as_mut() {
+            for (schema, property, max) in [
+                ("CandidateOrganization", "org_id", MAX_CHARS),
+                ("LinkBody", "org_id", MAX_CHARS),
+                ("LinkBody", "user_id", MAX_CHARS),
+                ("OrganizationsRequest", "user_id", MAX_CHARS),
+                ("UsageBody", "org_id", MAX_CHARS),
+                ("UsageBody", "idempotency_key", MAX_ID_CHARS),
+                ("UsageBody", "dimension", MAX_ID_CHARS),
+            ] {
+                if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) {
+                    if let Some(RefOr::T(Schema::Object(field))) =
+                        object.properties.get_mut(property)
+                    {
+                        constrain(field, max);
+                    }
+                }
+            }
+            if let Some(RefOr::T(Schema::Object(request))) =
+                components.schemas.get_mut("OrganizationsRequest")
+            {
+                if let Some(RefOr::T(Schema::Array(list))) =
+                    request.properties.get_mut("organizations")
+                {
+                    list.max_items = Some(super::registrations::MAX_ORGANIZATIONS);
+                }
+            }
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for operation in [item.get.as_mut(), item.post.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    let RefOr::T(parameter) = parameter else {
+                        continue;
+                    };
+                    let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut() else {
+                        continue;
+                    };
+                    match (path.as_str(), parameter.name.as_str()) {
+                        (_, "org_id") => constrain(object, MAX_CHARS),
+                        (p, "id") if p.starts_with("/v1/registrations/") => {
+                            object.pattern = Some(super::REGISTRATION_ID_PATTERN.to_string());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What every `/v1` route may answer besides its own statuses: 401 (with `WWW-Authenticate`),
+/// 503 `unavailable`, and for a route with a body 400, 408, 413, 415 and 422.
+struct CommonAnswers;
+
+impl Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let error = |description: &str| {
+            ResponseBuilder::new().description(description).content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+        };
+        let string = || ObjectBuilder::new().schema_type(Type::String).build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for operation in [item.get.as_mut(), item.post.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                let mut answers = vec![
+                    (
+                        "401",
+                        error("`unauthorized`: no bearer token, or not a configured one")
+                            .header(
+                                "WWW-Authenticate",
+                                HeaderBuilder::new().schema(Some(string())).build(),
+                            )
+                            .build(),
+                    ),
+                    (
+                        "503",
+                        error("`unavailable`: the database did not answer; retry")
+                            .header(
+                                "Retry-After",
+                                HeaderBuilder::new().schema(Some(string())).build(),
+                            )
+                            .build(),
+                    ),
+                ];
+                if operation.request_body.is_some() {
+                    answers.extend([
+                        ("400", error("`malformed_json`: the body is not JSON").build()),
+                        (
+                            "408",
+                            error("`body_timeout`: the body did not arrive within the body timeout")
+                                .build(),
+                        ),
+                        ("413", error("`body_too_large`: the body is over 64 KiB").build()),
+                        (
+                            "415",
+                            error("`unsupported_media_type`: not `Content-Type: application/json`")
+                                .build(),
+                        ),
+                        (
+                            "422",
+                            error("`invalid_body` (a missing, unknown or mistyped field) or `invalid_field` (a refused value, named)")
+                                .build(),
+                        ),
+                    ]);
+                }
+                for (status, answer) in answers {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert(RefOr::T(answer));
+                }
+            }
+        }
     }
 }
 

@@ -36,6 +36,7 @@ pub const TRY_AGAIN: &str =
 pub struct RegisterForm {
     /// The registration token to resolve.
     #[serde(rename = "x-amzn-marketplace-token")]
+    #[schema(max_length = 4096)]
     pub token: Option<String>,
     /// The offer type, e.g. `free-trial`.
     #[serde(rename = "x-amzn-marketplace-offer-type")]
@@ -131,7 +132,10 @@ impl Failure {
             header::CACHE_CONTROL,
             header::HeaderValue::from_static("no-store"),
         );
-        if matches!(self, Failure::RateLimited | Failure::Busy | Failure::Unavailable) {
+        if matches!(
+            self,
+            Failure::RateLimited | Failure::Busy | Failure::Unavailable
+        ) {
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
         }
         response
@@ -161,7 +165,9 @@ fn failure_of(e: &aws_sdk_marketplacemetering::error::SdkError<ResolveCustomerEr
 /// the request), at most 200 characters.
 fn short_error(e: &aws_sdk_marketplacemetering::error::SdkError<ResolveCustomerError>) -> String {
     let text = match e {
-        aws_sdk_marketplacemetering::error::SdkError::ServiceError(_) => "service error".to_string(),
+        aws_sdk_marketplacemetering::error::SdkError::ServiceError(_) => {
+            "service error".to_string()
+        }
         other => crate::aws::error_text(other),
     };
     text.chars().take(200).collect()
@@ -231,7 +237,10 @@ fn offer_type(raw: Option<&str>) -> Option<String> {
         (status = 303, description = "Registered: on to the host's Select an Organization to Link page with `registration=<id>`",
             headers(("Location" = String, description = "The select-organization URL with the registration id"))),
         (status = 400, description = "HTML page: missing, invalid or expired token, or a product not sold here", content_type = "text/html", body = String),
-        (status = 503, description = "HTML page: AWS Marketplace throttled or failed after retries, or the database is unavailable", content_type = "text/html", body = String),
+        (status = 429, description = "HTML page: this client address landed too often (`--register-per-minute`, `--register-burst`); `Retry-After` says when to come back", content_type = "text/html", body = String,
+            headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 503, description = "HTML page: AWS Marketplace throttled or failed after a retry, every ResolveCustomer slot stayed busy, or the database is unavailable", content_type = "text/html", body = String,
+            headers(("Retry-After" = String, description = "Seconds"))),
     )
 )]
 pub async fn register(

@@ -195,6 +195,7 @@ pub async fn get(
         (status = 200, description = "One answer per organization, in request order", body = OrganizationsResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`registration_claimed`: another `user_id` claimed this registration first", body = ErrorBody),
         (status = 404, description = "`registration_not_found`", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
@@ -290,6 +291,7 @@ pub async fn organizations(
     responses(
         (status = 200, description = "Linked (`link_state` `syncing` until AWS confirms, `linked` at once if it already did); the same organization again answers the same", body = BillingView),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`registration_claimed`: another `user_id` claimed this registration first", body = ErrorBody),
         (status = 404, description = "`registration_not_found`", body = ErrorBody),
         (status = 409, description = "`registration_linked` (another organization has this subscription) or `already_linked` (this organization is billed through another subscription)", body = ErrorBody),
         (status = 410, description = "`registration_expired`", body = ErrorBody),

@@ -26,9 +26,10 @@ pub struct UsageBody {
     #[schema(example = "requests")]
     pub dimension: String,
     /// How much (0 to 2,147,483,647).
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub quantity: i64,
-    /// When it was used (RFC 3339).
-    #[schema(value_type = String, example = "2026-11-26T10:15:00Z")]
+    /// When it was used (RFC 3339), not in the future.
+    #[schema(value_type = String, format = DateTime, example = "2026-11-26T10:15:00Z")]
     pub time: DateTime<Utc>,
 }
 
