@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The fixtures' EventBridge subscription (tests/fixtures/events/eb_*.json).
-const FIXTURE_PRODUCT: &str = "aw4fgf5tyo5w2ap6fEXAMPLE";
+pub(crate) const FIXTURE_PRODUCT: &str = "aw4fgf5tyo5w2ap6fEXAMPLE";
 const FIXTURE_ACCOUNT: &str = "845735284135";
 const FIXTURE_LICENSE: &str =
     "arn:aws:license-manager::123456789012:license:l-e52ca6f38bf84d0fafb8802ca15ac11x";
@@ -36,7 +36,7 @@ async fn apply_fixture(store: &Store, name: &str) {
 }
 
 /// Stores a registration as the landing would, for `license` (None: a legacy customer).
-async fn registration(
+pub(crate) async fn registration(
     store: &Store,
     product: &str,
     license: Option<&str>,
@@ -60,11 +60,11 @@ async fn registration(
         .expect("registration")
 }
 
-fn license(n: u32) -> String {
+pub(crate) fn license(n: u32) -> String {
     format!("arn:aws:license-manager::123456789012:license:l-{n:032x}")
 }
 
-const HOUR: i64 = 3_600_000;
+pub(crate) const HOUR: i64 = 3_600_000;
 
 fn candidate(org: &str) -> Value {
     json!({"org_id": org, "payment_method_on_file": false, "other_marketplace": null,

@@ -76,7 +76,7 @@ async fn serve_refuses_a_configuration_that_cannot_work() {
 }
 
 /// Reads `field` of the first JSON log line whose message is `message`.
-async fn logged_addr(log: &std::path::Path, message: &str, field: &str) -> SocketAddr {
+pub(crate) async fn logged_addr(log: &std::path::Path, message: &str, field: &str) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();

@@ -12,6 +12,8 @@ mod common;
 mod api;
 mod api_cli;
 mod api_flow;
+mod api_ids;
+mod api_limits;
 mod api_register;
 mod aws_docs;
 mod cli;
