@@ -267,7 +267,8 @@ api_token="demo-api-token-$(python3 -c 'import secrets; print(secrets.token_hex(
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
 # --worker: the same process consumes the queue (with `run`'s flags), sharing the database pool.
-"$mplink" --database-url "$db" serve --listen "127.0.0.1:$port" --api-token "$api_token" \
+# The token through the environment, as in production: a command line is visible in `ps`.
+MPLINK_API_TOKENS="$api_token" "$mplink" --database-url "$db" serve --listen "127.0.0.1:$port" \
     --marketplace-endpoint-url "$double_url" --example \
     --worker --queue-url "$queue_url" --wait-time 1 --http-addr 127.0.0.1:0 \
     --sns-cert-url-prefix "$AWS_ENDPOINT_URL/_aws/sns/" --allowed-topic-arn "$subscription_topic" \

@@ -63,6 +63,9 @@ fi
 cargo test --locked "${tested[@]}" --test faults -- --nocapture --test-threads=1
 # Everything else, the pure crate and the Marketplace double included.
 cargo test --locked "${tested[@]}"
+# Schemathesis against a seeded `mplink serve`, from docs/openapi.json: every check, all phases,
+# zero failures (scripts/schemathesis.sh).
+scripts/schemathesis.sh
 # The worker benchmark at a tiny size on the debug build: it keeps working; its figures mean
 # nothing at this size (scripts/bench.sh measures).
 MPLINK_BENCH_PROFILE=dev MPLINK_BENCH_APPLY=2000 MPLINK_BENCH_RATE=10 MPLINK_BENCH_SECONDS=3 \

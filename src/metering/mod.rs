@@ -123,17 +123,22 @@ pub enum Refusal {
     TooOld,
     /// Before the subscription became active (AWS would answer `CustomerNotSubscribed`).
     BeforeSubscription,
+    /// Later than now plus the allowed clock skew: an hour that has not happened cannot be
+    /// metered. A refusal rather than an invalid field, as `too_old` is: whether a time is in
+    /// the future depends on when it arrives, which no schema can say.
+    InTheFuture,
 }
 
 impl Refusal {
     /// Every reason, for parsing and for metrics that list each one.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::NotLinked,
         Refusal::SubscriptionCancelled,
         Refusal::CustomerNotSubscribed,
         Refusal::HourClosed,
         Refusal::TooOld,
         Refusal::BeforeSubscription,
+        Refusal::InTheFuture,
     ];
 
     /// The stable code.
@@ -145,6 +150,7 @@ impl Refusal {
             Refusal::HourClosed => "hour_closed",
             Refusal::TooOld => "too_old",
             Refusal::BeforeSubscription => "before_subscription",
+            Refusal::InTheFuture => "in_the_future",
         }
     }
 
@@ -220,11 +226,7 @@ fn check_id(key: &str, field: &'static str, value: &str) -> Result<(), MeteringE
 }
 
 /// Checks a report's fields (everything a sender chooses).
-pub fn validate(
-    report: &UsageReport,
-    now: DateTime<Utc>,
-    future_skew: Duration,
-) -> Result<(), MeteringError> {
+pub fn validate(report: &UsageReport) -> Result<(), MeteringError> {
     let key = &report.idempotency_key;
     check_id(key, "idempotency_key", key)?;
     crate::org::check(&report.org_id).map_err(|e| MeteringError::Invalid {
@@ -240,14 +242,6 @@ pub fn validate(
             problem: format!("{} is outside 0..={}", report.quantity, i32::MAX),
         });
     }
-    let skew = chrono::Duration::from_std(future_skew).unwrap_or_default();
-    if report.time > now + skew {
-        return Err(MeteringError::Invalid {
-            key: key.clone(),
-            field: "time",
-            problem: format!("{} is in the future", report.time.to_rfc3339()),
-        });
-    }
     Ok(())
 }
 
@@ -260,11 +254,14 @@ pub async fn record_usage(
     config: &MeterConfig,
 ) -> Result<UsageReceipt, MeteringError> {
     let now = Utc::now();
-    validate(report, now, config.future_skew)?;
+    validate(report)?;
     let usage_time = report.time.timestamp_millis();
     let usage_hour = hour_of(usage_time);
     let mut reopen = false;
-    let refusal_for_link = if usage_time < config.expired_before(now.timestamp_millis()) {
+    let skew = chrono::Duration::from_std(config.future_skew).unwrap_or_default();
+    let refusal_for_link = if report.time > now + skew {
+        Err(Refusal::InTheFuture)
+    } else if usage_time < config.expired_before(now.timestamp_millis()) {
         Err(Refusal::TooOld)
     } else {
         match store.org_link(&report.org_id).await? {
@@ -415,9 +412,7 @@ mod tests {
 
     #[test]
     fn reports_are_checked_field_by_field() {
-        let now = Utc::now();
-        let skew = Duration::from_secs(300);
-        assert!(validate(&report(), now, skew).is_ok());
+        assert!(validate(&report()).is_ok());
         let cases: Vec<(UsageReport, &str)> = vec![
             (
                 UsageReport {
@@ -454,16 +449,9 @@ mod tests {
                 },
                 "quantity",
             ),
-            (
-                UsageReport {
-                    time: now + chrono::Duration::hours(1),
-                    ..report()
-                },
-                "time",
-            ),
         ];
         for (r, field) in cases {
-            match validate(&r, now, skew) {
+            match validate(&r) {
                 Err(MeteringError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: {other:?}"),
             }
@@ -480,6 +468,7 @@ mod tests {
             "customer_not_subscribed",
             "hour_closed",
             "too_old",
+            "in_the_future",
         ] {
             assert_eq!(Refusal::parse(r).unwrap().as_str(), r);
         }

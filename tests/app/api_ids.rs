@@ -223,7 +223,36 @@ async fn every_entry_point_judges_an_organization_id_alike(backend: Backend) {
     app.stop().await;
 }
 
+/// An organization listed twice is answered twice, alike.
+async fn an_organization_listed_twice_is_answered_twice(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let reg = registration(
+        &app.db.store,
+        FIXTURE_PRODUCT,
+        Some(&license(44)),
+        None,
+        HOUR,
+    )
+    .await;
+    let org = json!({"org_id": "org-twice", "can_change_billing": true});
+    let a = app
+        .post_json(
+            &format!("/v1/registrations/{}/organizations", reg.id),
+            &json!({"user_id": USER, "organizations": [org, org]}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let answers = a.json()["organizations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0], answers[1]);
+    app.stop().await;
+}
+
 both_backends! {
+    an_organization_listed_twice_is_answered_twice => an_organization_listed_twice_is_answered_twice;
     a_registration_belongs_to_its_first_user => a_registration_belongs_to_its_first_user;
     every_entry_point_judges_an_organization_id_alike => every_entry_point_judges_an_organization_id_alike;
 }

@@ -295,7 +295,7 @@ async fn landings_are_rate_limited_and_refused_tokens_remembered() {
                     "{a:?}"
                 );
             }
-            400 => refused += 1,
+            403 => refused += 1,
             other => panic!("landing {i}: {other} {a:?}"),
         }
     }
@@ -314,7 +314,7 @@ async fn landings_are_rate_limited_and_refused_tokens_remembered() {
     let before = calls();
     for _ in 0..2 {
         let a = land(&app, "tok-known-bad-0001", Some("198.51.100.4")).await;
-        assert_eq!(a.status, 400, "{a:?}");
+        assert_eq!(a.status, 403, "{a:?}");
     }
     assert_eq!(
         calls() - before,

@@ -160,13 +160,13 @@ async fn invalid_and_expired_tokens_get_a_page_saying_what_to_do(backend: Backen
     let (app, double) = app(backend).await;
     let unknown = format!("tok-unknown-{}", rand::random::<u64>());
     let a = app.register(&unknown, None).await;
-    assert_error_page(&a, 400, "could not verify", &unknown);
+    assert_error_page(&a, 403, "could not verify", &unknown);
 
     let expired = format!("tok-expired-{}", rand::random::<u64>());
     double.add_customer(&expired, customer(5, false));
     double.expire_token(&expired);
     let a = app.register(&expired, None).await;
-    assert_error_page(&a, 400, "has expired", &expired);
+    assert_error_page(&a, 403, "has expired", &expired);
     assert_eq!(resolve_calls(&double), 2);
 
     // No token, or one that cannot be: refused without asking AWS.

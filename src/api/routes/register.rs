@@ -34,9 +34,10 @@ pub const TRY_AGAIN: &str =
 /// them would strand the buyer.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterForm {
-    /// The registration token to resolve.
+    /// The registration token to resolve (printable ASCII; without it the buyer gets the 400
+    /// page).
     #[serde(rename = "x-amzn-marketplace-token")]
-    #[schema(max_length = 4096)]
+    #[schema(required, min_length = 1, max_length = 4096, pattern = "^[!-~]+$")]
     pub token: Option<String>,
     /// The offer type, e.g. `free-trial`.
     #[serde(rename = "x-amzn-marketplace-offer-type")]
@@ -80,7 +81,12 @@ impl Failure {
         match self {
             Failure::Unavailable | Failure::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            _ => StatusCode::BAD_REQUEST,
+            // A well-formed landing whose registration AWS (or this seller) will not honour:
+            // refused, not malformed.
+            Failure::InvalidToken | Failure::ExpiredToken | Failure::WrongProduct => {
+                StatusCode::FORBIDDEN
+            }
+            Failure::BadRequest => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -236,7 +242,8 @@ fn offer_type(raw: Option<&str>) -> Option<String> {
     responses(
         (status = 303, description = "Registered: on to the host's Select an Organization to Link page with `registration=<id>`",
             headers(("Location" = String, description = "The select-organization URL with the registration id"))),
-        (status = 400, description = "HTML page: missing, invalid or expired token, or a product not sold here", content_type = "text/html", body = String),
+        (status = 400, description = "HTML page: no token, or one that cannot be a token", content_type = "text/html", body = String),
+        (status = 403, description = "HTML page: AWS called the token invalid or expired, or it is for a product not sold here", content_type = "text/html", body = String),
         (status = 429, description = "HTML page: this client address landed too often (`--register-per-minute`, `--register-burst`); `Retry-After` says when to come back", content_type = "text/html", body = String,
             headers(("Retry-After" = String, description = "Seconds"))),
         (status = 503, description = "HTML page: AWS Marketplace throttled or failed after a retry, every ResolveCustomer slot stayed busy, or the database is unavailable", content_type = "text/html", body = String,
@@ -423,6 +430,7 @@ mod tests {
             Failure::Unavailable.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(Failure::ExpiredToken.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(Failure::ExpiredToken.status(), StatusCode::FORBIDDEN);
+        assert_eq!(Failure::BadRequest.status(), StatusCode::BAD_REQUEST);
     }
 }

@@ -27,10 +27,26 @@ pub struct UsageBody {
     pub dimension: String,
     /// How much (0 to 2,147,483,647).
     #[schema(minimum = 0, maximum = 2147483647)]
+    #[serde(deserialize_with = "integral")]
     pub quantity: i64,
-    /// When it was used (RFC 3339), not in the future.
+    /// When it was used (RFC 3339); a time in the future is refused as `in_the_future`.
     #[schema(value_type = String, format = DateTime, example = "2026-11-26T10:15:00Z")]
     pub time: DateTime<Utc>,
+}
+
+/// A JSON integer, which JSON Schema says `8720.0` is as much as `8720`: serde's `i64` refuses
+/// the first, so a generated client that writes numbers as floats would be refused.
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = number.as_i64() {
+        return Ok(n);
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not an integer in range"
+        ))),
+    }
 }
 
 /// What became of a report: counted into its hour, or refused with a reason (stored either way,
@@ -42,7 +58,7 @@ pub struct UsageAnswer {
     /// Counted into its hour's record.
     pub accepted: bool,
     /// Why not: `not_linked`, `subscription_cancelled`, `customer_not_subscribed`,
-    /// `hour_closed`, `too_old`, `before_subscription`; null when accepted.
+    /// `hour_closed`, `too_old`, `in_the_future`, `before_subscription`; null when accepted.
     pub refusal: Option<&'static str>,
     /// The hour it counts in (RFC 3339).
     pub usage_hour: String,
