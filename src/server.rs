@@ -82,7 +82,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_client = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
+    let per_client = ClientTable::default();
     let refused = |reason: &str| {
         metrics
             .http_connections_refused
@@ -135,17 +135,16 @@ fn refuse(stream: TcpStream) {
     let _ = stream.try_write(REFUSAL);
 }
 
+/// Open connections per client address.
+type ClientTable = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// One address's share of the connections, given back when the connection closes.
 struct ClientSlot {
-    table: Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>,
+    table: Option<(ClientTable, IpAddr)>,
 }
 
 impl ClientSlot {
-    fn take(
-        table: &Arc<Mutex<HashMap<IpAddr, usize>>>,
-        ip: IpAddr,
-        cap: usize,
-    ) -> Option<ClientSlot> {
+    fn take(table: &ClientTable, ip: IpAddr, cap: usize) -> Option<ClientSlot> {
         if cap == 0 {
             return Some(ClientSlot { table: None });
         }

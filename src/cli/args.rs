@@ -36,7 +36,7 @@ pub enum Command {
     /// Serve the HTTP API: the AWS Marketplace landing, the host application's /v1 routes
     /// (registrations, organizations to link, the link, billing, events) and /openapi.json;
     /// with --worker, also consume the queue in this process.
-    Serve(super::ServeArgs),
+    Serve(Box<super::ServeArgs>),
     /// Create the queue, dead-letter queue, policy, SNS subscriptions and EventBridge rule
     /// (idempotent; for local use and tests, production uses the deploy templates).
     Provision(ProvisionArgs),

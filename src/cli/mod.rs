@@ -105,7 +105,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Serve(args) => {
             let api_url = url.clone();
             with_store(&url, |store| async move {
-                serve::serve(&store, &api_url, args).await
+                serve::serve(&store, &api_url, *args).await
             })
             .await
         }

@@ -94,32 +94,6 @@ fn secret_text(text: &str) -> Result<secrecy::SecretString, std::convert::Infall
     Ok(secrecy::SecretString::from(text.to_string()))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::cli::{Cli, Command};
-    use clap::Parser;
-
-    fn serve(args: &[&str]) -> Result<super::ServeArgs, clap::Error> {
-        let mut all = vec!["mplink", "serve"];
-        all.extend_from_slice(args);
-        match Cli::try_parse_from(all)?.command {
-            Command::Serve(args) => Ok(args),
-            other => panic!("parsed as {other:?}"),
-        }
-    }
-
-    #[test]
-    fn the_worker_flags_are_needed_only_with_worker() {
-        let api_only = serve(&["--api-token", "t"]).unwrap();
-        assert!(!api_only.worker);
-        let both = serve(&["--worker", "--queue-url", "https://q", "--wait-time", "1"]).unwrap();
-        assert!(both.worker);
-        assert_eq!(both.run.queue_url, "https://q");
-        assert_eq!(both.run.wait_time, 1);
-        assert!(serve(&["--worker"]).is_err());
-    }
-}
-
 impl ApiArgs {
     /// The guards these arguments describe.
     pub fn guard_config(&self) -> crate::api::guard::GuardConfig {
@@ -150,5 +124,31 @@ impl ApiArgs {
             );
         }
         Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn serve(args: &[&str]) -> Result<super::ServeArgs, clap::Error> {
+        let mut all = vec!["mplink", "serve"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Serve(args) => Ok(*args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_worker_flags_are_needed_only_with_worker() {
+        let api_only = serve(&["--api-token", "t"]).unwrap();
+        assert!(!api_only.worker);
+        let both = serve(&["--worker", "--queue-url", "https://q", "--wait-time", "1"]).unwrap();
+        assert!(both.worker);
+        assert_eq!(both.run.queue_url, "https://q");
+        assert_eq!(both.run.wait_time, 1);
+        assert!(serve(&["--worker"]).is_err());
     }
 }

@@ -179,6 +179,11 @@ async fn every_v1_route_refuses_a_missing_or_wrong_token(backend: Backend) {
             assert!(a.content_type.starts_with("application/json"), "{a:?}");
             assert_eq!(a.code(), "unauthorized", "{a:?}");
             assert!(!a.json()["message"].as_str().unwrap_or("").is_empty());
+            assert!(
+                a.header("www-authenticate")
+                    .is_some_and(|v| v.starts_with("Bearer")),
+                "{a:?}"
+            );
         }
         // Either configured token passes (rotation).
         for token in [TOKEN, OTHER_TOKEN] {
@@ -317,7 +322,8 @@ async fn bad_bodies_and_queries_get_json_4xx(backend: Backend) {
             app.http.get(app.url("/v1/organizations/org-1/payments")).bearer_auth(TOKEN),
             404,
             "route_not_found",
-            None,
+            // The whole path, not the nested router's tail.
+            Some("GET /v1/organizations/org-1/payments"),
         ),
         (
             app.http.delete(app.url(&link)).bearer_auth(TOKEN),

@@ -29,7 +29,12 @@ fn serve(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> std::process::Outp
 async fn serve_refuses_a_configuration_that_cannot_work() {
     let db = TestDb::new(Backend::Sqlite).await;
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 5] = [
+    // Tokens come from the file too (one per line, comments skipped), and are checked alike.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let short = dir.path().join("tokens");
+    std::fs::write(&short, "# the host's tokens\nshort-token\n").expect("token file");
+    let short_file = short.to_str().expect("path");
+    let cases: [Case; 7] = [
         (
             &["--select-organization-url", SELECT],
             &[],
@@ -55,6 +60,26 @@ async fn serve_refuses_a_configuration_that_cannot_work() {
             ],
             &[],
             "absolute http(s) URL",
+        ),
+        (
+            &[
+                "--select-organization-url",
+                SELECT,
+                "--api-token-file",
+                "/nonexistent/mplink-tokens",
+            ],
+            &[],
+            "cannot read --api-token-file /nonexistent/mplink-tokens",
+        ),
+        (
+            &[
+                "--select-organization-url",
+                SELECT,
+                "--api-token-file",
+                short_file,
+            ],
+            &[],
+            "at least 24 are needed",
         ),
         (
             &["--select-organization-url", SELECT, "--worker"],
@@ -227,10 +252,16 @@ async fn serve_with_worker_shares_one_database_and_one_set_of_metrics() {
         assert!(Instant::now() < deadline, "serve did not stop");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{status}: {text}");
+    // The registration id is a capability: its log lines name its first 8 hex digits only.
     assert!(
-        status.success(),
-        "{status}: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        !text.contains(&reg.id),
+        "the whole registration id was logged:\n{text}"
+    );
+    assert!(
+        text.contains(&reg.id[..12]),
+        "the link was not logged:\n{text}"
     );
     db.cleanup().await;
 }

@@ -82,6 +82,8 @@ async fn a_resolved_token_registers_and_redirects(backend: Backend) {
     let a = app.register(&token, Some("free-trial")).await;
     let id = registration_of(&a);
     assert_eq!(resolve_calls(&double), 1);
+    // The select page's URL holds the id: no Referer hands it on.
+    assert_eq!(a.header("referrer-policy"), Some("no-referrer"));
 
     let r = app.get(&format!("/v1/registrations/{id}")).await;
     assert_eq!(r.status, 200, "{}", r.text);

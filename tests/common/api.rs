@@ -146,6 +146,8 @@ pub struct Answer {
     pub location: Option<String>,
     /// Body text.
     pub text: String,
+    /// Every header.
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Answer {
@@ -153,6 +155,11 @@ impl Answer {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.text)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+
+    /// A header's value as text, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The error code of a JSON error body.
@@ -172,12 +179,14 @@ async fn answer(response: reqwest::Response) -> Answer {
     let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
     let location = header(reqwest::header::LOCATION);
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let text = response.text().await.expect("body");
     Answer {
         status,
         content_type,
         location,
         text,
+        headers,
     }
 }
 
