@@ -10,7 +10,7 @@
 mod backend;
 mod host;
 
-pub use host::{HostOrganization, Resource, ORGANIZATIONS};
+pub use host::{HostOrganization, Resource, ORGANIZATIONS, SIGNED_IN_USER};
 
 use super::error::ErrorCode;
 use axum::extract::{DefaultBodyLimit, Path};

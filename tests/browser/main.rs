@@ -200,7 +200,8 @@ async fn buyer_path(listing: Listing) {
         ))
         .bearer_auth(API_TOKEN)
         .header("content-type", "application/json")
-        .body(serde_json::json!({"user_id": "user-browser", "organizations": [
+        // As the example host's signed-in user, who claimed the registration when the page loaded.
+        .body(serde_json::json!({"user_id": mplink::api::example::SIGNED_IN_USER, "organizations": [
             {"org_id": "org-globex", "payment_method_on_file": false, "other_marketplace": "gcp",
              "under_contract": false, "can_change_billing": true},
             {"org_id": "org-initech", "payment_method_on_file": true, "other_marketplace": null,
