@@ -51,7 +51,49 @@ pub fn metering_client(
     aws_sdk_marketplacemetering::Client::from_conf(config.build())
 }
 
-/// Renders an SDK error with its whole cause chain, on one line.
+/// Longest error text kept or logged: enough for a code, a message and a request id.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// An error and its causes, each by its Display, on one line and at most 300 characters. Not
+/// the SDK's `DisplayErrorContext`, which appends the error's Debug form: the raw response,
+/// headers and body bytes, about 1.4 KB for one throttle.
 pub fn error_text<E: std::error::Error>(e: &E) -> String {
-    aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+/// An SDK call's failure as a person reads it: AWS's error code and message and the request id
+/// when AWS answered (`ThrottlingException: Rate exceeded (request id …)`); what kept the
+/// request from an answer otherwise. Stored as a record's reason and logged; nothing else.
+pub fn error_summary<E>(
+    e: &aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> String
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+    use aws_sdk_sqs::operation::RequestId;
+    let text = match e {
+        SdkError::ServiceError(_) => {
+            let code = e.code().unwrap_or("an error without a code");
+            let message = e.message().unwrap_or("no message");
+            match e.request_id() {
+                Some(id) => format!("{code}: {message} (request id {id})"),
+                None => format!("{code}: {message}"),
+            }
+        }
+        SdkError::TimeoutError(_) => "no answer from AWS within the attempt timeout".to_string(),
+        // A connection refused, an unreadable answer, a request that could not be built.
+        _ => error_text(e),
+    };
+    text.chars().take(MAX_ERROR_CHARS).collect()
 }

@@ -5,7 +5,6 @@
 use super::{MeterConfig, BATCH_RECORDS};
 use crate::backoff::Backoff;
 use crate::store::{MeterRecord, MeterResult, Store, StoreError};
-use aws_sdk_marketplacemetering::error::ProvideErrorMetadata;
 use aws_sdk_marketplacemetering::primitives::DateTime as SdkTime;
 use aws_sdk_marketplacemetering::types::UsageRecord;
 use std::collections::{BTreeMap, HashMap};
@@ -164,11 +163,7 @@ async fn send_batch(
                 }
             }
             Err(e) => {
-                let code = e.code().unwrap_or("no error code").to_string();
-                let text = format!(
-                    "BatchMeterUsage failed: {code}: {}",
-                    crate::aws::error_text(&e)
-                );
+                let text = format!("BatchMeterUsage failed: {}", crate::aws::error_summary(&e));
                 tracing::warn!(product_code = %product, records = sendable.len(), error = %text, "metering call failed");
                 for r in sendable {
                     fates.push((r, failed(config, r, text.clone(), now_ms)));

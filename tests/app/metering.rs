@@ -307,6 +307,18 @@ async fn throttling_and_unprocessed_records_are_retried(backend: Backend) {
                 .contains("ThrottlingException")),
         "{pending:?}"
     );
+    // AWS's code and message, on one short line: never the SDK error's Debug form (the raw
+    // response, headers and body bytes).
+    for r in &pending {
+        let why = r.last_error.as_deref().unwrap_or("");
+        assert!(
+            why.len() < 300
+                && !why.contains('\n')
+                && !why.contains("Headers")
+                && !why.contains("body"),
+            "{why}"
+        );
+    }
 
     // The retry after the backoff: one record comes back unprocessed, the other is accepted.
     s.double.unprocess_next_records(1);

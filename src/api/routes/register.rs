@@ -7,7 +7,6 @@ use crate::api::state::ApiState;
 use crate::event::normalize_identifier;
 use crate::store::{NewRegistration, Registration};
 use crate::time::now_ms;
-use aws_sdk_marketplacemetering::error::ProvideErrorMetadata;
 use aws_sdk_marketplacemetering::operation::resolve_customer::{
     ResolveCustomerError, ResolveCustomerOutput,
 };
@@ -165,18 +164,6 @@ fn failure_of(e: &aws_sdk_marketplacemetering::error::SdkError<ResolveCustomerEr
         Some(ResolveCustomerError::ExpiredTokenException(_)) => Failure::ExpiredToken,
         _ => Failure::Unavailable,
     }
-}
-
-/// The SDK error's own words without its cause chain (which for a transport failure repeats
-/// the request), at most 200 characters.
-fn short_error(e: &aws_sdk_marketplacemetering::error::SdkError<ResolveCustomerError>) -> String {
-    let text = match e {
-        aws_sdk_marketplacemetering::error::SdkError::ServiceError(_) => {
-            "service error".to_string()
-        }
-        other => crate::aws::error_text(other),
-    };
-    text.chars().take(200).collect()
 }
 
 /// The registration ResolveCustomer's answer describes, checked: a product code and at least one
@@ -354,13 +341,10 @@ async fn try_register(
             if matches!(failure, Failure::InvalidToken | Failure::ExpiredToken) {
                 state.guards.remember_refusal(token, failure);
             }
-            // The code and AWS's message only: the SDK error's Debug form is a kilobyte of
-            // request metadata per failure, which an attacker could make us write at will.
-            let message: String = e.message().unwrap_or("").chars().take(200).collect();
+            // AWS's code and message only: the SDK error's Debug form is a kilobyte of request
+            // metadata per failure, which an attacker could make us write at will.
             tracing::warn!(
-                aws_code = e.code().unwrap_or("none"),
-                aws_message = %message,
-                error = %short_error(&e),
+                error = %crate::aws::error_summary(&e),
                 outcome = failure.outcome(),
                 "ResolveCustomer failed"
             );
