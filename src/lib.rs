@@ -30,4 +30,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod verify;
 
-pub use mplink_core::{event, ledger, notify, org, redrive, time, topics};
+pub use mplink_core::{event, ledger, notify, org, redrive, tags, time, topics};

@@ -6,6 +6,7 @@ use crate::metering::send::rfc3339;
 use crate::metering::{record_usage, MeterConfig, MeteringError, UsageReport};
 use crate::store::Store;
 use clap::Subcommand;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,6 +26,26 @@ pub struct UsageArgs {
 pub enum UsageCommand {
     /// Report usage of one organization (the same --key twice counts once).
     Record(UsageRecordArgs),
+    /// One organization's metered usage by hour: quantity, allocations by tag, refusals and
+    /// the fate of each hour's record at AWS.
+    Show(UsageShowArgs),
+}
+
+/// Arguments of `mplink usage show`.
+#[derive(Debug, clap::Args)]
+pub struct UsageShowArgs {
+    /// The organization.
+    #[arg(long, value_parser = super::args::org_id)]
+    pub org: String,
+    /// First hour (RFC 3339; default: the start of the current month, UTC).
+    #[arg(long)]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// End, exclusive (RFC 3339; default: the end of the current hour).
+    #[arg(long)]
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// One JSON object per hour and dimension (the API's `hours` entries) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `mplink usage record`.
@@ -45,9 +66,20 @@ pub struct UsageRecordArgs {
     /// The report's idempotency key.
     #[arg(long)]
     pub key: String,
+    /// An allocation tag KEY=VALUE (repeatable, at most 5): the hour's record splits usage by
+    /// tag set, as the buyer then sees it in Cost Explorer.
+    #[arg(long = "tag", value_parser = tag)]
+    pub tags: Vec<(String, String)>,
     /// One JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `KEY=VALUE`, split at the first `=` (a value may hold more).
+fn tag(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| "a tag is KEY=VALUE".to_string())
 }
 
 /// Arguments of `mplink meter`.
@@ -121,16 +153,98 @@ pub async fn metering_client() -> aws_sdk_marketplacemetering::Client {
     aws_sdk_marketplacemetering::Client::from_conf(config)
 }
 
+pub(super) async fn usage_show(store: &Store, args: UsageShowArgs) -> Result<ExitCode, CliError> {
+    use crate::api::routes::org_usage::{month_start, UsageHourView};
+    use crate::metering::{hour_of, HOUR_MS};
+    let now = chrono::Utc::now();
+    let from = args
+        .from
+        .map_or_else(|| month_start(now), |t| t.timestamp_millis());
+    let to = args.to.map_or_else(
+        || hour_of(now.timestamp_millis()) + HOUR_MS,
+        |t| t.timestamp_millis(),
+    );
+    let mut out = std::io::stdout().lock();
+    let mut next = Some(hour_of(from));
+    if !args.json {
+        writeln!(
+            out,
+            "HOUR                      DIMENSION        QUANTITY  FATE            RECORD / WHY"
+        )
+        .map_err(CliError::Write)?;
+    }
+    while let Some(start) = next {
+        let page = store
+            .org_usage(&args.org, start, to, crate::store::MAX_PAGE_HOURS)
+            .await?;
+        for hour in page.hours {
+            let view = UsageHourView::of(hour);
+            if args.json {
+                let line = serde_json::to_string(&view).unwrap_or_default();
+                writeln!(out, "{line}").map_err(CliError::Write)?;
+                continue;
+            }
+            let why = view
+                .record
+                .metering_record_id
+                .clone()
+                .or(view.record.last_error.clone())
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{:<25} {:<16} {:>9}  {:<15} {}",
+                view.usage_hour, view.dimension, view.quantity, view.record.fate, why
+            )
+            .map_err(CliError::Write)?;
+            for a in view
+                .allocations
+                .iter()
+                .filter(|_| view.allocations.len() > 1 || !view.allocations[0].tags.is_empty())
+            {
+                let tags: Vec<String> = a.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let tags = if tags.is_empty() {
+                    "(untagged)".to_string()
+                } else {
+                    tags.join(" ")
+                };
+                writeln!(
+                    out,
+                    "{:<25} {:<16} {:>9}  {}",
+                    "", "  allocation", a.quantity, tags
+                )
+                .map_err(CliError::Write)?;
+            }
+            for (reason, quantity) in &view.refused {
+                writeln!(
+                    out,
+                    "{:<25} {:<16} {:>9}  refused: {reason}",
+                    "", "", quantity
+                )
+                .map_err(CliError::Write)?;
+            }
+        }
+        next = page.next_from;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) async fn usage_record(
     store: &Store,
     args: UsageRecordArgs,
 ) -> Result<ExitCode, CliError> {
+    let mut tags = crate::tags::Tags::new();
+    for (key, value) in args.tags {
+        if tags.insert(key.clone(), value).is_some() {
+            return Err(CliError::Refused(format!("--tag {key:?} is given twice")));
+        }
+    }
     let report = UsageReport {
         idempotency_key: args.key,
         org_id: args.org,
         dimension: args.dimension,
         quantity: args.quantity,
         time: args.time.unwrap_or_else(chrono::Utc::now),
+        tags,
     };
     let receipt = match record_usage(store, &report, &MeterConfig::default()).await {
         Ok(r) => r,

@@ -126,11 +126,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })
             .await
         }
-        Command::Usage(UsageArgs {
-            command: UsageCommand::Record(args),
-        }) => {
+        Command::Usage(UsageArgs { command }) => {
             with_store(&url, |store| async move {
-                metering::usage_record(&store, args).await
+                match command {
+                    UsageCommand::Record(args) => metering::usage_record(&store, args).await,
+                    UsageCommand::Show(args) => metering::usage_show(&store, args).await,
+                }
             })
             .await
         }

@@ -93,6 +93,29 @@ impl MeterConfig {
     }
 }
 
+/// What became of an hour's record, as the billing page and `mplink usage show` name it:
+/// `open` (the hour has not closed), `pending` (waiting to be sent or resent), `sent` (AWS
+/// accepted it), `duplicate` (AWS had another quantity for the hour), `not_subscribed` (AWS said
+/// the customer is not subscribed), `expired` (past AWS's window, never sent), `stopped`
+/// (metering of the customer stopped, never sent), `failed` (parked after the attempt limit).
+pub fn record_fate(status: Option<&str>) -> &'static str {
+    use crate::store::{
+        METER_DUPLICATE, METER_EXPIRED, METER_FAILED, METER_NOT_SUBSCRIBED, METER_STOPPED,
+        METER_SUCCESS, METER_UNSENT,
+    };
+    match status {
+        None => "open",
+        Some(METER_UNSENT) => "pending",
+        Some(METER_SUCCESS) => "sent",
+        Some(METER_DUPLICATE) => "duplicate",
+        Some(METER_NOT_SUBSCRIBED) => "not_subscribed",
+        Some(METER_EXPIRED) => "expired",
+        Some(METER_STOPPED) => "stopped",
+        Some(METER_FAILED) => "failed",
+        Some(_) => "unknown",
+    }
+}
+
 /// A usage report from the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageReport {
@@ -106,6 +129,8 @@ pub struct UsageReport {
     pub quantity: i64,
     /// When it was used.
     pub time: DateTime<Utc>,
+    /// Allocation tags (at most five; AWS's rules, see [`crate::tags`]).
+    pub tags: crate::tags::Tags,
 }
 
 /// Why a report is not metered. Stable codes, stored with the report.
@@ -235,6 +260,11 @@ pub fn validate(report: &UsageReport) -> Result<(), MeteringError> {
         problem: e.to_string(),
     })?;
     check_id(key, "dimension", &report.dimension)?;
+    crate::tags::check(&report.tags).map_err(|e| MeteringError::Invalid {
+        key: key.clone(),
+        field: "tags",
+        problem: e.to_string(),
+    })?;
     if !(0..=i64::from(i32::MAX)).contains(&report.quantity) {
         return Err(MeteringError::Invalid {
             key: key.clone(),
@@ -306,6 +336,7 @@ pub async fn record_usage(
         .to_string(),
         reason: refusal_for_link.err().map(|r| r.as_str().to_string()),
         recorded_at: now.timestamp_millis(),
+        tags: crate::tags::canonical(&report.tags),
     };
     let (stored, inserted) = store.insert_usage(&row, reopen).await?;
     let replayed = !inserted;
@@ -313,7 +344,8 @@ pub async fn record_usage(
         && (stored.org_id != row.org_id
             || stored.dimension != row.dimension
             || stored.quantity != row.quantity
-            || stored.usage_time != row.usage_time)
+            || stored.usage_time != row.usage_time
+            || stored.tags != row.tags)
     {
         return Err(MeteringError::KeyReused {
             key: report.idempotency_key.clone(),
@@ -362,6 +394,7 @@ pub async fn settle_submitted(store: &Store, config: &MeterConfig) -> Result<usi
                 dimension: row.dimension,
                 quantity: row.quantity,
                 time,
+                tags: crate::tags::parse(&row.tags),
             };
             match record_usage(store, &report, config).await {
                 Ok(_) => {}
@@ -397,80 +430,4 @@ pub async fn settle_submitted(store: &Store, config: &MeterConfig) -> Result<usi
 const SETTLE_BATCH: i64 = 500;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn report() -> UsageReport {
-        UsageReport {
-            idempotency_key: "k-1".into(),
-            org_id: "org-1".into(),
-            dimension: "requests".into(),
-            quantity: 5,
-            time: Utc::now(),
-        }
-    }
-
-    #[test]
-    fn reports_are_checked_field_by_field() {
-        assert!(validate(&report()).is_ok());
-        let cases: Vec<(UsageReport, &str)> = vec![
-            (
-                UsageReport {
-                    idempotency_key: String::new(),
-                    ..report()
-                },
-                "idempotency_key",
-            ),
-            (
-                UsageReport {
-                    org_id: "a b".into(),
-                    ..report()
-                },
-                "org_id",
-            ),
-            (
-                UsageReport {
-                    dimension: "x".repeat(300),
-                    ..report()
-                },
-                "dimension",
-            ),
-            (
-                UsageReport {
-                    quantity: -1,
-                    ..report()
-                },
-                "quantity",
-            ),
-            (
-                UsageReport {
-                    quantity: i64::from(i32::MAX) + 1,
-                    ..report()
-                },
-                "quantity",
-            ),
-        ];
-        for (r, field) in cases {
-            match validate(&r) {
-                Err(MeteringError::Invalid { field: f, .. }) => assert_eq!(f, field),
-                other => panic!("{field}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn hours_and_refusal_codes() {
-        assert_eq!(hour_of(HOUR_MS * 5 + 1234), HOUR_MS * 5);
-        assert_eq!(hour_of(-1), -HOUR_MS);
-        for r in [
-            "not_linked",
-            "subscription_cancelled",
-            "customer_not_subscribed",
-            "hour_closed",
-            "too_old",
-            "in_the_future",
-        ] {
-            assert_eq!(Refusal::parse(r).unwrap().as_str(), r);
-        }
-    }
-}
+mod tests;

@@ -6,7 +6,7 @@ use super::{MeterConfig, BATCH_RECORDS};
 use crate::backoff::Backoff;
 use crate::store::{MeterRecord, MeterResult, Store, StoreError};
 use aws_sdk_marketplacemetering::primitives::DateTime as SdkTime;
-use aws_sdk_marketplacemetering::types::UsageRecord;
+use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation, UsageRecord};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -55,7 +55,39 @@ fn usage_record(r: &MeterRecord) -> Result<UsageRecord, String> {
         (None, None, Some(account)) => b.customer_aws_account_id(account),
         _ => return Err("the record names no customer".into()),
     };
+    if let Some(allocations) = &r.allocations {
+        b = b.set_usage_allocations(Some(usage_allocations(allocations)?));
+    }
     b.build().map_err(|e| e.to_string())
+}
+
+/// The stored allocations as AWS's shapes; an allocation without tags carries none.
+fn usage_allocations(
+    allocations: &[crate::tags::Allocation],
+) -> Result<Vec<UsageAllocation>, String> {
+    allocations
+        .iter()
+        .map(|a| {
+            let quantity = i32::try_from(a.quantity)
+                .map_err(|_| format!("allocated quantity {} exceeds AWS's limit", a.quantity))?;
+            let tags = a
+                .tags
+                .iter()
+                .map(|(k, v)| {
+                    Tag::builder()
+                        .key(k)
+                        .value(v)
+                        .build()
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            UsageAllocation::builder()
+                .allocated_usage_quantity(quantity)
+                .set_tags((!tags.is_empty()).then_some(tags))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// What identifies a record in AWS's answer.

@@ -33,9 +33,10 @@ use link::*;
 pub use link::{link_key, LinkOutcome};
 pub use listen::OutboxListener;
 pub use metering::{
-    CloseRules, MeterRecord, MeterResult, MeterStats, MeterTarget, UsageRow, ENDED_FINAL,
-    ENDED_NOT_SUBSCRIBED, METER_DUPLICATE, METER_EXPIRED, METER_FAILED, METER_NOT_SUBSCRIBED,
-    METER_STOPPED, METER_SUCCESS, METER_UNSENT, USAGE_ACCEPTED, USAGE_REFUSED, USAGE_SUBMITTED,
+    CloseRules, MeterRecord, MeterResult, MeterStats, MeterTarget, OrgUsageHour, OrgUsagePage,
+    UsageRow, ENDED_FINAL, ENDED_NOT_SUBSCRIBED, MAX_PAGE_HOURS, METER_DUPLICATE, METER_EXPIRED,
+    METER_FAILED, METER_NOT_SUBSCRIBED, METER_STOPPED, METER_SUCCESS, METER_UNSENT, USAGE_ACCEPTED,
+    USAGE_REFUSED, USAGE_SUBMITTED,
 };
 pub use outbox::{
     AttemptResult, OutboxStats, OUTBOX_CHANNEL, STATUS_DELIVERED, STATUS_FAILED, STATUS_PENDING,

@@ -753,7 +753,7 @@ async fn usage_is_metered_for_a_linked_organization_only(backend: Backend) {
         (422, "invalid_field".into())
     );
     let mut unknown = report("k-4", "org-usage", 1);
-    unknown["tags"] = json!({"team": "a"});
+    unknown["labels"] = json!({"team": "a"});
     let unknown = app.post_json("/v1/usage", &unknown).await;
     assert_eq!(
         (unknown.status, unknown.code()),
@@ -972,6 +972,7 @@ async fn every_described_operation_is_routed() {
         [
             "GET /v1/events",
             "GET /v1/organizations/{org_id}/billing",
+            "GET /v1/organizations/{org_id}/usage",
             "GET /v1/registrations/{id}",
             "POST /marketplace/register",
             "POST /v1/registrations/{id}/link",
@@ -1027,6 +1028,43 @@ fn the_openapi_file_validates() {
         !check(&path).status.success(),
         "the validator accepted a broken document"
     );
+    // Every reference names a schema the document defines (the validator does not look: a
+    // type alias once became a `$ref` to a `BTreeMap` schema nobody defined).
+    let document: Value = serde_json::from_str(&text).expect("json");
+    let mut dangling = Vec::new();
+    find_refs(&document, &mut |r| {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+        if document["components"]["schemas"].get(name).is_none() {
+            dangling.push(r.to_string());
+        }
+    });
+    assert!(
+        dangling.is_empty(),
+        "references to undefined schemas: {dangling:?}"
+    );
+    let mut broken = document.clone();
+    broken["components"]["schemas"]["UsageBody"]["properties"]["tags"] =
+        json!({"$ref": "#/components/schemas/BTreeMap"});
+    let mut found = 0;
+    find_refs(&broken, &mut |r| {
+        found += usize::from(r.ends_with("/BTreeMap"))
+    });
+    assert_eq!(found, 1, "the reference check sees references");
+}
+
+fn find_refs(value: &Value, found: &mut impl FnMut(&str)) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v.as_str()) {
+                    ("$ref", Some(r)) => found(r),
+                    _ => find_refs(v, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| find_refs(v, found)),
+        _ => {}
+    }
 }
 
 /// The HTTP API guide's table of reasons says what the code says: every code with its exact

@@ -251,7 +251,63 @@ async fn an_organization_listed_twice_is_answered_twice(backend: Backend) {
     app.stop().await;
 }
 
+/// An organization's usage page: usage refused for an organization without a link shows with
+/// its reason, the hour's record as `open`; bad queries are specific errors; `mplink usage
+/// show --json` prints the same entries.
+async fn an_organizations_usage_shows_each_hour_and_its_fate(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = chrono::Utc::now();
+    for (key, quantity, tags) in [("u1", 3, json!({})), ("u2", 4, json!({"project": "alpha"}))] {
+        let a = app
+            .post_json(
+                "/v1/usage",
+                &json!({"idempotency_key": key, "org_id": "org-u", "dimension": "requests",
+                        "quantity": quantity, "time": now.to_rfc3339(), "tags": tags}),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.json()["refusal"], "not_linked");
+    }
+    let a = app.get("/v1/organizations/org-u/usage").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let body = a.json();
+    let hours = body["hours"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hours.len(), 1, "{body}");
+    assert_eq!(hours[0]["quantity"], 0);
+    assert_eq!(hours[0]["refused"]["not_linked"], 7);
+    assert_eq!(hours[0]["record"]["fate"], "open");
+    assert_eq!(body["next_from"], serde_json::Value::Null);
+    // A range that ends before it starts holds no hours.
+    let empty = app
+        .get("/v1/organizations/org-u/usage?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z")
+        .await;
+    assert_eq!(
+        (empty.status, empty.json()["hours"].clone()),
+        (200, json!([]))
+    );
+    for (query, status) in [("?limit=0", 422), ("?from=yesterday", 400)] {
+        let a = app
+            .get(&format!("/v1/organizations/org-u/usage{query}"))
+            .await;
+        assert_eq!(a.status, status, "{query}: {}", a.text);
+    }
+    let out = run_mplink(
+        &app.db,
+        &["usage", "show", "--org", "org-u", "--json"],
+        None,
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines, hours);
+    app.stop().await;
+}
+
 both_backends! {
+    an_organizations_usage_shows_each_hour_and_its_fate => an_organizations_usage_shows_each_hour_and_its_fate;
     an_organization_listed_twice_is_answered_twice => an_organization_listed_twice_is_answered_twice;
     a_registration_belongs_to_its_first_user => a_registration_belongs_to_its_first_user;
     every_entry_point_judges_an_organization_id_alike => every_entry_point_judges_an_organization_id_alike;

@@ -117,6 +117,20 @@ impl Story {
         quantity: i64,
         at: i64,
     ) -> mplink::metering::UsageReceipt {
+        self.usage_tagged(org, key, quantity, at, &[])
+            .await
+            .unwrap()
+    }
+
+    /// A usage report with allocation tags.
+    async fn usage_tagged(
+        &self,
+        org: &str,
+        key: &str,
+        quantity: i64,
+        at: i64,
+        tags: &[(&str, &str)],
+    ) -> Result<mplink::metering::UsageReceipt, mplink::metering::MeteringError> {
         record_usage(
             self.store(),
             &UsageReport {
@@ -125,11 +139,14 @@ impl Story {
                 dimension: DIM.into(),
                 quantity,
                 time: chrono::DateTime::from_timestamp_millis(at).unwrap(),
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             },
             &self.config,
         )
         .await
-        .unwrap()
     }
 
     /// The hour `n` hours before the current one, plus `minutes`.
@@ -539,6 +556,10 @@ async fn a_crash_between_answer_and_commit_resends_identical_records(backend: Ba
     let s = Story::new(backend).await;
     s.subscribed("org-a", "cust-a").await;
     s.usage("org-a", "k1", 6, s.at(2, 0)).await;
+    // Tagged usage too: its allocations are part of what must be resent identically.
+    s.usage_tagged("org-a", "k1-tagged", 4, s.at(2, 5), &[("project", "alpha")])
+        .await
+        .unwrap();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
         .args([
             "meter",
@@ -579,6 +600,13 @@ async fn a_crash_between_answer_and_commit_resends_identical_records(backend: Ba
     assert_eq!(
         calls[0].input["UsageRecords"], calls[1].input["UsageRecords"],
         "identical resend"
+    );
+    assert!(
+        calls[0].input["UsageRecords"]
+            .as_array()
+            .is_some_and(|records| records.iter().any(|r| r["UsageAllocations"].is_array())),
+        "the resend compared carries allocations: {}",
+        calls[0].input
     );
     assert_eq!(s.double.metered_records().len(), 2, "nothing billed twice");
     assert_no_different_resend(&s.double);
@@ -1006,7 +1034,127 @@ async fn seed_story_on_an_eventbridge_listing(backend: Backend) {
     s.db.cleanup().await;
 }
 
+/// Usage with three tag sets and some untagged in one hour reaches AWS as one record whose
+/// allocations add up to its quantity, one per tag set; the same key with other tags is
+/// refused; a tag AWS would refuse is refused here, naming the rule.
+async fn usage_allocations_split_an_hour_by_tag_set(backend: Backend) {
+    let s = Story::new(backend).await;
+    s.subscribed("org-a", "cust-a").await;
+    let alpha = [("project", "alpha")];
+    let beta = [("project", "beta"), ("env", "prod")];
+    let team = [("team", "db/core")];
+    for (key, quantity, minute, tags) in [
+        ("t1", 5, 10, &alpha[..]),
+        ("t2", 7, 20, &beta[..]),
+        ("t3", 2, 30, &alpha[..]),
+        ("t4", 4, 40, &team[..]),
+        ("t5", 3, 50, &[][..]),
+    ] {
+        let r = s
+            .usage_tagged("org-a", key, quantity, s.at(2, minute), tags)
+            .await;
+        assert!(r.unwrap().accepted);
+    }
+    let reused = s.usage_tagged("org-a", "t1", 5, s.at(2, 10), &beta).await;
+    assert!(
+        matches!(
+            reused,
+            Err(mplink::metering::MeteringError::KeyReused { .. })
+        ),
+        "{reused:?}"
+    );
+    let bad = s
+        .usage_tagged("org-a", "t6", 1, s.at(2, 10), &[("project", "a|b")])
+        .await;
+    assert!(
+        matches!(
+            &bad,
+            Err(mplink::metering::MeteringError::Invalid { field: "tags", .. })
+        ),
+        "{bad:?}"
+    );
+    // The organization's view before the hour closed: counted, split, not sent yet.
+    let hour = s.at(2, 0);
+    let view = |page: mplink::store::OrgUsagePage| {
+        page.hours
+            .into_iter()
+            .find(|h| h.usage_hour == hour && h.dimension == DIM)
+            .expect("the hour in the organization's usage")
+    };
+    let before = view(
+        s.store()
+            .org_usage("org-a", hour, hour + HOUR_MS, 24)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((before.accepted, before.by_tags.len()), (21, 4));
+    assert_eq!(
+        mplink::metering::record_fate(before.record.as_ref().map(|r| r.status.as_str())),
+        "open"
+    );
+    s.tick_at(s.now).await;
+    let after = view(
+        s.store()
+            .org_usage("org-a", hour, hour + HOUR_MS, 24)
+            .await
+            .unwrap(),
+    );
+    let sent = after.record.expect("the hour's record");
+    assert_eq!(mplink::metering::record_fate(Some(&sent.status)), "sent");
+    assert_eq!(sent.quantity, 21);
+    assert!(sent.metering_record_id.is_some());
+    assert_eq!(after.by_tags, before.by_tags);
+    let record = s
+        .double
+        .metered_records()
+        .into_iter()
+        .find(|r| r.hour.timestamp_millis() == hour && r.dimension == DIM)
+        .expect("the hour's record reached AWS");
+    assert_eq!(record.quantity, 21);
+    let mut got: BTreeMap<BTreeMap<String, String>, i64> = BTreeMap::new();
+    for a in record
+        .usage_allocations
+        .as_ref()
+        .and_then(|v| v.as_array())
+        .expect("allocations")
+    {
+        let tags = a["Tags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .map(|t| {
+                        (
+                            t["Key"].as_str().unwrap().to_string(),
+                            t["Value"].as_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        *got.entry(tags).or_default() += a["AllocatedUsageQuantity"].as_i64().unwrap();
+    }
+    let set = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let expected: BTreeMap<_, _> = [
+        (set(&alpha), 7),
+        (set(&beta), 7),
+        (set(&team), 4),
+        (set(&[]), 3),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, expected);
+    assert_eq!(got.values().sum::<i64>(), record.quantity);
+    assert_no_different_resend(&s.double);
+    s.db.cleanup().await;
+}
+
 both_backends! {
+    usage_allocations_split_an_hour_by_tag_set => usage_allocations_split_an_hour_by_tag_set;
     seed_story_on_an_eventbridge_listing => seed_story_on_an_eventbridge_listing;
     meters_each_hour_once_with_zero_records => meters_each_hour_once_with_zero_records;
     throttling_and_unprocessed_records_are_retried => throttling_and_unprocessed_records_are_retried;

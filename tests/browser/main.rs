@@ -275,6 +275,45 @@ async fn buyer_path(listing: Listing) {
     assert!(!page.edit_enabled, "Edit must be disabled: {page:?}");
     assert!(page.sync_notice.is_none(), "{page:?}");
     assert_eq!(page.link_state, "linked", "{page:?}");
+    // Usage the host reports shows on the billing page within a second, split by its tags,
+    // its hour still open.
+    assert!(
+        visible_text(&client, "#usage-empty").await.is_some(),
+        "no usage yet"
+    );
+    let reported = reqwest::Client::new()
+        .post(format!("{base}/v1/usage"))
+        .bearer_auth(API_TOKEN)
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"idempotency_key": "browser-usage-1", "org_id": "org-acme",
+                "dimension": "requests", "quantity": 12, "time": chrono::Utc::now().to_rfc3339(),
+                "tags": {"project": "analytics"}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("usage")
+        .text()
+        .await
+        .expect("usage body");
+    assert!(reported.contains("\"accepted\":true"), "{reported}");
+    let row = wait_for(&client, "the usage row", || async {
+        let quantity = text(&client, "#usage tbody tr td.quantity").await?;
+        (quantity == "12").then_some(())?;
+        Some((
+            text(&client, "#usage tbody tr td.tags").await?,
+            text(&client, "#usage tbody tr td.fate").await?,
+        ))
+    })
+    .await;
+    assert_eq!(
+        row,
+        (
+            "project=analytics: 12".to_string(),
+            "this hour is still open".to_string()
+        )
+    );
     artifacts.screenshot(&client, "billing-linked").await;
 
     // 6. The buyer cancels: the cancellation is pending (still paid through AWS) …

@@ -1,8 +1,8 @@
 //! What mplink decides without touching the world: [`event`] decodes a message into an event,
 //! [`ledger`] decides what it does to a subscription and to the organization linked to it,
 //! [`notify`] says what that organization is told. [`redrive`] is the identity a dead letter
-//! keeps across a move, [`org`] the one rule for organization ids, [`time`] the one clock and
-//! timestamp format, [`topics`] AWS's names.
+//! keeps across a move, [`org`] the one rule for organization ids, [`tags`] usage allocation
+//! tags, [`time`] the one clock and timestamp format, [`topics`] AWS's names.
 //!
 //! No tokio, sqlx, HTTP or AWS SDK here: Cargo refuses them, so the rules stay testable alone.
 
@@ -11,5 +11,6 @@ pub mod ledger;
 pub mod notify;
 pub mod org;
 pub mod redrive;
+pub mod tags;
 pub mod time;
 pub mod topics;

@@ -95,12 +95,15 @@ fn check_allocations(record: &Value, quantity: i64) -> Result<Option<Value>, Aws
     for allocation in list {
         total += wire::opt_int(allocation, "AllocatedUsageQuantity")?.unwrap_or(0);
         let tags = allocation.get("Tags").and_then(Value::as_array);
-        if tags.is_some_and(|t| t.len() > MAX_TAGS_PER_ALLOCATION) {
+        if tags.is_some_and(|t| t.is_empty() || t.len() > MAX_TAGS_PER_ALLOCATION) {
             return Err(AwsError::new(
                 "InvalidTagException",
                 400,
-                format!("an allocation carries at most {MAX_TAGS_PER_ALLOCATION} tags"),
+                format!("an allocation carries 1 to {MAX_TAGS_PER_ALLOCATION} tags"),
             ));
+        }
+        for tag in tags.into_iter().flatten() {
+            check_tag(tag)?;
         }
     }
     if total != quantity {
@@ -111,6 +114,28 @@ fn check_allocations(record: &Value, quantity: i64) -> Result<Option<Value>, Aws
         ));
     }
     Ok(Some(allocations.clone()))
+}
+
+/// A `Tag` as AWS's model constrains it: `Key` 1-100 and `Value` 1-256 characters matching
+/// `^[a-zA-Z0-9+ -=._:\/@]+$` (whose ` -=` is the range from space to `=`).
+fn check_tag(tag: &Value) -> Result<(), AwsError> {
+    let allowed = |c: char| {
+        c.is_ascii_alphanumeric()
+            || (' '..='=').contains(&c)
+            || matches!(c, '.' | '_' | ':' | '/' | '@')
+    };
+    for (field, max) in [("Key", 100), ("Value", 256)] {
+        let text = tag.get(field).and_then(Value::as_str).unwrap_or("");
+        let len = text.chars().count();
+        if len == 0 || len > max || !text.chars().all(allowed) {
+            return Err(AwsError::new(
+                "ValidationException",
+                400,
+                format!("1 validation error detected: Value at 'usageRecords.member.usageAllocations.member.tags.member.{}' failed to satisfy constraint: Member must have length between 1 and {max} and match pattern ^[a-zA-Z0-9+ -=._:\\/@]+$", field.to_lowercase()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One usage record, read and checked.

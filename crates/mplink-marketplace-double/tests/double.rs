@@ -751,3 +751,95 @@ async fn the_binary_serves_until_sigterm_and_takes_controls_over_http() {
     let exit = child.wait().unwrap();
     assert!(exit.success(), "SIGTERM stops it cleanly: {exit:?}");
 }
+
+/// Allocations are checked as AWS checks them: quantities add up to the record's, 1 to 5 tags
+/// each, keys and values of AWS's lengths and characters; accepted ones are recorded as sent.
+#[tokio::test]
+async fn usage_allocations_are_checked_and_recorded() {
+    use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation};
+    let d = double().await;
+    d.add_customer("t-alloc", customer(PRODUCT, "777788889999"));
+    let client = metering(&d, 1).await;
+    let hour = this_hour() - ChronoDuration::hours(1);
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build().unwrap();
+    let allocation = |q: i32, tags: Vec<Tag>| {
+        UsageAllocation::builder()
+            .allocated_usage_quantity(q)
+            .set_tags((!tags.is_empty()).then_some(tags))
+            .build()
+            .unwrap()
+    };
+    let with = |dimension: &str, quantity: i32, allocations: Vec<UsageAllocation>| {
+        let mut r = record("777788889999", dimension, quantity, hour);
+        r.usage_allocations = Some(allocations);
+        r
+    };
+    let send = |r: UsageRecord| {
+        let client = client.clone();
+        async move {
+            client
+                .batch_meter_usage()
+                .product_code(PRODUCT)
+                .usage_records(r)
+                .send()
+                .await
+        }
+    };
+    let ok = send(with(
+        "requests",
+        9,
+        vec![
+            allocation(5, vec![tag("project", "alpha")]),
+            allocation(4, vec![]),
+        ],
+    ))
+    .await
+    .expect("a valid allocation is accepted");
+    assert_eq!(
+        ok.results()[0].status(),
+        Some(&UsageRecordResultStatus::Success)
+    );
+    let recorded = d.metered_records();
+    let sent = recorded[0].usage_allocations.as_ref().expect("recorded");
+    assert_eq!(sent[0]["Tags"][0]["Key"], "project");
+    assert_eq!(sent[0]["AllocatedUsageQuantity"], 5);
+
+    let code = |e: &aws_sdk_marketplacemetering::error::SdkError<_, _>| {
+        use aws_sdk_marketplacemetering::error::ProvideErrorMetadata;
+        e.code().unwrap_or_default().to_string()
+    };
+    let cases = [
+        (
+            with("a", 9, vec![allocation(5, vec![tag("p", "x")])]),
+            "InvalidUsageAllocationsException",
+        ),
+        (
+            with("b", 1, vec![allocation(1, vec![tag("p", "a|b")])]),
+            "ValidationException",
+        ),
+        (
+            with(
+                "c",
+                1,
+                vec![allocation(1, vec![tag(&"k".repeat(101), "v")])],
+            ),
+            "ValidationException",
+        ),
+        (
+            with(
+                "d",
+                1,
+                vec![allocation(
+                    1,
+                    (0..6).map(|i| tag(&format!("k{i}"), "v")).collect(),
+                )],
+            ),
+            "InvalidTagException",
+        ),
+    ];
+    for (r, expected) in cases {
+        let e = send(r).await.expect_err("refused");
+        assert_eq!(code(&e), expected);
+    }
+    assert_eq!(d.metered_records().len(), 1, "nothing refused was billed");
+}

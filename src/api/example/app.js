@@ -148,6 +148,7 @@ var mplinkExample = (function () {
       notice.textContent = b.notice || "";
       notice.hidden = !b.notice;
     }
+    renderUsage(data.usage || []);
     var list = $("resources");
     list.textContent = "";
     data.resources.forEach(function (r) {
@@ -155,6 +156,40 @@ var mplinkExample = (function () {
       li.textContent = r.kind + " " + r.name + " (" + r.status + ")";
       li.dataset.name = r.name;
       list.appendChild(li);
+    });
+  }
+
+  // What AWS Marketplace made of each hour, in the buyer's words.
+  var FATES = {
+    open: "this hour is still open",
+    pending: "being sent to AWS",
+    sent: "billed by AWS",
+    duplicate: "not billed (AWS had this hour)",
+    not_subscribed: "not billed (not subscribed)",
+    expired: "not billed (too late)",
+    stopped: "not billed (subscription ended)",
+    failed: "not sent yet (retrying)"
+  };
+
+  function renderUsage(hours) {
+    var body = $("usage").querySelector("tbody");
+    body.textContent = "";
+    $("usage-empty").hidden = hours.length > 0;
+    hours.forEach(function (h) {
+      var row = document.createElement("tr");
+      row.dataset.hour = h.usage_hour;
+      row.dataset.dimension = h.dimension;
+      var tags = h.allocations.filter(function (a) {
+        return Object.keys(a.tags).length > 0;
+      }).map(function (a) {
+        return Object.keys(a.tags).map(function (k) { return k + "=" + a.tags[k]; }).join(" ") + ": " + a.quantity;
+      }).join("; ");
+      cell(row, h.usage_hour.slice(0, 16).replace("T", " "), "hour");
+      cell(row, h.dimension, "dimension");
+      cell(row, String(h.quantity), "quantity");
+      cell(row, tags, "tags");
+      cell(row, FATES[h.record.fate] || h.record.fate, "fate");
+      body.appendChild(row);
     });
   }
 

@@ -204,7 +204,8 @@ pub(super) async fn link(
     Ok(answer.passed_on())
 }
 
-/// The billing page's view: mplink's billing view plus the host's name and resources.
+/// The billing page's view: mplink's billing view and this month's usage, plus the host's name
+/// and resources.
 pub(super) async fn billing(
     Extension(backend): Extension<Backend>,
     Path(org_id): Path<String>,
@@ -221,11 +222,24 @@ pub(super) async fn billing(
     if !billing.status.is_success() {
         return Ok(billing.passed_on());
     }
+    // This month's metered usage, hour by hour, as the host's billing page would show it.
+    let usage = backend
+        .call(
+            "GET /v1/organizations/{org_id}/usage",
+            Method::GET,
+            &format!("/v1/organizations/{}/usage", org.org_id),
+            None,
+        )
+        .await?;
+    if !usage.status.is_success() {
+        return Ok(usage.passed_on());
+    }
     Ok(Json(json!({
         "org_id": org.org_id,
         "name": org.name,
         "resources": org.resources,
         "billing": billing.body,
+        "usage": usage.body["hours"],
     }))
     .into_response())
 }

@@ -3,6 +3,7 @@
 pub mod billing;
 pub mod events;
 pub mod openapi;
+pub mod org_usage;
 pub mod register;
 pub mod registrations;
 pub mod usage;

@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         super::billing::get,
         super::events::get,
         super::usage::report,
+        super::org_usage::get,
     ),
     components(schemas(crate::api::reasons::Reason)),
     modifiers(&BearerAuth, &Constraints, &CommonAnswers),
@@ -83,6 +84,11 @@ impl Modify for Constraints {
                     }
                 }
             }
+            if let Some(RefOr::T(Schema::Object(usage))) = components.schemas.get_mut("UsageBody") {
+                if let Some(RefOr::T(Schema::Object(tags))) = usage.properties.get_mut("tags") {
+                    constrain_tags(tags);
+                }
+            }
             if let Some(RefOr::T(Schema::Object(request))) =
                 components.schemas.get_mut("OrganizationsRequest")
             {
@@ -116,6 +122,26 @@ impl Modify for Constraints {
             }
         }
     }
+}
+
+/// AWS's rules for allocation tags ([`crate::tags`]) on a tag map.
+fn constrain_tags(tags: &mut Object) {
+    use crate::tags::{MAX_KEY_CHARS, MAX_TAGS, MAX_VALUE_CHARS, PATTERN};
+    let text = |max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(max))
+            .pattern(Some(PATTERN))
+            .build()
+    };
+    tags.max_properties = Some(MAX_TAGS);
+    tags.property_names = Some(Box::new(Schema::Object(text(MAX_KEY_CHARS))));
+    tags.additional_properties = Some(Box::new(
+        utoipa::openapi::schema::AdditionalProperties::RefOr(RefOr::T(Schema::Object(text(
+            MAX_VALUE_CHARS,
+        )))),
+    ));
 }
 
 /// What every `/v1` route may answer besides its own statuses: 401 (with `WWW-Authenticate`),

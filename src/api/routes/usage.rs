@@ -32,6 +32,13 @@ pub struct UsageBody {
     /// When it was used (RFC 3339); a time in the future is refused as `in_the_future`.
     #[schema(value_type = String, format = DateTime, example = "2026-11-26T10:15:00Z")]
     pub time: DateTime<Utc>,
+    /// Allocation tags, at most five (AWS's rules: keys 1-100 and values 1-256 characters of
+    /// letters, digits, space to `=`, `.`, `_`, `:`, `/` and `@`): the hour's record splits the
+    /// organization's usage by tag set, which the buyer sees in Cost Explorer. The same key with
+    /// other tags is `idempotency_key_reused`.
+    #[serde(default)]
+    #[schema(value_type = HashMap<String, String>, example = json!({"project": "analytics", "env": "prod"}))]
+    pub tags: crate::tags::Tags,
 }
 
 /// A JSON integer, which JSON Schema says `8720.0` is as much as `8720`: serde's `i64` refuses
@@ -104,6 +111,7 @@ pub async fn report(
         dimension: body.dimension,
         quantity: body.quantity,
         time: body.time,
+        tags: body.tags,
     };
     match record_usage(&state.store, &report, &MeterConfig::default()).await {
         Ok(receipt) => Ok(Json(receipt.into())),

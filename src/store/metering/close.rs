@@ -57,6 +57,27 @@ pub(crate) struct NewRecord<'a> {
     final_usage: bool,
     status: &'static str,
     last_error: Option<String>,
+    /// The allocations' JSON ([`allocations_text`]), fixed here so every resend is the same.
+    allocations: Option<String>,
+}
+
+/// A record's usage: its total and its parts per tag set.
+#[derive(Debug, Default)]
+struct Summed {
+    quantity: i64,
+    by_tags: Vec<(crate::tags::Tags, i64)>,
+}
+
+impl Summed {
+    fn add(&mut self, tags: &str, quantity: i64) {
+        self.quantity += quantity;
+        self.by_tags.push((crate::tags::parse(tags), quantity));
+    }
+
+    /// The record's `UsageAllocations` as stored: `None` when no usage was tagged.
+    fn allocations_text(&self) -> Option<String> {
+        crate::tags::allocations(&self.by_tags).and_then(|a| serde_json::to_string(&a).ok())
+    }
 }
 
 async fn insert_records(
@@ -70,8 +91,8 @@ async fn insert_records(
             "INSERT INTO mplink_meter_records (sub_key, dimension, usage_hour, record_time, quantity, \
              product_code, customer_aws_account_id, license_arn, customer_identifier, final, status, \
              metering_record_id, attempts, next_attempt_at, lease_owner, lease_until, last_error, \
-             created_at, sent_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, 0, $12, \
-             NULL, NULL, $13, $14, NULL) ON CONFLICT DO NOTHING",
+             created_at, sent_at, allocations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+             NULL, 0, $12, NULL, NULL, $13, $14, NULL, $15) ON CONFLICT DO NOTHING",
         )
         .bind(&r.target.sub_key)
         .bind(&r.dimension)
@@ -87,6 +108,7 @@ async fn insert_records(
         .bind(now_ms)
         .bind(r.last_error.clone())
         .bind(now_ms)
+        .bind(r.allocations.clone())
         .execute(&mut *conn)
         .await
         .map_err(q("writing meter records"))?;
@@ -152,28 +174,30 @@ impl Store {
             return Ok(None);
         }
         let sums = sqlx::query(
-            "SELECT u.sub_key, u.dimension, CAST(SUM(u.quantity) AS BIGINT) AS quantity FROM mplink_usage u \
-             WHERE u.usage_hour = $1 AND u.status = 'accepted' AND NOT EXISTS (SELECT 1 FROM \
-             mplink_meter_records r WHERE r.sub_key = u.sub_key AND r.dimension = u.dimension \
-             AND r.usage_hour = u.usage_hour) GROUP BY u.sub_key, u.dimension",
+            "SELECT u.sub_key, u.dimension, u.tags, CAST(SUM(u.quantity) AS BIGINT) AS quantity \
+             FROM mplink_usage u WHERE u.usage_hour = $1 AND u.status = 'accepted' AND NOT EXISTS \
+             (SELECT 1 FROM mplink_meter_records r WHERE r.sub_key = u.sub_key AND \
+             r.dimension = u.dimension AND r.usage_hour = u.usage_hour) \
+             GROUP BY u.sub_key, u.dimension, u.tags",
         )
         .bind(hour)
         .fetch_all(&mut *tx)
         .await
         .map_err(q("summing an hour's usage"))?;
-        let mut usage: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut usage: BTreeMap<(String, String), Summed> = BTreeMap::new();
         for row in &sums {
             let g = |e| StoreError::Query {
                 op: "summing an hour's usage",
                 source: e,
             };
-            usage.insert(
-                (
+            let tags: String = row.try_get("tags").map_err(g)?;
+            usage
+                .entry((
                     row.try_get("sub_key").map_err(g)?,
                     row.try_get("dimension").map_err(g)?,
-                ),
-                row.try_get("quantity").map_err(g)?,
-            );
+                ))
+                .or_default()
+                .add(&tags, row.try_get("quantity").map_err(g)?);
         }
         let keys: Vec<String> = usage
             .keys()
@@ -201,7 +225,7 @@ impl Store {
         let record_time =
             (hour + 3_600_000 - 1_000).min(rules.now_ms - rules.now_ms.rem_euclid(1_000));
         let mut records = Vec::new();
-        for ((sub, dimension), quantity) in &usage {
+        for ((sub, dimension), summed) in &usage {
             let Some(target) = known.get(sub) else {
                 continue;
             };
@@ -216,10 +240,11 @@ impl Store {
                 dimension: dimension.clone(),
                 usage_hour: hour,
                 record_time,
-                quantity: *quantity,
+                quantity: summed.quantity,
                 final_usage: false,
                 status,
                 last_error,
+                allocations: summed.allocations_text(),
             });
         }
         for t in zero_targets {
@@ -240,6 +265,7 @@ impl Store {
                     final_usage: false,
                     status,
                     last_error,
+                    allocations: None,
                 });
             }
         }
@@ -273,29 +299,31 @@ impl Store {
             return Ok(None);
         }
         let sums = sqlx::query(
-            "SELECT u.usage_hour, u.dimension, CAST(SUM(u.quantity) AS BIGINT) AS quantity FROM mplink_usage u \
-             WHERE u.sub_key = $1 AND u.status = 'accepted' AND u.usage_hour <= $2 AND NOT EXISTS \
-             (SELECT 1 FROM mplink_meter_records r WHERE r.sub_key = u.sub_key AND \
-             r.dimension = u.dimension AND r.usage_hour = u.usage_hour) GROUP BY u.usage_hour, u.dimension",
+            "SELECT u.usage_hour, u.dimension, u.tags, CAST(SUM(u.quantity) AS BIGINT) AS quantity \
+             FROM mplink_usage u WHERE u.sub_key = $1 AND u.status = 'accepted' AND u.usage_hour <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM mplink_meter_records r WHERE r.sub_key = u.sub_key AND \
+             r.dimension = u.dimension AND r.usage_hour = u.usage_hour) \
+             GROUP BY u.usage_hour, u.dimension, u.tags",
         )
         .bind(&target.sub_key)
         .bind(current)
         .fetch_all(&mut *tx)
         .await
         .map_err(q("summing final usage"))?;
-        let mut usage: BTreeMap<(i64, String), i64> = BTreeMap::new();
+        let mut usage: BTreeMap<(i64, String), Summed> = BTreeMap::new();
         for row in &sums {
             let g = |e| StoreError::Query {
                 op: "summing final usage",
                 source: e,
             };
-            usage.insert(
-                (
+            let tags: String = row.try_get("tags").map_err(g)?;
+            usage
+                .entry((
                     row.try_get("usage_hour").map_err(g)?,
                     row.try_get("dimension").map_err(g)?,
-                ),
-                row.try_get("quantity").map_err(g)?,
-            );
+                ))
+                .or_default()
+                .add(&tags, row.try_get("quantity").map_err(g)?);
         }
         // Zero records for the hours no close has covered: the current one and, during the
         // grace after an hour ends, the previous one.
@@ -304,12 +332,12 @@ impl Store {
                 continue;
             }
             for d in zero_dimensions {
-                usage.entry((hour, d.clone())).or_insert(0);
+                usage.entry((hour, d.clone())).or_default();
             }
         }
         let records: Vec<NewRecord<'_>> = usage
             .into_iter()
-            .map(|((hour, dimension), quantity)| {
+            .map(|((hour, dimension), summed)| {
                 let record_time =
                     (hour + 3_600_000 - 1_000).min(rules.now_ms - rules.now_ms.rem_euclid(1_000));
                 let (status, last_error) = first_status(target, record_time, rules, false);
@@ -318,10 +346,11 @@ impl Store {
                     dimension,
                     usage_hour: hour,
                     record_time,
-                    quantity,
+                    quantity: summed.quantity,
                     final_usage: true,
                     status,
                     last_error,
+                    allocations: summed.allocations_text(),
                 }
             })
             .collect();

@@ -4,13 +4,16 @@
 //! Serialization: usage writers take `mplink_meter_lock` shared, closers take it exclusively
 //! (PostgreSQL `FOR SHARE` / `FOR UPDATE`; SQLite has one writer at a time), so no usage commits
 //! into an hour while the hour is being closed, and a closed hour is never closed again.
-//! [`usage`] takes reports, [`close`] turns hours into records, [`records`] is the sender's side.
+//! [`usage`] takes reports, [`close`] turns hours into records, [`records`] is the sender's side,
+//! [`org_usage`] is one organization's view of them.
 
 mod close;
+mod org_usage;
 mod records;
 mod usage;
 
 pub use close::CloseRules;
+pub use org_usage::{OrgUsageHour, OrgUsagePage, MAX_PAGE_HOURS};
 
 use super::{q, Backend, StoreError};
 use sqlx::{AnyConnection, Row};
@@ -67,6 +70,8 @@ pub struct UsageRow {
     pub reason: Option<String>,
     /// When it was recorded.
     pub recorded_at: i64,
+    /// Its tags' canonical text ([`crate::tags::canonical`]; empty for none).
+    pub tags: String,
 }
 
 /// The customer a subscription's records name.
@@ -119,6 +124,8 @@ pub struct MeterRecord {
     pub created_at: i64,
     /// When AWS answered for it.
     pub sent_at: Option<i64>,
+    /// Its `UsageAllocations`, fixed at creation (`None`: no usage was tagged).
+    pub allocations: Option<Vec<crate::tags::Allocation>>,
 }
 
 /// What AWS (or the sender) decided for one leased record.
@@ -159,7 +166,7 @@ pub struct MeterStats {
 pub(super) const RECORD_COLUMNS: &str =
     "sub_key, dimension, usage_hour, record_time, quantity, product_code, \
     customer_aws_account_id, license_arn, customer_identifier, final, status, metering_record_id, \
-    attempts, last_error, created_at, sent_at";
+    attempts, last_error, created_at, sent_at, allocations";
 
 pub(super) fn record_from(row: &sqlx::any::AnyRow) -> Result<MeterRecord, StoreError> {
     let g = |e| StoreError::Query {
@@ -183,6 +190,17 @@ pub(super) fn record_from(row: &sqlx::any::AnyRow) -> Result<MeterRecord, StoreE
         last_error: row.try_get("last_error").map_err(g)?,
         created_at: row.try_get("created_at").map_err(g)?,
         sent_at: row.try_get("sent_at").map_err(g)?,
+        allocations: {
+            let text: Option<String> = row.try_get("allocations").map_err(g)?;
+            match text {
+                None => None,
+                Some(t) => Some(serde_json::from_str(&t).map_err(|_| StoreError::Corrupt {
+                    table: "mplink_meter_records",
+                    column: "allocations",
+                    value: t.chars().take(100).collect(),
+                })?),
+            }
+        },
     })
 }
 
@@ -202,6 +220,7 @@ pub(super) fn usage_from(row: &sqlx::any::AnyRow) -> Result<UsageRow, StoreError
         status: row.try_get("status").map_err(g)?,
         reason: row.try_get("reason").map_err(g)?,
         recorded_at: row.try_get("recorded_at").map_err(g)?,
+        tags: row.try_get("tags").map_err(g)?,
     })
 }
 

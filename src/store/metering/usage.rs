@@ -115,14 +115,14 @@ impl Store {
         let write = if submitted {
             sqlx::query(
                 "UPDATE mplink_usage SET org_id = $2, sub_key = $3, dimension = $4, quantity = $5, \
-                 usage_time = $6, usage_hour = $7, status = $8, reason = $9, recorded_at = $10 \
-                 WHERE idempotency_key = $1 AND status = 'submitted'",
+                 usage_time = $6, usage_hour = $7, status = $8, reason = $9, recorded_at = $10, \
+                 tags = $11 WHERE idempotency_key = $1 AND status = 'submitted'",
             )
         } else {
             sqlx::query(
                 "INSERT INTO mplink_usage (idempotency_key, org_id, sub_key, dimension, quantity, \
-                 usage_time, usage_hour, status, reason, recorded_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 usage_time, usage_hour, status, reason, recorded_at, tags) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
         };
         write
@@ -136,6 +136,7 @@ impl Store {
             .bind(&row.status)
             .bind(row.reason.clone())
             .bind(row.recorded_at)
+            .bind(&row.tags)
             .execute(&mut *tx)
             .await
             .map_err(q("storing a usage report"))?;
