@@ -46,7 +46,7 @@ pub struct ApiOptions {
 /// The whole router: `/marketplace/register`, `/v1/*` behind the bearer tokens, `/openapi.json`
 /// and `/healthz`.
 pub fn router(state: ApiState, options: &ApiOptions) -> Router {
-    use routes::{billing, events, openapi, org_usage, register, registrations, usage};
+    use routes::{billing, events, history, openapi, org_usage, register, registrations, usage};
     let v1 = Router::new()
         .route("/registrations/{id}", get(registrations::get))
         .route(
@@ -56,6 +56,7 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         .route("/registrations/{id}/link", post(registrations::link))
         .route("/organizations/{org_id}/billing", get(billing::get))
         .route("/organizations/{org_id}/usage", get(org_usage::get))
+        .route("/organizations/{org_id}/history", get(history::get))
         .route("/events", get(events::get))
         .route("/usage", post(usage::report))
         .fallback(route_not_found)

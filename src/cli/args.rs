@@ -53,6 +53,9 @@ pub enum Command {
     Usage(super::metering::UsageArgs),
     /// Usage metering tools: status, retry, send.
     Meter(super::metering::MeterArgs),
+    /// One organization's timeline: each event about its subscriptions with its source, time,
+    /// arrival and decision, each link change with its webhook delivery, each metering record.
+    History(super::history::HistoryArgs),
     /// Registration tools: release a registration claimed by the wrong user of the host.
     Registration(super::registration::RegistrationArgs),
 }

@@ -6,6 +6,7 @@ mod args;
 mod dlq;
 mod error;
 mod healthcheck;
+mod history;
 mod metering;
 mod outbox;
 mod output;
@@ -133,6 +134,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     UsageCommand::Show(args) => metering::usage_show(&store, args).await,
                 }
             })
+            .await
+        }
+        Command::History(args) => {
+            with_store(
+                &url,
+                |store| async move { history::run(&store, args).await },
+            )
             .await
         }
         Command::Registration(args) => {

@@ -5,6 +5,7 @@
 mod apply;
 mod error;
 mod events;
+mod history;
 mod link;
 mod listen;
 mod metering;
@@ -29,6 +30,7 @@ pub use error::StoreError;
 use error::*;
 use events::sha256_hex;
 pub use events::{storable_text, LogEntry};
+pub use history::{HistoryEntry, MAX_HISTORY};
 use link::*;
 pub use link::{link_key, LinkOutcome};
 pub use listen::OutboxListener;

@@ -16,20 +16,20 @@ use std::time::{Duration, Instant};
 /// The fixtures' EventBridge subscription (tests/fixtures/events/eb_*.json).
 pub(crate) const FIXTURE_PRODUCT: &str = "aw4fgf5tyo5w2ap6fEXAMPLE";
 const FIXTURE_ACCOUNT: &str = "845735284135";
-const FIXTURE_LICENSE: &str =
+pub(crate) const FIXTURE_LICENSE: &str =
     "arn:aws:license-manager::123456789012:license:l-e52ca6f38bf84d0fafb8802ca15ac11x";
 /// The fixtures' legacy SNS subscription.
 const SNS_PRODUCT: &str = "n0123EXAMPLEXXXXXXXXXXXX";
 const SNS_CUSTOMER: &str = "X01EXAMPLEX";
 
-fn fixture(name: &str) -> String {
+pub(crate) fn fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/events")
         .join(format!("{name}.json"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-async fn apply_fixture(store: &Store, name: &str) {
+pub(crate) async fn apply_fixture(store: &Store, name: &str) {
     let body = fixture(name);
     let event = decoded(&format!("sqs-{name}"), &body);
     store.apply(&event, &body).await.expect("apply fixture");
@@ -972,6 +972,7 @@ async fn every_described_operation_is_routed() {
         [
             "GET /v1/events",
             "GET /v1/organizations/{org_id}/billing",
+            "GET /v1/organizations/{org_id}/history",
             "GET /v1/organizations/{org_id}/usage",
             "GET /v1/registrations/{id}",
             "POST /marketplace/register",

@@ -21,6 +21,7 @@ mod dlq;
 mod example;
 mod fuzz;
 mod healthcheck;
+mod history;
 mod lookup;
 mod metering;
 mod outbox;

@@ -2,6 +2,7 @@
 
 pub mod billing;
 pub mod events;
+pub mod history;
 pub mod openapi;
 pub mod org_usage;
 pub mod register;

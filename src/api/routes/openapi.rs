@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         super::events::get,
         super::usage::report,
         super::org_usage::get,
+        super::history::get,
     ),
     components(schemas(crate::api::reasons::Reason)),
     modifiers(&BearerAuth, &Constraints, &CommonAnswers),
