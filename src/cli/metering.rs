@@ -154,18 +154,10 @@ pub async fn metering_client() -> aws_sdk_marketplacemetering::Client {
 }
 
 pub(super) async fn usage_show(store: &Store, args: UsageShowArgs) -> Result<ExitCode, CliError> {
-    use crate::api::routes::org_usage::{month_start, UsageHourView};
-    use crate::metering::{hour_of, HOUR_MS};
-    let now = chrono::Utc::now();
-    let from = args
-        .from
-        .map_or_else(|| month_start(now), |t| t.timestamp_millis());
-    let to = args.to.map_or_else(
-        || hour_of(now.timestamp_millis()) + HOUR_MS,
-        |t| t.timestamp_millis(),
-    );
+    use crate::api::routes::org_usage::{usage_range, UsageHourView};
+    let (from, to) = usage_range(args.from, args.to, chrono::Utc::now());
     let mut out = std::io::stdout().lock();
-    let mut next = Some(hour_of(from));
+    let mut next = Some(from);
     if !args.json {
         writeln!(
             out,

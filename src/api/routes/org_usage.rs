@@ -123,11 +123,25 @@ impl UsageHourView {
     }
 }
 
-/// The start of the month `now` is in.
-pub fn month_start(now: DateTime<Utc>) -> i64 {
-    Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-        .single()
-        .map_or(0, |t| t.timestamp_millis())
+/// The hours `[from, to)` asked for, epoch ms, with the defaults the API and `mplink usage
+/// show` share: from the start of the month `now` is in, to the end of its hour. `from` is taken
+/// to its whole hour, so a `from` inside an hour still shows that hour.
+pub fn usage_range(
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> (i64, i64) {
+    let month_start = || {
+        Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+            .single()
+            .map_or(0, |t| t.timestamp_millis())
+    };
+    let from = from.map_or_else(month_start, |t| t.timestamp_millis());
+    let to = to.map_or_else(
+        || hour_of(now.timestamp_millis()) + HOUR_MS,
+        |t| t.timestamp_millis(),
+    );
+    (hour_of(from), to)
 }
 
 /// An organization's metered usage.
@@ -150,14 +164,7 @@ pub async fn get(
     ApiQuery(query): ApiQuery<UsageQuery>,
 ) -> Result<Json<OrgUsageView>, ApiError> {
     super::check_org_id("org_id", &org_id)?;
-    let now = Utc::now();
-    let from = query
-        .from
-        .map_or_else(|| month_start(now), |t| t.timestamp_millis());
-    let to = query.to.map_or_else(
-        || hour_of(now.timestamp_millis()) + HOUR_MS,
-        |t| t.timestamp_millis(),
-    );
+    let (from, to) = usage_range(query.from, query.to, Utc::now());
     let limit = query.limit.unwrap_or(MAX_PAGE_HOURS);
     if !(1..=MAX_PAGE_HOURS).contains(&limit) {
         return Err(ApiError::field(
@@ -165,14 +172,10 @@ pub async fn get(
             format!("between 1 and {MAX_PAGE_HOURS}"),
         ));
     }
-    // Whole hours: a `from` inside an hour still shows that hour.
-    let page = state
-        .store
-        .org_usage(&org_id, hour_of(from), to, limit)
-        .await?;
+    let page = state.store.org_usage(&org_id, from, to, limit).await?;
     Ok(Json(OrgUsageView {
         org_id,
-        from: rfc3339_millis(hour_of(from)),
+        from: rfc3339_millis(from),
         to: rfc3339_millis(to),
         hours: page.hours.into_iter().map(UsageHourView::of).collect(),
         next_from: page.next_from.map(rfc3339_millis),
