@@ -102,43 +102,17 @@ pub(super) async fn load_link_rows(
     conn: &mut AnyConnection,
     links: &[LinkRequest],
 ) -> Result<LinkRows, StoreError> {
-    let mut licenses: Vec<String> = Vec::new();
-    let mut customers: Vec<(String, String)> = Vec::new();
-    let mut accounts: Vec<(String, String)> = Vec::new();
-    // The same precedence as `LinkRequest::matches`: the most specific key alone decides.
-    for link in links {
-        if let Some(lic) = &link.license_arn {
-            licenses.push(license_id(lic).to_string());
-        } else if let Some(cust) = &link.customer_identifier {
-            customers.push((link.product_code.clone(), cust.clone()));
-        } else if let Some(acct) = &link.customer_aws_account_id {
-            accounts.push((acct.clone(), link.product_code.clone()));
-        }
-    }
-    for keys in [&mut customers, &mut accounts] {
-        keys.sort();
-        keys.dedup();
-    }
-    licenses.sort();
-    licenses.dedup();
-
+    let keys = NamingKeys::of(links);
     let mut reached = Reached::default();
-    for chunk in licenses.chunks(BULK_ROWS) {
+    for chunk in keys.licenses.chunks(BULK_ROWS) {
         let condition = format!("license_id IN {}", rows::tuples(backend, 1, chunk.len(), 1));
         let found = subscriptions_where(conn, &condition, chunk).await?;
         reached.add(found);
     }
-    for (pairs, a, b) in [
-        (&customers, "product_code", "customer_identifier"),
-        (&accounts, "customer_aws_account_id", "product_code"),
-    ] {
+    for (pairs, a, b) in keys.pairs() {
         for chunk in pairs.chunks(BULK_ROWS / 2) {
-            let binds: Vec<String> = chunk
-                .iter()
-                .flat_map(|(x, y)| [x.clone(), y.clone()])
-                .collect();
             let condition = rows::pairs_any(backend, a, b, chunk.len(), 1);
-            let found = subscriptions_where(conn, &condition, &binds).await?;
+            let found = subscriptions_where(conn, &condition, &pair_binds(chunk)).await?;
             reached.add(found);
         }
     }
@@ -192,6 +166,129 @@ pub(super) async fn load_link_rows(
         subscriptions: reached.subs,
         claimed_licenses,
     })
+}
+
+/// The keys by which some links name subscriptions, each once, with the same precedence as
+/// `LinkRequest::matches`: the most specific key alone decides.
+struct NamingKeys {
+    licenses: Vec<String>,
+    /// (product code, customer identifier)
+    customers: Vec<(String, String)>,
+    /// (account id, product code)
+    accounts: Vec<(String, String)>,
+}
+
+impl NamingKeys {
+    fn of(links: &[LinkRequest]) -> NamingKeys {
+        let mut keys = NamingKeys {
+            licenses: Vec::new(),
+            customers: Vec::new(),
+            accounts: Vec::new(),
+        };
+        for link in links {
+            if let Some(lic) = &link.license_arn {
+                keys.licenses.push(license_id(lic).to_string());
+            } else if let Some(cust) = &link.customer_identifier {
+                keys.customers
+                    .push((link.product_code.clone(), cust.clone()));
+            } else if let Some(acct) = &link.customer_aws_account_id {
+                keys.accounts
+                    .push((acct.clone(), link.product_code.clone()));
+            }
+        }
+        for pairs in [&mut keys.customers, &mut keys.accounts] {
+            pairs.sort();
+            pairs.dedup();
+        }
+        keys.licenses.sort();
+        keys.licenses.dedup();
+        keys
+    }
+
+    /// The two pair-keyed kinds with the columns they are compared with, in the order of the
+    /// subscription table's indexes.
+    fn pairs(&self) -> [(&[(String, String)], &'static str, &'static str); 2] {
+        [
+            (&self.customers, "product_code", "customer_identifier"),
+            (&self.accounts, "customer_aws_account_id", "product_code"),
+        ]
+    }
+}
+
+fn pair_binds(pairs: &[(String, String)]) -> Vec<&str> {
+    pairs
+        .iter()
+        .flat_map(|(x, y)| [x.as_str(), y.as_str()])
+        .collect()
+}
+
+/// Which of `links` name at least one subscription (by org id): only key columns are read, one
+/// indexed lookup per kind of key and chunk. A link that names none resolves to none
+/// (`resolve_link_among`), so the status view finds those without resolving every link.
+pub(super) async fn orgs_naming_a_subscription(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    links: &[LinkRequest],
+) -> Result<HashSet<String>, StoreError> {
+    let keys = NamingKeys::of(links);
+    let mut found: HashSet<(String, String, String)> = HashSet::new();
+    for chunk in keys.licenses.chunks(BULK_ROWS) {
+        let sql = format!(
+            "SELECT DISTINCT license_id FROM mplink_subscriptions WHERE license_id IN {}",
+            rows::tuples(backend, 1, chunk.len(), 1)
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for id in query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(q("looking up named licenses"))?
+        {
+            found.insert(("license_id".into(), id, String::new()));
+        }
+    }
+    for (pairs, a, b) in keys.pairs() {
+        for chunk in pairs.chunks(BULK_ROWS / 2) {
+            let sql = format!(
+                "SELECT DISTINCT {a}, {b} FROM mplink_subscriptions WHERE {}",
+                rows::pairs_any(backend, a, b, chunk.len(), 1)
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+            for bind in pair_binds(chunk) {
+                query = query.bind(bind);
+            }
+            for (x, y) in query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(q("looking up named subscriptions"))?
+            {
+                found.insert((a.to_string(), x, y));
+            }
+        }
+    }
+    let named = |link: &LinkRequest| {
+        let key = if let Some(lic) = &link.license_arn {
+            ("license_id", license_id(lic).to_string(), String::new())
+        } else if let Some(cust) = &link.customer_identifier {
+            ("product_code", link.product_code.clone(), cust.clone())
+        } else if let Some(acct) = &link.customer_aws_account_id {
+            (
+                "customer_aws_account_id",
+                acct.clone(),
+                link.product_code.clone(),
+            )
+        } else {
+            return false;
+        };
+        found.contains(&(key.0.to_string(), key.1, key.2))
+    };
+    Ok(links
+        .iter()
+        .filter(|l| named(l))
+        .map(|l| l.org_id.clone())
+        .collect())
 }
 
 /// The links that name one of `subs` or one of their predecessors along agreement chains (each

@@ -6,7 +6,7 @@
 use super::reach::{self, LinkRows};
 use super::rows::{self, row_for, SELECT_LINKS, SELECT_SUBSCRIPTIONS};
 use super::{q, StatusFilter, StatusRow, Store, StoreError};
-use crate::ledger::{LinkRequest, LinkState, Subscription};
+use crate::ledger::{resolve_link, LinkRequest, LinkState, Subscription};
 use std::collections::{HashMap, HashSet};
 
 /// Rows per `status` page: bounds what one page holds in memory.
@@ -263,6 +263,23 @@ impl StatusPages<'_> {
             },
             None => Stage::Done,
         };
+        if customer.is_none() {
+            // Every link that names a subscription was printed with the one it resolves to;
+            // the rest resolve to none, and need no resolving to be found.
+            let mut conn = self
+                .store
+                .pool
+                .acquire()
+                .await
+                .map_err(q("taking a connection"))?;
+            let named =
+                reach::orgs_naming_a_subscription(self.store.backend, &mut conn, &links).await?;
+            return Ok(links
+                .iter()
+                .filter(|l| !named.contains(&l.org_id))
+                .map(|l| row_for(None, Some((l, resolve_link(l, &[]).state))))
+                .collect());
+        }
         let mut out = Vec::new();
         for batch in links.chunks(RESOLVE_BATCH) {
             let relevant = self.store.link_rows(batch).await?;

@@ -132,6 +132,29 @@ async fn varied_ledger(store: &Store) {
             T0 + 5_000 + n as i64,
         ));
     }
+    // Two agreements naming each other as predecessor (broken or hostile input): both are
+    // superseded, and the link that names them must still rest on one.
+    for (id, previous) in [("agmt-cyc-a", "agmt-cyc-b"), ("agmt-cyc-b", "agmt-cyc-a")] {
+        bodies.push(agreement_body(
+            &format!("c-{id}"),
+            "Created",
+            "Proposer",
+            id,
+            &account(20),
+            serde_json::json!({"intent": "RENEW", "previousAgreementId": previous}),
+            T0 + 7_000,
+        ));
+        let n = if id.ends_with('a') { 20 } else { 21 };
+        bodies.push(license_body(
+            &format!("l-{id}"),
+            "Updated",
+            id,
+            PRODUCT,
+            &license(n),
+            &account(20),
+            T0 + 8_000,
+        ));
+    }
     bodies.shuffle(&mut rng);
     for (i, body) in bodies.iter().enumerate() {
         let event = decoded(&format!("sqs-{i}"), body);
@@ -156,7 +179,7 @@ async fn varied_ledger(store: &Store) {
             ..link(&format!("org-l{n}"), PRODUCT)
         });
     }
-    for n in [2, 9, 66] {
+    for n in [2, 9, 20, 66] {
         links.push(LinkRequest {
             customer_aws_account_id: Some(account(n)),
             ..link(&format!("org-a{n}"), PRODUCT)
@@ -209,6 +232,13 @@ async fn paged_view_is_the_whole_ledger_view(backend: Backend) {
     assert!(org("org-c99")
         .is_some_and(|r| r.agreement_id.is_none() && r.link_state == Some(LinkState::Syncing)));
     assert!(org("org-c3").is_none(), "moved to org-z");
+    assert!(
+        org("org-a20").is_some_and(|r| r
+            .agreement_id
+            .as_deref()
+            .is_some_and(|a| a.starts_with("agmt-cyc-"))),
+        "a link naming a cycle of agreements rests on one of them"
+    );
     assert!(everything.iter().any(|r| r.org_id.is_none()));
 
     let mut filters = vec![StatusFilter::default()];

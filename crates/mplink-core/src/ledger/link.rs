@@ -184,7 +184,9 @@ pub fn resolve_link<'a>(link: &LinkRequest, subs: &'a [Subscription]) -> LinkVie
 /// account id alone can match several agreements (concurrent agreements for one product): it
 /// takes, deterministically, the one that (1) no license-keyed registration claims, (2) is live
 /// (active, cancelling or handed over) rather than pending, failed or cancelled, (3) was
-/// confirmed last, then (4) changed last, then (5) has the greatest key.
+/// confirmed last, then (4) changed last, then (5) has the greatest key. It has a subscription
+/// whenever it names one ([`LinkRequest::matches`]): the store's status view relies on that to
+/// find the links with none by a keyed anti-join.
 pub fn resolve_link_among<'a>(
     link: &LinkRequest,
     subs: &'a [Subscription],
@@ -205,22 +207,23 @@ pub fn resolve_link_among<'a>(
                 .as_deref()
                 .is_some_and(|l| claimed_licenses.contains(license_id(l)))
     };
-    let current = reached
-        .iter()
-        .copied()
-        .filter(|s| !superseded(s))
-        .max_by(|a, b| {
-            let rank = |s: &'a Subscription| {
-                (
-                    unclaimed(s),
-                    s.is_live(),
-                    s.first_active.as_ref(),
-                    s.state_stamp.as_ref(),
-                    &s.key,
-                )
-            };
-            rank(a).cmp(&rank(b))
-        });
+    let rank = |s: &'a Subscription| {
+        (
+            unclaimed(s),
+            s.is_live(),
+            s.first_active.as_ref(),
+            s.state_stamp.as_ref(),
+            &s.key,
+        )
+    };
+    let best = |candidates: &mut dyn Iterator<Item = &'a Subscription>| {
+        candidates.max_by(|a, b| rank(a).cmp(&rank(b)))
+    };
+    // A cycle of agreements (each naming another as its predecessor; only hostile or broken
+    // input does that) supersedes everything it reaches: the link still rests on one of them,
+    // so a link resolves to nothing exactly when it names no subscription at all.
+    let current = best(&mut reached.iter().copied().filter(|s| !superseded(s)))
+        .or_else(|| best(&mut reached.iter().copied()));
     LinkView {
         subscription: current,
         state: current.map_or(LinkState::Syncing, link_state_of),

@@ -344,4 +344,39 @@ fn registration_without_events_is_syncing_and_matches_by_specific_key() {
     assert_eq!(resolve_link(&link(), &[other]).state, LinkState::Syncing);
 }
 
+#[test]
+fn a_cycle_of_agreements_still_carries_the_link_it_names() {
+    let lic = "arn:aws:license-manager::1:license:l-cyc";
+    let created = |agmt: &str, previous: &str, time_ms: i64, id: &str, license: Option<&str>| {
+        let mut e = agreement(
+            Action::AgreementCreated {
+                party: Party::Proposer,
+                intent: Intent::Renew,
+            },
+            agmt,
+            time_ms,
+            id,
+        );
+        e.ids.product_code = Some("prod".into());
+        e.ids.license_arn = license.map(str::to_string);
+        e.ids.previous_agreement_id = Some(previous.into());
+        fold(&[e])
+    };
+    // Each names the other as its predecessor: both are superseded.
+    let subs = vec![
+        created("agmt-a", "agmt-b", 10, "e1", Some(lic)),
+        created("agmt-b", "agmt-a", 20, "e2", None),
+    ];
+    let link = LinkRequest {
+        license_arn: Some("l-cyc".into()),
+        customer_identifier: None,
+        ..link()
+    };
+    let view = resolve_link(&link, &subs);
+    assert!(
+        view.subscription.is_some(),
+        "a link that names a subscription resolved to none: {view:?}"
+    );
+}
+
 // ---- property test against a simple model -------------------------------------------
