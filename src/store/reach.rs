@@ -207,13 +207,16 @@ impl NamingKeys {
 
     /// The two pair-keyed kinds with the columns they are compared with, in the order of the
     /// subscription table's indexes.
-    fn pairs(&self) -> [(&[(String, String)], &'static str, &'static str); 2] {
+    fn pairs(&self) -> [PairKind<'_>; 2] {
         [
             (&self.customers, "product_code", "customer_identifier"),
             (&self.accounts, "customer_aws_account_id", "product_code"),
         ]
     }
 }
+
+/// Pairs of one kind of key, with the two columns they are compared with.
+type PairKind<'a> = (&'a [(String, String)], &'static str, &'static str);
 
 fn pair_binds(pairs: &[(String, String)]) -> Vec<&str> {
     pairs
