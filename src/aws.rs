@@ -51,6 +51,17 @@ pub fn metering_client(
     aws_sdk_marketplacemetering::Client::from_conf(config.build())
 }
 
+/// The Marketplace Entitlement client of the entitlement loop: one attempt per call (the loop
+/// retries each check with its own capped backoff), always us-east-1 (the only region AWS serves
+/// it in); `AWS_ENDPOINT_URL_MARKETPLACE_ENTITLEMENT_SERVICE` points it at the local double.
+pub fn entitlement_client(sdk: &SdkConfig) -> aws_sdk_marketplaceentitlement::Client {
+    let config = aws_sdk_marketplaceentitlement::config::Builder::from(sdk)
+        .region(aws_config::Region::new(MARKETPLACE_REGION))
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .build();
+    aws_sdk_marketplaceentitlement::Client::from_conf(config)
+}
+
 /// Longest error text kept or logged: enough for a code, a message and a request id.
 const MAX_ERROR_CHARS: usize = 300;
 

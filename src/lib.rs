@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
+pub mod entitlements;
 pub mod failpoint;
 pub mod healthcheck;
 pub mod http;
@@ -30,4 +31,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod verify;
 
-pub use mplink_core::{event, ledger, notify, org, redrive, tags, time, topics};
+pub use mplink_core::{entitlement, event, ledger, notify, org, redrive, tags, time, topics};

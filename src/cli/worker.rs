@@ -87,6 +87,21 @@ pub(super) async fn run_until(
     } else {
         None
     };
+    let entitlements = if args.entitlements {
+        let metrics = crate::entitlements::EntitlementMetrics::new(&pipeline.metrics)
+            .map_err(|e| CliError::Setup(format!("entitlement metrics: {e}")))?;
+        let client = crate::aws::entitlement_client(&sdk);
+        tracing::info!("entitlement checks on");
+        Some(tokio::spawn(crate::entitlements::run(
+            store.clone(),
+            client,
+            crate::entitlements::EntitlementConfig::default(),
+            Some(metrics),
+            meter_stop.clone(),
+        )))
+    } else {
+        None
+    };
     let summary = crate::app::run(
         crate::aws::worker_sqs_client(&sdk),
         pipeline,
@@ -101,7 +116,7 @@ pub(super) async fn run_until(
     if let Some(handle) = deliverer {
         let _ = handle.await;
     }
-    if let Some(handle) = meter {
+    for handle in [meter, entitlements].into_iter().flatten() {
         let _ = handle.await;
     }
     println!(

@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// The metering loop's settings.
     #[command(flatten)]
     pub metering: super::metering::MeterLoopArgs,
+    /// Also run the entitlement loop: ask GetEntitlements after each event or link that can
+    /// change a contract's entitlements and store the answer (see docs/entitlements.md).
+    #[arg(long, env = "MPLINK_ENTITLEMENTS")]
+    pub entitlements: bool,
     /// Link-change webhooks delivered by this process.
     #[command(flatten)]
     pub webhooks: WebhookArgs,

@@ -114,6 +114,15 @@ impl Store {
             let new =
                 outbox::rows_for_steps(self.backend, &mut tx, &before, &decided.steps).await?;
             outbox::insert(self.backend, &mut tx, &new, now).await?;
+            let asks: Vec<(String, i64)> = decided
+                .log_rows
+                .iter()
+                .filter(|(_, o)| matches!(o, Outcome::Applied | Outcome::Stale | Outcome::Noted))
+                .map(|(i, _)| i.event)
+                .filter(|e| crate::entitlement::asks_for_entitlements(&e.action))
+                .map(|e| (e.subject.as_key(), e.time_ms))
+                .collect();
+            entitlements::ask(self.backend, &mut tx, &asks, now).await?;
         }
         // A row this transaction created only to lock it (every event for it a duplicate) goes
         // again before anyone can see it; the lock still serialized the concurrent copies.

@@ -118,6 +118,14 @@ impl Store {
             |_, _, _| (cause.clone(), link.requested_at_ms),
         );
         outbox::insert(self.backend, tx, &new, now_ms()).await?;
+        // A contract's entitlements are asked for as soon as the link rests on a subscription
+        // (a link made before AWS confirms asks with the confirmation instead).
+        if let Some(key) = views_after
+            .get(&link.org_id)
+            .and_then(|v| v.subscription.sub_key.clone())
+        {
+            entitlements::ask(self.backend, tx, &[(key, link.requested_at_ms)], now_ms()).await?;
+        }
         Ok(previous)
     }
 }

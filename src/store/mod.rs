@@ -3,6 +3,7 @@
 //! the subscription row is locked first, so concurrent appliers serialize per subscription.
 
 mod apply;
+mod entitlements;
 mod error;
 mod events;
 mod history;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use apply::Incoming;
+pub use entitlements::{AnswerStored, EntitlementCheck, EntitlementSet};
 pub use error::StoreError;
 use error::*;
 use events::sha256_hex;

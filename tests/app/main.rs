@@ -18,6 +18,7 @@ mod api_register;
 mod aws_docs;
 mod cli;
 mod dlq;
+mod entitlements;
 mod example;
 mod fuzz;
 mod healthcheck;

@@ -7,10 +7,11 @@ use std::path::Path;
 use std::process::Command;
 
 /// Every page that prints commands: the READMEs and the guides under `docs/`.
-const DOCS: [&str; 11] = [
+const DOCS: [&str; 12] = [
     "README.md",
     "deploy/README.md",
     "docs/deploy.md",
+    "docs/entitlements.md",
     "docs/events.md",
     "docs/http-api.md",
     "docs/metering.md",

@@ -6,6 +6,7 @@
 //!
 //! No tokio, sqlx, HTTP or AWS SDK here: Cargo refuses them, so the rules stay testable alone.
 
+pub mod entitlement;
 pub mod event;
 pub mod ledger;
 pub mod notify;

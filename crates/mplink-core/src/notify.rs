@@ -27,6 +27,10 @@ pub enum EventType {
     /// The subscription now bills another organization: this one lost its link.
     #[serde(rename = "link.moved")]
     Moved,
+    /// What AWS says the linked subscription is entitled to changed (a contract's dimensions,
+    /// quantities or end); the link's state is unchanged and the billing view has the new set.
+    #[serde(rename = "link.entitlements_changed")]
+    EntitlementsChanged,
 }
 
 impl EventType {
@@ -39,6 +43,7 @@ impl EventType {
             EventType::Unlinked => "link.unlinked",
             EventType::Failed => "link.failed",
             EventType::Moved => "link.moved",
+            EventType::EntitlementsChanged => "link.entitlements_changed",
         }
     }
 
@@ -51,6 +56,7 @@ impl EventType {
             "link.unlinked" => EventType::Unlinked,
             "link.failed" => EventType::Failed,
             "link.moved" => EventType::Moved,
+            "link.entitlements_changed" => EventType::EntitlementsChanged,
             _ => return None,
         })
     }
@@ -246,6 +252,7 @@ mod tests {
             EventType::Unlinked,
             EventType::Failed,
             EventType::Moved,
+            EventType::EntitlementsChanged,
         ] {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
             assert_eq!(

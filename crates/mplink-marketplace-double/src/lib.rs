@@ -48,6 +48,7 @@
 //! | [`MarketplaceDouble::fail_next`] / [`MarketplaceDouble::delay_next`] | `POST /_double/faults` `{"operation": "ResolveCustomer", "failure"?: "Throttling", "delay_ms"?, "times"}` |
 //! | [`MarketplaceDouble::unprocess_next_records`] | `POST /_double/unprocessed` `{"records"}` |
 //! | [`MarketplaceDouble::add_entitlement`] | `POST /_double/entitlements` (an [`Entitlement`]) |
+//! | [`MarketplaceDouble::remove_entitlements`] | (in process only) |
 //! | [`MarketplaceDouble::calls`] | `GET /_double/calls` |
 //! | [`MarketplaceDouble::metered_records`] | `GET /_double/metered-records` |
 //!
@@ -216,6 +217,19 @@ impl MarketplaceDouble {
         let mut state = self.shared.lock();
         state.products.insert(entitlement.product_code.clone());
         state.entitlements.push(entitlement);
+    }
+
+    /// Removes the entitlements of the customer named by `customer` (account id, license ARN
+    /// or legacy identifier), as a contract ending or changing does; returns how many.
+    pub fn remove_entitlements(&self, customer: &str) -> usize {
+        let mut state = self.shared.lock();
+        let before = state.entitlements.len();
+        state.entitlements.retain(|e| {
+            e.customer_aws_account_id != customer
+                && e.license_arn.as_deref() != Some(customer)
+                && e.customer_identifier.as_deref() != Some(customer)
+        });
+        before - state.entitlements.len()
     }
 
     /// Every request received so far, in order.

@@ -34,6 +34,62 @@ pub struct BillingView {
     pub notice: Option<&'static str>,
     /// The subscription carrying the link, once AWS named it.
     pub subscription: Option<BillingSubscription>,
+    /// A contract's entitlements as AWS last stated them (GetEntitlements); null when nothing
+    /// asked AWS about this subscription yet.
+    pub entitlements: Option<BillingEntitlements>,
+}
+
+/// What AWS says the subscription may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct BillingEntitlements {
+    /// The event time AWS's answer stands for (RFC 3339); null until AWS first answered.
+    pub as_of: Option<String>,
+    /// True while a newer event asked AWS again and the answer is not in yet.
+    pub refreshing: bool,
+    /// Each dimension once, in dimension order; empty when AWS said nothing is entitled.
+    pub items: Vec<BillingEntitlement>,
+}
+
+/// One dimension of a contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct BillingEntitlement {
+    /// The product's dimension.
+    pub dimension: String,
+    /// `integer`, `double`, `boolean` or `string`: which of AWS's values it is.
+    pub value_type: &'static str,
+    /// The value: a number, true or false, or a string.
+    pub value: serde_json::Value,
+    /// AWS's ExpirationDate, the contract's end (RFC 3339), or null.
+    pub expires_at: Option<String>,
+    /// True once `expires_at` has passed: kept as AWS said it, but no longer in force.
+    pub expired: bool,
+}
+
+impl BillingEntitlements {
+    /// The view of `set` at `now_ms`.
+    pub fn of(set: &crate::store::EntitlementSet, now_ms: i64) -> BillingEntitlements {
+        use crate::entitlement::EntitlementValue;
+        BillingEntitlements {
+            as_of: set.as_of_ms.map(rfc3339_millis),
+            refreshing: set.refreshing,
+            items: set
+                .items
+                .iter()
+                .map(|e| BillingEntitlement {
+                    dimension: e.dimension.clone(),
+                    value_type: e.value.to_stored().0,
+                    value: match &e.value {
+                        EntitlementValue::Integer(v) => serde_json::json!(v),
+                        EntitlementValue::Double(v) => serde_json::json!(v),
+                        EntitlementValue::Boolean(v) => serde_json::json!(v),
+                        EntitlementValue::String(v) => serde_json::json!(v),
+                    },
+                    expires_at: e.expires_at_ms.map(rfc3339_millis),
+                    expired: e.expired_at(now_ms),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The subscription behind a link.
@@ -99,6 +155,7 @@ pub fn billing_view(org_id: &str, link: Option<(LinkState, Option<&Subscription>
             state: s.state,
             state_time,
         }),
+        entitlements: None,
     }
 }
 
@@ -108,7 +165,14 @@ pub async fn load(store: &Store, org_id: &str) -> Result<BillingView, ApiError> 
         None => billing_view(org_id, None),
         Some((link, rows)) => {
             let view = rows.resolve(&link);
-            billing_view(org_id, Some((view.state, view.subscription)))
+            let mut billing = billing_view(org_id, Some((view.state, view.subscription)));
+            if let Some(sub) = view.subscription {
+                billing.entitlements = store
+                    .entitlements(&sub.key)
+                    .await?
+                    .map(|set| BillingEntitlements::of(&set, crate::time::now_ms()));
+            }
+            billing
         }
     })
 }
