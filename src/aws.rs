@@ -62,6 +62,17 @@ pub fn entitlement_client(sdk: &SdkConfig) -> aws_sdk_marketplaceentitlement::Cl
     aws_sdk_marketplaceentitlement::Client::from_conf(config)
 }
 
+/// The Agreement API client of `mplink reconcile`: one attempt per call (the pass waits out
+/// throttling itself, within its call bound), always us-east-1;
+/// `AWS_ENDPOINT_URL_MARKETPLACE_AGREEMENT` points it at the local double.
+pub fn agreement_client(sdk: &SdkConfig) -> aws_sdk_marketplaceagreement::Client {
+    let config = aws_sdk_marketplaceagreement::config::Builder::from(sdk)
+        .region(aws_config::Region::new(MARKETPLACE_REGION))
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .build();
+    aws_sdk_marketplaceagreement::Client::from_conf(config)
+}
+
 /// Longest error text kept or logged: enough for a code, a message and a request id.
 const MAX_ERROR_CHARS: usize = 300;
 

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod process;
 pub mod provision;
+pub mod reconcile;
 pub mod server;
 pub mod shutdown;
 pub mod sqs;
@@ -31,4 +32,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod verify;
 
-pub use mplink_core::{entitlement, event, ledger, notify, org, redrive, tags, time, topics};
+pub use mplink_core::{
+    entitlement, event, ledger, notify, org, reconciled, redrive, tags, time, topics,
+};

@@ -58,6 +58,9 @@ pub enum Command {
     History(super::history::HistoryArgs),
     /// Registration tools: release a registration claimed by the wrong user of the host.
     Registration(super::registration::RegistrationArgs),
+    /// Compare every purchase agreement AWS lists for a product (Agreement API) with the ledger
+    /// and repair what differs, through the ledger's rules; --dry-run only reports.
+    Reconcile(super::reconcile::ReconcileArgs),
 }
 
 /// Arguments of `mplink events`.

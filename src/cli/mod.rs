@@ -11,6 +11,7 @@ mod metering;
 mod outbox;
 mod output;
 mod provision;
+mod reconcile;
 mod registration;
 mod serve;
 mod serve_args;
@@ -140,6 +141,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             with_store(
                 &url,
                 |store| async move { history::run(&store, args).await },
+            )
+            .await
+        }
+        Command::Reconcile(args) => {
+            with_store(
+                &url,
+                |store| async move { reconcile::run(&store, args).await },
             )
             .await
         }

@@ -131,7 +131,7 @@ impl Store {
             .await
             .map_err(q("reading checked subscriptions"))?;
         let mut out = Vec::with_capacity(keys.len());
-        for sub in subscriptions_by_key(self.backend, &mut conn, &keys).await? {
+        for sub in reach::subscriptions_by_key(self.backend, &mut conn, &keys).await? {
             let (wanted_time_ms, attempts) = wanted[&sub.key];
             out.push(EntitlementCheck {
                 subscription: sub,
@@ -316,33 +316,6 @@ async fn read_items(
                 .try_get("expires_at")
                 .map_err(q("reading entitlements"))?,
         });
-    }
-    Ok(out)
-}
-
-async fn subscriptions_by_key(
-    backend: Backend,
-    conn: &mut AnyConnection,
-    keys: &[String],
-) -> Result<Vec<Subscription>, StoreError> {
-    let mut out = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(BULK_ROWS) {
-        let sql = format!(
-            "{} WHERE sub_key IN {}",
-            rows::SELECT_SUBSCRIPTIONS,
-            rows::tuples(backend, 1, chunk.len(), 1)
-        );
-        let mut query = sqlx::query(&sql);
-        for key in chunk {
-            query = query.bind(key);
-        }
-        for row in query
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(q("reading checked subscriptions"))?
-        {
-            out.push(rows::subscription_from_row(&row)?);
-        }
     }
     Ok(out)
 }

@@ -90,6 +90,8 @@ impl HistoryEntry {
 fn source_of(message_id: &str, head: &str) -> &'static str {
     if message_id.starts_with("rejected:") {
         "rejected"
+    } else if message_id.starts_with(crate::reconciled::RECONCILED_PREFIX) {
+        "reconciled"
     } else if head.contains("\"detail-type\"") {
         "eventbridge"
     } else if head.contains("\"TopicArn\"") || head.contains("\"Type\"") {

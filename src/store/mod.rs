@@ -238,6 +238,37 @@ impl Store {
         found.iter().map(rows::subscription_from_row).collect()
     }
 
+    /// The subscriptions with these keys that exist, by key (keyed lookups only).
+    pub async fn subscriptions_by_key(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, Subscription>, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(q("reading subscriptions"))?;
+        Ok(reach::subscriptions_by_key(self.backend, &mut conn, keys)
+            .await?
+            .into_iter()
+            .map(|s| (s.key.clone(), s))
+            .collect())
+    }
+
+    /// The organizations whose links name one of `subs` (or a predecessor along a renewal
+    /// chain), by org id.
+    pub async fn orgs_naming(
+        &self,
+        subs: Vec<Subscription>,
+    ) -> Result<BTreeSet<String>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(q("reading links"))?;
+        Ok(reach::links_naming(self.backend, &mut conn, subs)
+            .await?
+            .into_iter()
+            .map(|l| l.org_id)
+            .collect())
+    }
+
     /// Every link request, in organization order.
     pub async fn links(&self) -> Result<Vec<LinkRequest>, StoreError> {
         let found = sqlx::query(&format!("{} ORDER BY org_id", rows::SELECT_LINKS))

@@ -340,3 +340,31 @@ pub(super) async fn links_naming(
     links.dedup_by(|a, b| a.org_id == b.org_id);
     Ok(links)
 }
+
+/// The subscriptions with these keys (those that exist), by primary key in chunks.
+pub(super) async fn subscriptions_by_key(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    keys: &[String],
+) -> Result<Vec<Subscription>, StoreError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(BULK_ROWS) {
+        let sql = format!(
+            "{} WHERE sub_key IN {}",
+            rows::SELECT_SUBSCRIPTIONS,
+            rows::tuples(backend, 1, chunk.len(), 1)
+        );
+        let mut query = sqlx::query(&sql);
+        for key in chunk {
+            query = query.bind(key);
+        }
+        for row in query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(q("reading checked subscriptions"))?
+        {
+            out.push(rows::subscription_from_row(&row)?);
+        }
+    }
+    Ok(out)
+}

@@ -292,6 +292,8 @@ impl Verifier {
                 return Err(VerifyError::RawDeliveryNotAccepted)
             }
             Delivery::Raw => {}
+            // Built by `mplink reconcile` from AWS's answers: no queue message can decode to it.
+            Delivery::Reconciled => {}
             Delivery::EventBridge => {
                 if !self.accepts_source(event.source.as_deref()) {
                     let event_source = event.source.clone().unwrap_or_default();

@@ -29,6 +29,7 @@ mod outbox;
 mod outbox_cli;
 mod postgres_tls;
 mod readme;
+mod reconcile;
 mod store;
 mod verify;
 mod webhooks;

@@ -11,6 +11,7 @@ pub mod event;
 pub mod ledger;
 pub mod notify;
 pub mod org;
+pub mod reconciled;
 pub mod redrive;
 pub mod tags;
 pub mod time;

@@ -47,3 +47,8 @@ pub fn customer(product: &str, account: &str) -> ResolvedCustomer {
         agreement_id: None,
     }
 }
+
+/// An Agreement API client for `double`.
+pub async fn agreement(double: &MarketplaceDouble) -> aws_sdk_marketplaceagreement::Client {
+    aws_sdk_marketplaceagreement::Client::new(&sdk_for(&double.endpoint_url(), "test", 1).await)
+}

@@ -3,9 +3,7 @@
 use super::model::{Entitlement, EntitlementValue};
 use super::state::State;
 use super::wire::{self, AwsError};
-use base64::Engine;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 /// Most entitlements one page holds.
 pub const MAX_PAGE: usize = 25;
@@ -62,30 +60,6 @@ fn read_filter(input: &Value) -> Result<Vec<(String, Vec<String>)>, AwsError> {
     Ok(out)
 }
 
-/// A page token names the offset and the query it belongs to, so it cannot page another query.
-fn fingerprint(product: &str, filter: &[(String, Vec<String>)]) -> String {
-    let text = json!([product, filter]).to_string();
-    hex::encode(&Sha256::digest(text.as_bytes())[..8])
-}
-
-fn encode_token(offset: usize, fp: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{offset}.{fp}"))
-}
-
-fn decode_token(token: &str, fp: &str) -> Result<usize, AwsError> {
-    let bad = || invalid("NextToken is not a token this query returned");
-    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(bad)?;
-    let (offset, token_fp) = text.split_once('.').ok_or_else(bad)?;
-    if token_fp != fp {
-        return Err(bad());
-    }
-    offset.parse().map_err(|_| bad())
-}
-
 fn to_wire(e: &Entitlement) -> Value {
     let mut out = Map::new();
     out.insert("ProductCode".into(), json!(e.product_code));
@@ -121,9 +95,10 @@ pub(super) fn get_entitlements(state: &State, input: &Value) -> Result<Value, Aw
         Some(n) if n >= 1 => (n as usize).min(MAX_PAGE),
         Some(n) => return Err(invalid(format!("MaxResults {n} must be at least 1"))),
     };
-    let fp = fingerprint(product, &filter);
+    let fp = wire::fingerprint(&json!([product, filter]));
     let offset = match wire::opt_str(input, "NextToken")? {
-        Some(t) => decode_token(t, &fp)?,
+        Some(t) => wire::decode_token(t, &fp)
+            .ok_or_else(|| invalid("NextToken is not a token this query returned"))?,
         None => 0,
     };
     let matching: Vec<&Entitlement> = state
@@ -145,7 +120,7 @@ pub(super) fn get_entitlements(state: &State, input: &Value) -> Result<Value, Aw
         .collect();
     let mut out = json!({ "Entitlements": items });
     if end < matching.len() {
-        out["NextToken"] = json!(encode_token(end, &fp));
+        out["NextToken"] = json!(wire::encode_token(end, &fp));
     }
     Ok(out)
 }

@@ -33,6 +33,10 @@
 //!   `CustomerIdentifier` (as `""` when unset), so an empty one counts as absent.
 //! - **MeterUsage** (AMI/container products, kept minimal): the caller's access key is the
 //!   customer; a second quantity for the same hour is `DuplicateRequestException`.
+//! - **SearchAgreements** (Agreement API, RPC v2 CBOR at
+//!   `/service/AWSMPCommerceService_v20200301/operation/SearchAgreements`): `catalog`
+//!   AWSMarketplace, 1–10 filters of one value each with `PartyType=Proposer` required, pages of
+//!   at most 50 with a `nextToken` bound to its filters.
 //! - **GetEntitlements**: filters (values ORed within a name, names ANDed), pages of at most 25
 //!   with an opaque `NextToken` bound to its query; an empty answer is an empty list.
 //!
@@ -49,12 +53,14 @@
 //! | [`MarketplaceDouble::unprocess_next_records`] | `POST /_double/unprocessed` `{"records"}` |
 //! | [`MarketplaceDouble::add_entitlement`] | `POST /_double/entitlements` (an [`Entitlement`]) |
 //! | [`MarketplaceDouble::remove_entitlements`] | (in process only) |
+//! | [`MarketplaceDouble::put_agreement`] | (in process only) |
 //! | [`MarketplaceDouble::calls`] | `GET /_double/calls` |
 //! | [`MarketplaceDouble::metered_records`] | `GET /_double/metered-records` |
 //!
 //! `mplink-marketplace-double --listen 127.0.0.1:0` runs it as a process: it prints its
 //! endpoint URL on stdout and serves until SIGTERM or Ctrl-C.
 
+mod agreement;
 mod cbor;
 pub mod clients;
 mod control;
@@ -66,11 +72,13 @@ pub mod sigv4;
 mod state;
 pub mod wire;
 
+pub use agreement::MAX_PAGE as MAX_AGREEMENTS_PER_PAGE;
 pub use entitlement::MAX_PAGE as MAX_ENTITLEMENTS_PER_PAGE;
 pub use metering::MAX_RECORDS_PER_CALL;
 pub use model::{
-    Call, CallOutcome, CustomerRef, DoubleConfig, Entitlement, EntitlementValue, Failure,
-    MeteredRecord, Operation, ResolvedCustomer, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY,
+    Agreement, Call, CallOutcome, CustomerRef, DoubleConfig, Entitlement, EntitlementValue,
+    Failure, MeteredRecord, Operation, ResolvedCustomer, TEST_ACCESS_KEY_ID,
+    TEST_SECRET_ACCESS_KEY,
 };
 
 use server::Shared;
@@ -230,6 +238,20 @@ impl MarketplaceDouble {
                 && e.customer_identifier.as_deref() != Some(customer)
         });
         before - state.entitlements.len()
+    }
+
+    /// Adds an agreement SearchAgreements lists, or replaces the one with its id (AWS changing
+    /// its status, say), keeping its place in the listing.
+    pub fn put_agreement(&self, agreement: Agreement) {
+        let mut state = self.shared.lock();
+        match state
+            .agreements
+            .iter_mut()
+            .find(|a| a.agreement_id == agreement.agreement_id)
+        {
+            Some(existing) => *existing = agreement,
+            None => state.agreements.push(agreement),
+        }
     }
 
     /// Every request received so far, in order.

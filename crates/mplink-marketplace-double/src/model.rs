@@ -18,15 +18,18 @@ pub enum Operation {
     MeterUsage,
     /// `AWSMPEntitlementService.GetEntitlements`.
     GetEntitlements,
+    /// `AWSMPCommerceService_v20200301.SearchAgreements` (the Agreement API).
+    SearchAgreements,
 }
 
 impl Operation {
     /// Every operation, for lookups by name.
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 5] = [
         Operation::ResolveCustomer,
         Operation::BatchMeterUsage,
         Operation::MeterUsage,
         Operation::GetEntitlements,
+        Operation::SearchAgreements,
     ];
 
     /// The operation's name, as it appears after the service prefix of `X-Amz-Target`.
@@ -36,6 +39,7 @@ impl Operation {
             Operation::BatchMeterUsage => "BatchMeterUsage",
             Operation::MeterUsage => "MeterUsage",
             Operation::GetEntitlements => "GetEntitlements",
+            Operation::SearchAgreements => "SearchAgreements",
         }
     }
 
@@ -43,6 +47,7 @@ impl Operation {
     pub fn service(self) -> &'static str {
         match self {
             Operation::GetEntitlements => "AWSMPEntitlementService",
+            Operation::SearchAgreements => "AWSMPCommerceService_v20200301",
             _ => "AWSMPMeteringService",
         }
     }
@@ -305,4 +310,34 @@ pub struct Entitlement {
     /// `ExpirationDate`.
     #[serde(default)]
     pub expiration_date: Option<DateTime<Utc>>,
+}
+
+/// A purchase agreement the seller (the double's caller) proposed, as `SearchAgreements` lists
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agreement {
+    /// `agreementId`.
+    pub agreement_id: String,
+    /// The product's id (`prod-…`): `proposalSummary.resources[0].id`, what
+    /// `ResourceIdentifier` filters on.
+    pub product_id: String,
+    /// `acceptor.accountId`: the buyer.
+    pub acceptor_account_id: String,
+    /// `status`: ACTIVE, CANCELLED, EXPIRED, RENEWED, REPLACED, …
+    pub status: String,
+    /// `proposalSummary.offerId`.
+    #[serde(default)]
+    pub offer_id: Option<String>,
+    /// `entitlements[0].licenseArn`.
+    #[serde(default)]
+    pub license_arn: Option<String>,
+    /// `acceptanceTime`.
+    #[serde(default)]
+    pub acceptance_time: Option<DateTime<Utc>>,
+    /// `startTime`.
+    #[serde(default)]
+    pub start_time: Option<DateTime<Utc>>,
+    /// `endTime`.
+    #[serde(default)]
+    pub end_time: Option<DateTime<Utc>>,
 }

@@ -7,7 +7,7 @@ use super::model::{Call, CallOutcome, Operation};
 use super::sigv4::{self, Policy};
 use super::state::State;
 use super::wire::{self, AwsError};
-use super::{cbor, control, entitlement, metering};
+use super::{agreement, cbor, control, entitlement, metering};
 use axum::body::Bytes;
 use axum::extract::{Path, State as Extract};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -50,12 +50,20 @@ enum Protocol {
 }
 
 /// Members that are timestamps, sent as CBOR tag 1 in RPC v2 CBOR.
-const TIMESTAMP_MEMBERS: [&str; 2] = ["ExpirationDate", "Timestamp"];
+const TIMESTAMP_MEMBERS: [&str; 6] = [
+    "ExpirationDate",
+    "Timestamp",
+    "acceptanceTime",
+    "startTime",
+    "endTime",
+    "lastUpdateTime",
+];
 
 /// The shape namespace of an operation's service, for RPC v2 CBOR's absolute `__type`.
 fn namespace(op: Option<Operation>) -> &'static str {
     match op {
         Some(Operation::GetEntitlements) => "com.amazonaws.marketplaceentitlementservice",
+        Some(Operation::SearchAgreements) => "com.amazonaws.marketplaceagreement",
         _ => "com.amazonaws.marketplacemetering",
     }
 }
@@ -203,7 +211,7 @@ async fn answer(
         return Err(AwsError::new(
             "UnknownOperationException",
             400,
-            "X-Amz-Target names no operation of AWSMPMeteringService or AWSMPEntitlementService",
+            "the request names no operation of AWSMPMeteringService, AWSMPEntitlementService or AWSMPCommerceService_v20200301",
         ));
     };
     let input = input.as_ref().map_err(Clone::clone)?;
@@ -226,5 +234,6 @@ async fn answer(
         Operation::BatchMeterUsage => metering::batch_meter_usage(&mut state, input, now),
         Operation::MeterUsage => metering::meter_usage(&mut state, input, &caller, now),
         Operation::GetEntitlements => entitlement::get_entitlements(&state, input),
+        Operation::SearchAgreements => agreement::search_agreements(&state, input),
     }
 }

@@ -2,7 +2,7 @@
 
 use super::metering::DedupeKey;
 use super::model::{
-    Call, DoubleConfig, Entitlement, Failure, MeteredRecord, Operation, ResolvedCustomer,
+    Agreement, Call, DoubleConfig, Entitlement, Failure, MeteredRecord, Operation, ResolvedCustomer,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -33,6 +33,7 @@ pub(super) struct State {
     pub dedupe: HashMap<DedupeKey, usize>,
     pub metered: Vec<MeteredRecord>,
     pub entitlements: Vec<Entitlement>,
+    pub agreements: Vec<Agreement>,
     pub faults: HashMap<Operation, VecDeque<Armed<Failure>>>,
     pub delays: HashMap<Operation, VecDeque<Armed<Duration>>>,
     pub unprocess_next: usize,

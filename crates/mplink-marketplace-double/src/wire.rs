@@ -161,6 +161,34 @@ pub fn epoch_seconds(t: chrono::DateTime<chrono::Utc>) -> Value {
     }
 }
 
+/// A page token names the offset and the query it belongs to (this fingerprint of it), so it
+/// cannot page another query.
+pub fn fingerprint(query: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(query.to_string().as_bytes())[..8])
+}
+
+/// The token of the page starting at `offset` of the query `fp` names.
+pub fn encode_token(offset: usize, fp: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{offset}.{fp}"))
+}
+
+/// The offset `token` names, if it is a token of the query `fp` names (each service answers a
+/// foreign token with its own error).
+pub fn decode_token(token: &str, fp: &str) -> Option<usize> {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())?;
+    let (offset, token_fp) = text.split_once('.')?;
+    if token_fp != fp {
+        return None;
+    }
+    offset.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,8 @@ pub enum Delivery {
     Raw,
     /// EventBridge event routed to SQS by a rule.
     EventBridge,
+    /// A fact mplink read from AWS's Agreement API (`mplink reconcile`), never from the queue.
+    Reconciled,
 }
 
 /// Which party's copy of an agreement event this is.
