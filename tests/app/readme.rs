@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// Every page that prints commands: the READMEs and the guides under `docs/`.
-const DOCS: [&str; 12] = [
+const DOCS: [&str; 13] = [
     "README.md",
     "deploy/README.md",
     "docs/deploy.md",
@@ -17,6 +17,7 @@ const DOCS: [&str; 12] = [
     "docs/metering.md",
     "docs/operations.md",
     "docs/performance.md",
+    "docs/reconcile.md",
     "docs/reliability.md",
     "docs/testing.md",
     "docs/webhooks.md",

@@ -445,9 +445,122 @@ async fn paging_throttling_and_a_rerun_after_a_stop(backend: Backend) {
     s.db.cleanup().await;
 }
 
+/// A cancellation AWS's queue never delivered still closes the subscription's metering: the
+/// final usage goes out once reconcile has recorded the end.
+async fn a_lost_cancellation_still_sends_the_final_usage(backend: Backend) {
+    use mplink::metering::{record_usage, runner::tick, MeterConfig, UsageReport};
+    let s = Story::new(backend).await;
+    let t0 = s.now - 4 * 3_600_000;
+    s.registered("org-u", 9).await;
+    s.delivered_start(9, t0, serde_json::json!({})).await;
+    s.double.add_customer(
+        "tok-u",
+        mplink_marketplace_double::ResolvedCustomer {
+            customer_aws_account_id: account(9),
+            license_arn: license(9),
+            product_code: PRODUCT_CODE.into(),
+            customer_identifier: None,
+            agreement_id: Some("agmt-9".into()),
+        },
+    );
+    let meter = MeterConfig {
+        owner: "replica-1".into(),
+        close_grace: Duration::ZERO,
+        ..MeterConfig::default()
+    };
+    let used = chrono::DateTime::from_timestamp_millis(s.now - 2 * MINUTE_MS).unwrap();
+    let receipt = record_usage(
+        s.store(),
+        &UsageReport {
+            idempotency_key: "u-1".into(),
+            org_id: "org-u".into(),
+            dimension: "requests".into(),
+            quantity: 5,
+            time: used,
+            tags: Default::default(),
+        },
+        &meter,
+    )
+    .await
+    .unwrap();
+    assert!(receipt.accepted, "{receipt:?}");
+    s.aws(9, "CANCELLED", t0, Some(s.now - 1_000));
+    let report = s.run(&s.config()).await;
+    assert_eq!(
+        drift_of(&report, "agmt-9").outcome,
+        "repaired",
+        "{report:#?}"
+    );
+    let client = mplink_marketplace_double::clients::metering(&s.double, 1).await;
+    let (closed, _) = tick(s.store(), &client, &meter, now_ms()).await.unwrap();
+    assert_eq!(closed.finals_closed.len(), 1, "{closed:?}");
+    let billed: Vec<(String, i64)> = s
+        .double
+        .metered_records()
+        .iter()
+        .map(|r| (r.customer_aws_account_id.clone(), r.quantity))
+        .collect();
+    assert_eq!(billed, vec![(account(9), 5)]);
+    s.db.cleanup().await;
+}
+
+/// `mplink reconcile` as the operator runs it: `--dry-run` prints the table and changes nothing,
+/// `--json` prints the report; the SDK's own endpoint variable points it at the double.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_reports_and_repairs() {
+    let s = Story::new(Backend::Sqlite).await;
+    let t0 = s.now - 3 * DAY_MS;
+    s.registered("org-1", 1).await;
+    s.aws(1, "ACTIVE", t0, None);
+    s.aws(3, "ACTIVE", t0, None);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
+            .args([
+                "reconcile",
+                "--product-id",
+                PRODUCT_ID,
+                "--product-code",
+                PRODUCT_CODE,
+            ])
+            .args(extra)
+            .envs(crate::common::localstack::binary_env())
+            .env("MPLINK_DATABASE_URL", s.db.url.expose())
+            .env(
+                "AWS_ENDPOINT_URL_MARKETPLACE_AGREEMENT",
+                s.double.endpoint_url(),
+            )
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+    let table = run(&["--dry-run"]);
+    assert!(
+        table.contains("agmt-1")
+            && table.contains("would_repair")
+            && table.contains("only AWS knows it"),
+        "{table}"
+    );
+    assert_eq!(s.link_state("org-1").await, Some(LinkState::Syncing));
+    let json: serde_json::Value = serde_json::from_str(run(&["--json"]).trim()).unwrap();
+    assert_eq!(json["complete"], true, "{json}");
+    assert_eq!(json["drift"][0]["outcome"], "repaired", "{json}");
+    assert_eq!(
+        json["drift"][0]["orgs"],
+        serde_json::json!(["org-1"]),
+        "{json}"
+    );
+    assert_eq!(json["drift"][1]["orgs"], serde_json::json!([]), "{json}");
+    assert_eq!(s.link_state("org-1").await, Some(LinkState::Linked));
+    s.db.cleanup().await;
+}
+
 both_backends! {
     lost_events_are_repaired_through_the_ledger_rules => lost_events_are_repaired_through_the_ledger_rules;
     a_renewal_keeps_the_link => a_renewal_keeps_the_link;
     a_dry_run_changes_nothing => a_dry_run_changes_nothing;
     paging_throttling_and_a_rerun_after_a_stop => paging_throttling_and_a_rerun_after_a_stop;
+    a_lost_cancellation_still_sends_the_final_usage => a_lost_cancellation_still_sends_the_final_usage;
 }
