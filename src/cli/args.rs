@@ -32,7 +32,7 @@ pub enum Command {
     /// Print each subscription with its organization link.
     Status(StatusArgs),
     /// Consume the SQS queue: apply every message, serve /healthz, /readyz and /metrics.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the HTTP API: the AWS Marketplace landing, the host application's /v1 routes
     /// (registrations, organizations to link, the link, billing, events) and /openapi.json;
     /// with --worker, also consume the queue in this process.

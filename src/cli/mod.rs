@@ -100,7 +100,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Run(args) => {
             let worker_url = url.clone();
             with_store(&url, |store| async move {
-                worker::run(&store, &worker_url, args).await
+                worker::run(&store, &worker_url, *args).await
             })
             .await
         }

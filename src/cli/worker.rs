@@ -102,6 +102,30 @@ pub(super) async fn run_until(
     } else {
         None
     };
+    let reconciler = match args.reconcile_every {
+        Some(every) => {
+            use crate::reconcile::schedule;
+            let metrics = schedule::ReconcileMetrics::new(&pipeline.metrics)
+                .map_err(|e| CliError::Setup(format!("reconcile metrics: {e}")))?;
+            let plan = schedule::Schedule::new(
+                args.reconcile_product.clone(),
+                std::time::Duration::from_secs(every),
+            );
+            tracing::info!(
+                every_s = every,
+                products = plan.products.len(),
+                "scheduled reconcile on"
+            );
+            Some(tokio::spawn(schedule::run(
+                store.clone(),
+                crate::aws::agreement_client(&sdk),
+                plan,
+                Some(metrics),
+                meter_stop.clone(),
+            )))
+        }
+        None => None,
+    };
     let summary = crate::app::run(
         crate::aws::worker_sqs_client(&sdk),
         pipeline,
@@ -116,7 +140,7 @@ pub(super) async fn run_until(
     if let Some(handle) = deliverer {
         let _ = handle.await;
     }
-    for handle in [meter, entitlements].into_iter().flatten() {
+    for handle in [meter, entitlements, reconciler].into_iter().flatten() {
         let _ = handle.await;
     }
     println!(

@@ -60,6 +60,19 @@ pub struct RunArgs {
     /// change a contract's entitlements and store the answer (see docs/entitlements.md).
     #[arg(long, env = "MPLINK_ENTITLEMENTS")]
     pub entitlements: bool,
+    /// Also reconcile with AWS's Agreement API every this many seconds (one replica at a time;
+    /// see docs/reconcile.md). Off unless given; needs --reconcile-product.
+    #[arg(long, env = "MPLINK_RECONCILE_EVERY", requires = "reconcile_product", value_parser = clap::value_parser!(u64).range(60..))]
+    pub reconcile_every: Option<u64>,
+    /// A product to reconcile: PRODUCT_ID or PRODUCT_ID=PRODUCT_CODE (repeatable;
+    /// MPLINK_RECONCILE_PRODUCTS, comma-separated).
+    #[arg(
+        long,
+        env = "MPLINK_RECONCILE_PRODUCTS",
+        value_delimiter = ',',
+        requires = "reconcile_every"
+    )]
+    pub reconcile_product: Vec<crate::reconcile::schedule::Product>,
     /// Link-change webhooks delivered by this process.
     #[command(flatten)]
     pub webhooks: WebhookArgs,

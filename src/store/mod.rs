@@ -12,6 +12,7 @@ mod listen;
 mod metering;
 mod outbox;
 mod reach;
+mod reconcile_runs;
 mod registrations;
 mod rows;
 mod view;

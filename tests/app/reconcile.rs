@@ -557,10 +557,125 @@ async fn the_command_reports_and_repairs() {
     s.db.cleanup().await;
 }
 
+/// On a schedule, two replicas at once: one runs the pass, the other finds it taken; nothing runs
+/// again before the period has passed.
+async fn the_schedule_runs_one_replica_at_a_time(backend: Backend) {
+    use mplink::reconcile::schedule::{scheduled_pass, Product, Schedule};
+    let s = Story::new(backend).await;
+    s.registered("org-1", 1).await;
+    s.aws(1, "ACTIVE", s.now - DAY_MS, None);
+    let plan = |owner: &str, every: Duration| Schedule {
+        owner: owner.into(),
+        ..Schedule::new(
+            vec![Product {
+                id: PRODUCT_ID.into(),
+                code: Some(PRODUCT_CODE.into()),
+            }],
+            every,
+        )
+    };
+    let hourly = Duration::from_secs(3600);
+    // No period between them: only the lease keeps the second replica out.
+    let (one, two) = (
+        plan("replica-1", Duration::ZERO),
+        plan("replica-2", Duration::ZERO),
+    );
+    let (a, b) = tokio::join!(
+        scheduled_pass(s.store(), &s.client, &one, None),
+        scheduled_pass(s.store(), &s.client, &two, None),
+    );
+    let ran = a.unwrap().len() + b.unwrap().len();
+    assert_eq!(ran, 1, "one replica runs the pass");
+    assert_eq!(s.double.calls_of(Operation::SearchAgreements).len(), 1);
+    assert_eq!(s.link_state("org-1").await, Some(LinkState::Linked));
+    let early = scheduled_pass(s.store(), &s.client, &plan("replica-2", hourly), None)
+        .await
+        .unwrap();
+    assert!(early.is_empty(), "not due within the hour: {early:?}");
+    let due = scheduled_pass(
+        s.store(),
+        &s.client,
+        &plan("replica-2", Duration::ZERO),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].in_sync, due[0].facts_recorded), (1, 0));
+    s.db.cleanup().await;
+}
+
+/// `mplink run --reconcile-every --reconcile-product`: the worker process reconciles too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reconciles_with_its_flags() {
+    let s = Story::new(Backend::Sqlite).await;
+    s.registered("org-1", 1).await;
+    s.aws(1, "ACTIVE", s.now - DAY_MS, None);
+    let sqs = aws_sdk_sqs::Client::new(&crate::common::localstack::sdk().await);
+    let queue = sqs
+        .create_queue()
+        .queue_name(format!(
+            "mplink-reconcile-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+        .send()
+        .await
+        .expect("LocalStack answers")
+        .queue_url
+        .unwrap();
+    let product = format!("{PRODUCT_ID}={PRODUCT_CODE}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
+        .args([
+            "run",
+            "--queue-url",
+            &queue,
+            "--exit-when-idle",
+            "--wait-time",
+            "1",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--reconcile-every",
+            "3600",
+            "--reconcile-product",
+            &product,
+        ])
+        .envs(crate::common::localstack::binary_env())
+        .env("MPLINK_DATABASE_URL", s.db.url.expose())
+        .env(
+            "AWS_ENDPOINT_URL_MARKETPLACE_AGREEMENT",
+            s.double.endpoint_url(),
+        )
+        .output()
+        .unwrap();
+    sqs.delete_queue().queue_url(&queue).send().await.ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        s.link_state("org-1").await,
+        Some(LinkState::Linked),
+        "{stderr}"
+    );
+    // A period without products (or products without a period) is refused at once.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
+        .args(["run", "--queue-url", &queue, "--reconcile-every", "3600"])
+        .env("MPLINK_DATABASE_URL", s.db.url.expose())
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    s.db.cleanup().await;
+}
+
 both_backends! {
     lost_events_are_repaired_through_the_ledger_rules => lost_events_are_repaired_through_the_ledger_rules;
     a_renewal_keeps_the_link => a_renewal_keeps_the_link;
     a_dry_run_changes_nothing => a_dry_run_changes_nothing;
     paging_throttling_and_a_rerun_after_a_stop => paging_throttling_and_a_rerun_after_a_stop;
     a_lost_cancellation_still_sends_the_final_usage => a_lost_cancellation_still_sends_the_final_usage;
+    the_schedule_runs_one_replica_at_a_time => the_schedule_runs_one_replica_at_a_time;
 }

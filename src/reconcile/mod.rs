@@ -5,6 +5,8 @@
 //! never overrides a newer event), the outbox tells the host, metering sends final usage. A fact's
 //! id is the agreement and the status, so a rerun after a crash records nothing twice.
 
+pub mod schedule;
+
 use crate::backoff::Backoff;
 use crate::ledger::{Outcome, SubState};
 use crate::reconciled::{agrees, facts, known_status, AwsAgreement};
