@@ -173,6 +173,23 @@ fn read_summary(
     })
 }
 
+/// True when the ledger knows every identifier of `a` AWS names (buyer, license, product code):
+/// a subscription whose License Updated was lost is active but reaches no registration by
+/// license, and a link waits on it for ever.
+fn knows_ids(
+    sub: Option<&crate::ledger::Subscription>,
+    a: &AwsAgreement,
+    config: &ReconcileConfig,
+) -> bool {
+    let Some(sub) = sub else {
+        return false;
+    };
+    let lacks = |aws: bool, ledger: &Option<String>| aws && ledger.is_none();
+    !(lacks(a.license_arn.is_some(), &sub.license_arn)
+        || lacks(a.acceptor_account_id.is_some(), &sub.customer_aws_account_id)
+        || lacks(config.product_code.is_some(), &sub.product_code))
+}
+
 /// What the event log keeps as the fact's body: what AWS said and when it was asked.
 fn body_of(a: &AwsAgreement, observed_ms: i64) -> String {
     serde_json::json!({
@@ -214,7 +231,7 @@ async fn settle_page(
         let sub = before.get(&key);
         let state = sub.map(|s| s.state);
         let handed_over = sub.is_some_and(|s| s.handed_over.is_some());
-        if agrees(&a, state, handed_over, observed) {
+        if agrees(&a, state, handed_over, observed) && knows_ids(sub, &a, config) {
             report.in_sync += 1;
             continue;
         }
@@ -276,7 +293,8 @@ async fn settle_page(
             now.map(|s| s.state),
             now.is_some_and(|s| s.handed_over.is_some()),
             observed,
-        ) {
+        ) && knows_ids(now, &a, config)
+        {
             "repaired"
         } else if recorded_now {
             "ledger_newer"

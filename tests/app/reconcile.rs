@@ -557,6 +557,125 @@ async fn the_command_reports_and_repairs() {
     s.db.cleanup().await;
 }
 
+/// The measure of done: a queue that lost a third of a lifecycle's events, then one pass,
+/// leaves every subscription and every link as a ledger that received every event has them.
+async fn a_third_of_the_events_lost_then_one_pass_equals_full_delivery(backend: Backend) {
+    let s = Story::new(backend).await;
+    let full = TestDb::new(backend).await;
+    let t0 = s.now - 10 * DAY_MS;
+    let ended = s.now - 2 * DAY_MS;
+    // 30 lifecycles: every one created and licensed; two in three cancelled, then deprovisioned.
+    let mut events: Vec<(String, String)> = Vec::new();
+    for n in 0..30u32 {
+        let agreement = format!("agmt-{n}");
+        let (acct, lic) = (account(n), license(n));
+        events.push((
+            format!("created-{n}"),
+            agreement_body(
+                &format!("created-{n}"),
+                "Created",
+                "Proposer",
+                &agreement,
+                &acct,
+                serde_json::json!({}),
+                t0,
+            ),
+        ));
+        events.push((
+            format!("license-{n}"),
+            license_body(
+                &format!("license-{n}"),
+                "Updated",
+                &agreement,
+                PRODUCT_CODE,
+                &lic,
+                &acct,
+                t0 + MINUTE_MS,
+            ),
+        ));
+        let cancelled = n % 3 != 0;
+        if cancelled {
+            events.push((
+                format!("ended-{n}"),
+                agreement_body(
+                    &format!("ended-{n}"),
+                    "Ended",
+                    "Proposer",
+                    &agreement,
+                    &acct,
+                    serde_json::json!({ "status": "CANCELLED" }),
+                    ended,
+                ),
+            ));
+            events.push((
+                format!("deprov-{n}"),
+                license_body(
+                    &format!("deprov-{n}"),
+                    "Deprovisioned",
+                    &agreement,
+                    PRODUCT_CODE,
+                    &lic,
+                    &acct,
+                    ended + 3_600_000,
+                ),
+            ));
+        }
+        s.aws(
+            n,
+            if cancelled { "CANCELLED" } else { "ACTIVE" },
+            t0,
+            cancelled.then_some(ended),
+        );
+    }
+    for n in 0..30u32 {
+        let link = LinkRequest {
+            org_id: format!("org-{n}"),
+            product_code: PRODUCT_CODE.into(),
+            customer_identifier: None,
+            customer_aws_account_id: Some(account(n)),
+            license_arn: Some(license(n)),
+            requested_at_ms: t0 - DAY_MS,
+        };
+        s.store().link(&link).await.unwrap();
+        full.store.link(&link).await.unwrap();
+    }
+    let mut lost = 0;
+    for (i, (id, body)) in events.iter().enumerate() {
+        full.store.apply(&decoded(id, body), body).await.unwrap();
+        if i % 3 == 0 {
+            lost += 1;
+            continue;
+        }
+        s.apply(id, body.clone()).await;
+    }
+    assert_eq!(lost, events.len().div_ceil(3));
+    let states = |subs: Vec<mplink::ledger::Subscription>| -> Vec<(String, SubState)> {
+        subs.into_iter().map(|sub| (sub.key, sub.state)).collect()
+    };
+    let links = |rows: Vec<mplink::store::StatusRow>| -> Vec<(Option<String>, Option<LinkState>)> {
+        let mut v: Vec<_> = rows.into_iter().map(|r| (r.org_id, r.link_state)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let want = states(full.store.subscriptions().await.unwrap());
+    let want_links = links(full.store.status(&StatusFilter::default()).await.unwrap());
+    assert_ne!(
+        states(s.store().subscriptions().await.unwrap()),
+        want,
+        "the loss shows"
+    );
+
+    let report = s.run(&s.config()).await;
+    assert!(report.complete, "{report:#?}");
+    assert_eq!(states(s.store().subscriptions().await.unwrap()), want);
+    assert_eq!(
+        links(s.store().status(&StatusFilter::default()).await.unwrap()),
+        want_links
+    );
+    full.cleanup().await;
+    s.db.cleanup().await;
+}
+
 /// On a schedule, two replicas at once: one runs the pass, the other finds it taken; nothing runs
 /// again before the period has passed.
 async fn the_schedule_runs_one_replica_at_a_time(backend: Backend) {
@@ -678,4 +797,5 @@ both_backends! {
     paging_throttling_and_a_rerun_after_a_stop => paging_throttling_and_a_rerun_after_a_stop;
     a_lost_cancellation_still_sends_the_final_usage => a_lost_cancellation_still_sends_the_final_usage;
     the_schedule_runs_one_replica_at_a_time => the_schedule_runs_one_replica_at_a_time;
+    a_third_of_the_events_lost_then_one_pass_equals_full_delivery => a_third_of_the_events_lost_then_one_pass_equals_full_delivery;
 }
