@@ -125,6 +125,7 @@ async fn main() {
         select_organization_url: SelectUrl::new("https://app.example.com/select").expect("url"),
         registration_ttl: mplink::api::DEFAULT_REGISTRATION_TTL,
         product_codes: Vec::new(),
+        contract_products: Vec::new(),
         metrics: Arc::new(mplink::metrics::Metrics::new()),
         guards: Default::default(),
         shutdown: shutdown.clone(),

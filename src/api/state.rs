@@ -26,6 +26,8 @@ pub struct ApiState {
     pub registration_ttl: Duration,
     /// The product codes this SaaS sells (empty: any); a registration for another is refused.
     pub product_codes: Vec<String>,
+    /// Contract products: `POST /v1/usage` refuses their usage outside the buyer's entitlements.
+    pub contract_products: Vec<String>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Rate limits, ResolveCustomer slots, refused tokens, long-poll slots.

@@ -48,6 +48,12 @@ impl ApiArgs {
                 .filter_map(|p| crate::event::normalize_identifier(p))
                 .map(str::to_owned)
                 .collect(),
+            contract_products: self
+                .contract_products
+                .iter()
+                .filter_map(|p| crate::event::normalize_identifier(p))
+                .map(str::to_owned)
+                .collect(),
             metrics,
             guards: Arc::new(crate::api::guard::Guards::new(self.guard_config())),
             shutdown,

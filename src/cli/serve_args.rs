@@ -83,6 +83,15 @@ pub struct ApiArgs {
         value_delimiter = ','
     )]
     pub product_codes: Vec<String>,
+    /// A contract product (repeatable or comma-separated): its usage must be in a dimension the
+    /// buyer's contract entitles (as AWS last answered GetEntitlements), else POST /v1/usage
+    /// refuses it `not_entitled`.
+    #[arg(
+        long = "contract-product",
+        env = "MPLINK_CONTRACT_PRODUCTS",
+        value_delimiter = ','
+    )]
+    pub contract_products: Vec<String>,
     /// Serve the example host pages under /example/ (a demo of the host side; not for
     /// production). The select-organization URL then defaults to /example/select.html.
     #[arg(long, env = "MPLINK_EXAMPLE")]

@@ -59,6 +59,9 @@ pub struct MeterConfig {
     pub tick: Duration,
     /// How far in the future a usage time may be (clock skew of the host).
     pub future_skew: Duration,
+    /// Contract products (by code): their usage must be in a dimension the buyer's contract
+    /// entitles, else it is refused `not_entitled` (see docs/entitlements.md).
+    pub contract_products: Vec<String>,
 }
 
 /// Metering defaults, read by the flags (`cli/metering.rs`) and by [`MeterConfig::default`].
@@ -82,6 +85,7 @@ impl Default for MeterConfig {
             max_attempts: 20,
             tick: Duration::from_secs(30),
             future_skew: Duration::from_secs(5 * 60),
+            contract_products: Vec::new(),
         }
     }
 }
@@ -152,11 +156,14 @@ pub enum Refusal {
     /// metered. A refusal rather than an invalid field, as `too_old` is: whether a time is in
     /// the future depends on when it arrives, which no schema can say.
     InTheFuture,
+    /// A contract product's usage in a dimension the buyer's contract does not entitle (or no
+    /// longer: its expiration passed), as AWS last answered GetEntitlements.
+    NotEntitled,
 }
 
 impl Refusal {
     /// Every reason, for parsing and for metrics that list each one.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::NotLinked,
         Refusal::SubscriptionCancelled,
         Refusal::CustomerNotSubscribed,
@@ -164,6 +171,7 @@ impl Refusal {
         Refusal::TooOld,
         Refusal::BeforeSubscription,
         Refusal::InTheFuture,
+        Refusal::NotEntitled,
     ];
 
     /// The stable code.
@@ -176,6 +184,7 @@ impl Refusal {
             Refusal::TooOld => "too_old",
             Refusal::BeforeSubscription => "before_subscription",
             Refusal::InTheFuture => "in_the_future",
+            Refusal::NotEntitled => "not_entitled",
         }
     }
 
@@ -275,6 +284,32 @@ pub fn validate(report: &UsageReport) -> Result<(), MeteringError> {
     Ok(())
 }
 
+/// False when `sub` is of a contract product and AWS's last answer entitles no `dimension` in
+/// force at `now`. Usage is not refused while AWS has not answered yet: a lagging entitlement
+/// loop must not turn the host's usage away.
+async fn entitled(
+    store: &Store,
+    config: &MeterConfig,
+    sub: &crate::ledger::Subscription,
+    dimension: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let contract = sub
+        .product_code
+        .as_ref()
+        .is_some_and(|p| config.contract_products.contains(p));
+    if !contract {
+        return Ok(true);
+    }
+    Ok(match store.entitlements(&sub.key).await? {
+        Some(set) if set.as_of_ms.is_some() => set
+            .items
+            .iter()
+            .any(|e| e.dimension == dimension && !e.expired_at(now.timestamp_millis())),
+        _ => true,
+    })
+}
+
 /// Takes a usage report: refused with a reason (stored and counted) when the organization is
 /// not linked to a subscription that is metered, accepted otherwise. The same idempotency key
 /// again returns the stored answer. This is what `POST /v1/usage` and `mplink usage record` call.
@@ -307,6 +342,11 @@ pub async fn record_usage(
                                 .is_some_and(|s| s.time_ms > usage_time) =>
                     {
                         Err(Refusal::BeforeSubscription)
+                    }
+                    (LinkState::Linked | LinkState::UnlinkPending, Some(sub))
+                        if !entitled(store, config, sub, &report.dimension, now).await? =>
+                    {
+                        Err(Refusal::NotEntitled)
                     }
                     (LinkState::Linked | LinkState::UnlinkPending, Some(sub)) => {
                         reopen = sub.state == SubState::Active;

@@ -186,7 +186,10 @@ fn knows_ids(
     };
     let lacks = |aws: bool, ledger: &Option<String>| aws && ledger.is_none();
     !(lacks(a.license_arn.is_some(), &sub.license_arn)
-        || lacks(a.acceptor_account_id.is_some(), &sub.customer_aws_account_id)
+        || lacks(
+            a.acceptor_account_id.is_some(),
+            &sub.customer_aws_account_id,
+        )
         || lacks(config.product_code.is_some(), &sub.product_code))
 }
 

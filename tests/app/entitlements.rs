@@ -525,6 +525,74 @@ async fn two_replicas_ask_once_per_check(backend: Backend) {
     s.db.cleanup().await;
 }
 
+/// A contract product's usage must be in a dimension the contract entitles, in force; other
+/// products, and a contract AWS has not answered for yet, meter whatever is reported.
+async fn usage_outside_a_contract_is_refused_when_the_product_says_so(backend: Backend) {
+    use mplink::metering::{record_usage, MeterConfig, Refusal, UsageReport};
+    let s = Story::new(backend).await;
+    let t = s.now - DAY_MS;
+    s.double.add_entitlement(legacy(
+        "cust-u",
+        "seats",
+        EntitlementValue::Integer(10),
+        Some(s.now + 30 * DAY_MS),
+    ));
+    s.double.add_entitlement(legacy(
+        "cust-u",
+        "storage_gb",
+        EntitlementValue::Integer(100),
+        Some(s.now - DAY_MS),
+    ));
+    s.link("org-u", "cust-u").await;
+    s.event("sub-u", "subscribe-success", "cust-u", t).await;
+    s.link("org-v", "cust-v").await;
+    s.event("sub-v", "subscribe-success", "cust-v", t).await;
+    let contract = MeterConfig {
+        contract_products: vec![PRODUCT.into()],
+        ..MeterConfig::default()
+    };
+    let usage = |org: &str, key: &str, dimension: &str| UsageReport {
+        idempotency_key: key.into(),
+        org_id: org.into(),
+        dimension: dimension.into(),
+        quantity: 1,
+        time: chrono::DateTime::from_timestamp_millis(s.now - 60_000).unwrap(),
+        tags: Default::default(),
+    };
+    // Before AWS answered: accepted (the loop lagging must not turn usage away).
+    let early = record_usage(s.store(), &usage("org-u", "k0", "gpu_hours"), &contract)
+        .await
+        .unwrap();
+    assert!(early.accepted, "{early:?}");
+    s.refresh().await;
+    for (key, dimension, refusal) in [
+        ("k1", "seats", None),
+        ("k2", "gpu_hours", Some(Refusal::NotEntitled)),
+        ("k3", "storage_gb", Some(Refusal::NotEntitled)),
+    ] {
+        let got = record_usage(s.store(), &usage("org-u", key, dimension), &contract)
+            .await
+            .unwrap();
+        assert_eq!(got.refusal, refusal, "{dimension}: {got:?}");
+        assert_eq!(got.accepted, refusal.is_none());
+    }
+    // AWS answered "no entitlement" for cust-v: nothing of the contract product is metered.
+    let none = record_usage(s.store(), &usage("org-v", "k4", "seats"), &contract)
+        .await
+        .unwrap();
+    assert_eq!(none.refusal, Some(Refusal::NotEntitled), "{none:?}");
+    // A product that is not declared a contract meters whatever is reported.
+    let plain = record_usage(
+        s.store(),
+        &usage("org-u", "k5", "gpu_hours"),
+        &MeterConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert!(plain.accepted, "{plain:?}");
+    s.db.cleanup().await;
+}
+
 /// `mplink run --entitlements` answers the checks its events asked for, through the SDK's own
 /// endpoint variable. Two threads: the double answers while this one waits for the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,4 +662,5 @@ both_backends! {
     throttling_is_retried_and_every_page_is_read => throttling_is_retried_and_every_page_is_read;
     an_agreement_is_asked_by_account_and_kept_to_its_license => an_agreement_is_asked_by_account_and_kept_to_its_license;
     two_replicas_ask_once_per_check => two_replicas_ask_once_per_check;
+    usage_outside_a_contract_is_refused_when_the_product_says_so => usage_outside_a_contract_is_refused_when_the_product_says_so;
 }

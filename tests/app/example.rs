@@ -48,6 +48,7 @@ async fn start(db: &TestDb, example: Option<&str>) -> Example {
         select_organization_url: SelectUrl::new("/example/select.html").expect("select url"),
         registration_ttl: mplink::api::DEFAULT_REGISTRATION_TTL,
         product_codes: Vec::new(),
+        contract_products: Vec::new(),
         metrics: metrics.clone(),
         guards: Default::default(),
         shutdown: shutdown.clone(),

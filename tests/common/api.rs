@@ -104,6 +104,7 @@ pub async fn spawn_app_with(backend: Backend, config: AppConfig) -> TestApp {
         select_organization_url: SelectUrl::new(SELECT_URL).expect("select url"),
         registration_ttl: config.registration_ttl,
         product_codes: config.product_codes,
+        contract_products: Vec::new(),
         metrics: metrics.clone(),
         guards: Arc::new(Guards::new(config.guards.clone())),
         shutdown: shutdown.clone(),

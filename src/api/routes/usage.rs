@@ -65,7 +65,8 @@ pub struct UsageAnswer {
     /// Counted into its hour's record.
     pub accepted: bool,
     /// Why not: `not_linked`, `subscription_cancelled`, `customer_not_subscribed`,
-    /// `hour_closed`, `too_old`, `in_the_future`, `before_subscription`; null when accepted.
+    /// `hour_closed`, `too_old`, `in_the_future`, `before_subscription`, `not_entitled` (a
+    /// contract product's dimension the buyer's contract does not entitle); null when accepted.
     pub refusal: Option<&'static str>,
     /// The hour it counts in (RFC 3339).
     pub usage_hour: String,
@@ -113,7 +114,11 @@ pub async fn report(
         time: body.time,
         tags: body.tags,
     };
-    match record_usage(&state.store, &report, &MeterConfig::default()).await {
+    let config = MeterConfig {
+        contract_products: state.contract_products.clone(),
+        ..MeterConfig::default()
+    };
+    match record_usage(&state.store, &report, &config).await {
         Ok(receipt) => Ok(Json(receipt.into())),
         Err(MeteringError::Invalid { field, problem, .. }) => Err(ApiError::field(field, problem)),
         Err(MeteringError::KeyReused { .. }) => Err(ApiError::KeyReused),
