@@ -774,7 +774,7 @@ async fn billing_view_follows_the_ledger(backend: Backend) {
         none.json(),
         json!({"org_id": "org-1", "payment_method": null, "payment_method_text": null,
                "edit_enabled": true, "link_state": null, "syncing": false, "unlinked_at": null,
-               "notice": null, "subscription": null})
+               "notice": null, "subscription": null, "entitlements": null})
     );
 
     let a = app

@@ -7,7 +7,7 @@ use aws_sdk_marketplacemetering::types::{UsageRecord, UsageRecordResultStatus};
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use mplink_marketplace_double::clients::{customer, entitlement, metering, sdk_for};
 use mplink_marketplace_double::{
-    CallOutcome, Entitlement, EntitlementValue, Failure, MarketplaceDouble, Operation,
+    Agreement, CallOutcome, Entitlement, EntitlementValue, Failure, MarketplaceDouble, Operation,
     ResolvedCustomer,
 };
 
@@ -842,4 +842,111 @@ async fn usage_allocations_are_checked_and_recorded() {
         assert_eq!(code(&e), expected);
     }
     assert_eq!(d.metered_records().len(), 1, "nothing refused was billed");
+}
+
+#[tokio::test]
+async fn search_agreements_filters_pages_and_refuses_what_aws_refuses() {
+    use aws_sdk_marketplaceagreement::error::ProvideErrorMetadata;
+    use aws_sdk_marketplaceagreement::types::Filter;
+    let d = double().await;
+    let accepted = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+    for i in 0..120 {
+        d.put_agreement(Agreement {
+            agreement_id: format!("agmt-{i:03}"),
+            product_id: if i % 2 == 0 { "prod-even" } else { "prod-odd" }.into(),
+            acceptor_account_id: format!("{:012}", i),
+            status: if i % 10 == 0 { "CANCELLED" } else { "ACTIVE" }.into(),
+            offer_id: Some("offer-1".into()),
+            license_arn: Some(format!("arn:aws:license-manager::1:license:l-{i:03}")),
+            acceptance_time: Some(accepted),
+            start_time: Some(accepted),
+            end_time: None,
+        });
+    }
+    // AWS changing an agreement's status replaces it in place.
+    d.put_agreement(Agreement {
+        agreement_id: "agmt-002".into(),
+        product_id: "prod-even".into(),
+        acceptor_account_id: format!("{:012}", 2),
+        status: "EXPIRED".into(),
+        offer_id: None,
+        license_arn: None,
+        acceptance_time: Some(accepted),
+        start_time: None,
+        end_time: Some(accepted),
+    });
+    let client = mplink_marketplace_double::clients::agreement(&d).await;
+    let calls_before = d.calls().len();
+    let filter = |n: &str, v: &str| Filter::builder().name(n).values(v).build();
+    let mut token = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let out = client
+            .search_agreements()
+            .catalog("AWSMarketplace")
+            .filters(filter("PartyType", "Proposer"))
+            .filters(filter("ResourceIdentifier", "prod-even"))
+            .max_results(25)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .unwrap();
+        pages += 1;
+        for a in out.agreement_view_summaries() {
+            let resource = a.proposal_summary().unwrap().resources()[0].id().unwrap();
+            assert_eq!(resource, "prod-even");
+            assert_eq!(a.acceptance_time().map(|t| t.secs()), Some(1_790_000_000));
+            seen.push((
+                a.agreement_id().unwrap().to_string(),
+                a.status().unwrap().as_str().to_string(),
+            ));
+        }
+        match out.next_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen.len()), (3, 60));
+    assert_eq!(seen[1], ("agmt-002".to_string(), "EXPIRED".to_string()));
+    assert_eq!(seen.iter().filter(|(_, s)| s == "CANCELLED").count(), 12);
+    assert_eq!(d.calls().len() - calls_before, 3, "one call per page");
+
+    // Without the seller's party, with a foreign token, or past the page bound: refused.
+    let no_party = client
+        .search_agreements()
+        .catalog("AWSMarketplace")
+        .filters(filter("ResourceIdentifier", "prod-even"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(no_party.code(), Some("ValidationException"));
+    let foreign = client
+        .search_agreements()
+        .catalog("AWSMarketplace")
+        .filters(filter("PartyType", "Proposer"))
+        .next_token("bm90LWEtdG9rZW4")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Some("ValidationException"));
+    let too_many = client
+        .search_agreements()
+        .catalog("AWSMarketplace")
+        .filters(filter("PartyType", "Proposer"))
+        .max_results(51)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Some("ValidationException"));
+    // Throttling as AWS answers it, by code.
+    d.fail_next(Operation::SearchAgreements, Failure::Throttling, 1);
+    let throttled = client
+        .search_agreements()
+        .catalog("AWSMarketplace")
+        .filters(filter("PartyType", "Proposer"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(throttled.code(), Some("ThrottlingException"));
 }
