@@ -195,8 +195,8 @@ fn commands(cfg: &Config, full: &DatabaseUrl, empty: &DatabaseUrl) -> Vec<Value>
     out
 }
 
-/// In-process latency of resolving one organization (`status --org`'s lookup) and of linking
-/// one (the registration's write and lookup), on the full ledger.
+/// In-process latency of resolving one organization (`status --org`'s lookup), of reading its
+/// history, and of linking one (the registration's write and lookup), on the full ledger.
 async fn lookups(cfg: &Config, store: &Store) -> Value {
     let mut rng = rand::rngs::StdRng::seed_from_u64(15);
     let mut resolve = Vec::with_capacity(cfg.lookups);
@@ -209,6 +209,15 @@ async fn lookups(cfg: &Config, store: &Store) -> Value {
         let rows = store.status(&filter).await.expect("status --org");
         resolve.push(started.elapsed());
         assert_eq!(rows.len(), 1, "{filter:?}");
+    }
+    // One organization's history (`mplink history --org`): its link, the subscriptions it
+    // reaches, and their events, link changes and meter records, each by key.
+    let mut history = Vec::with_capacity(cfg.lookups);
+    for _ in 0..cfg.lookups {
+        let org = format!("org-{}", rng.gen_range(1..=cfg.links.max(1)));
+        let started = Instant::now();
+        store.org_history(&org).await.expect("history --org");
+        history.push(started.elapsed());
     }
     let mut link = Vec::with_capacity(cfg.lookups / 4);
     for k in 0..(cfg.lookups / 4).max(1) {
@@ -236,7 +245,7 @@ async fn lookups(cfg: &Config, store: &Store) -> Value {
             "max_ms": ms(v[v.len() - 1]),
         })
     };
-    json!({ "resolve_org": figures(resolve), "link": figures(link) })
+    json!({ "resolve_org": figures(resolve), "history": figures(history), "link": figures(link) })
 }
 
 async fn bench_backend(cfg: &Config, name: &str, full: DatabaseUrl, empty: DatabaseUrl) -> Value {

@@ -301,6 +301,13 @@ async fn per_org_operations(db: &TestDb) {
         assert_eq!(rows.len(), 1, "{filter:?}");
         assert!(rows[0].agreement_id.is_some() || rows[0].customer_identifier.is_some());
     }
+    // An organization's history reads its link and what it reaches by key, never the ledger.
+    for i in [3, 300, 10_000] {
+        store
+            .org_history(&format!("org-{i}"))
+            .await
+            .expect("history --org");
+    }
     let linked = store
         .link(&LinkRequest {
             customer_identifier: Some("c-7".into()),
