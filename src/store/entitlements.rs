@@ -246,6 +246,56 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The answered entitlements of each of `keys` that AWS answered for (an empty list when it
+    /// said none), by primary key in chunks.
+    pub async fn answered_entitlements(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<Entitlement>>, StoreError> {
+        let mut out: HashMap<String, Vec<Entitlement>> = HashMap::new();
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(q("reading entitlements"))?;
+        for chunk in keys.chunks(BULK_ROWS) {
+            let list = rows::tuples(self.backend, 1, chunk.len(), 1);
+            let sql = format!(
+                "SELECT sub_key FROM mplink_entitlement_checks \
+                 WHERE sub_key IN {list} AND answered_time IS NOT NULL"
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for k in chunk {
+                query = query.bind(k);
+            }
+            for key in query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(q("reading entitlement checks"))?
+            {
+                out.insert(key, Vec::new());
+            }
+            let sql = format!(
+                "SELECT sub_key, dimension, value_type, value, expires_at FROM mplink_entitlements \
+                 WHERE sub_key IN {list} ORDER BY sub_key, dimension"
+            );
+            let mut query = sqlx::query(&sql);
+            for k in chunk {
+                query = query.bind(k);
+            }
+            for row in query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(q("reading entitlements"))?
+            {
+                let key: String = row.try_get("sub_key").map_err(q("reading entitlements"))?;
+                let item = item_from(&row, &key)?;
+                out.entry(key).or_default().push(item);
+            }
+        }
+        Ok(out)
+    }
+
     /// What the ledger holds about `sub_key`'s entitlements; None when nothing ever asked.
     pub async fn entitlements(&self, sub_key: &str) -> Result<Option<EntitlementSet>, StoreError> {
         let mut conn = self
@@ -283,6 +333,22 @@ impl Store {
     }
 }
 
+fn item_from(row: &sqlx::any::AnyRow, sub_key: &str) -> Result<Entitlement, StoreError> {
+    let get = || q("reading entitlements");
+    let kind: String = row.try_get("value_type").map_err(get())?;
+    let text: String = row.try_get("value").map_err(get())?;
+    let value = EntitlementValue::from_stored(&kind, &text).ok_or_else(|| StoreError::Corrupt {
+        table: "mplink_entitlements",
+        column: "value",
+        value: format!("{sub_key}: {kind} {text:?}"),
+    })?;
+    Ok(Entitlement {
+        dimension: row.try_get("dimension").map_err(get())?,
+        value,
+        expires_at_ms: row.try_get("expires_at").map_err(get())?,
+    })
+}
+
 async fn read_items(
     conn: &mut AnyConnection,
     sub_key: &str,
@@ -297,25 +363,7 @@ async fn read_items(
     .map_err(q("reading entitlements"))?;
     let mut out = Vec::with_capacity(found.len());
     for row in found {
-        let kind: String = row
-            .try_get("value_type")
-            .map_err(q("reading entitlements"))?;
-        let text: String = row.try_get("value").map_err(q("reading entitlements"))?;
-        let value =
-            EntitlementValue::from_stored(&kind, &text).ok_or_else(|| StoreError::Corrupt {
-                table: "mplink_entitlements",
-                column: "value",
-                value: format!("{sub_key}: {kind} {text:?}"),
-            })?;
-        out.push(Entitlement {
-            dimension: row
-                .try_get("dimension")
-                .map_err(q("reading entitlements"))?,
-            value,
-            expires_at_ms: row
-                .try_get("expires_at")
-                .map_err(q("reading entitlements"))?,
-        });
+        out.push(item_from(&row, sub_key)?);
     }
     Ok(out)
 }

@@ -310,6 +310,12 @@ pub struct StatusRow {
     /// The subscription's details: keys appended after `last_event_time`, null when unknown.
     #[serde(flatten)]
     pub details: StatusDetails,
+    /// A contract's entitlements as AWS last answered GetEntitlements (appended after the
+    /// details; an empty list when AWS said none); null until AWS answered.
+    pub entitlements: Option<Vec<crate::entitlement::EntitlementView>>,
+    /// The subscription's ledger key, by which the store adds the entitlements.
+    #[serde(skip)]
+    pub sub_key: Option<String>,
 }
 
 /// The keys `status --json` gained with the subscription's details (appended after the
@@ -447,6 +453,8 @@ pub(super) fn row_for(
         payment_method: link.and_then(|(_, state)| state.payment_method()),
         last_event_time: sub.and_then(|s| s.last_event_time_ms).and_then(time_text),
         details: sub.map_or_else(StatusDetails::default, |s| details_columns(&s.details)),
+        entitlements: None,
+        sub_key: sub.map(|s| s.key.clone()),
     }
 }
 

@@ -7,7 +7,7 @@ use super::reach::{self, LinkRows};
 use super::rows::{self, row_for, SELECT_LINKS, SELECT_SUBSCRIPTIONS};
 use super::{q, StatusFilter, StatusRow, Store, StoreError};
 use crate::ledger::{resolve_link, LinkRequest, LinkState, Subscription};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Rows per `status` page: bounds what one page holds in memory.
 pub const STATUS_PAGE_ROWS: usize = 1000;
@@ -179,9 +179,35 @@ impl StatusPages<'_> {
                 Stage::Unresolved { after } => self.unresolved(after).await?,
             };
             if !rows.is_empty() {
-                return Ok(Some(rows));
+                return Ok(Some(self.with_entitlements(rows).await?));
             }
         }
+    }
+
+    /// Adds each row's entitlements: one keyed lookup for the page.
+    async fn with_entitlements(
+        &self,
+        mut rows: Vec<StatusRow>,
+    ) -> Result<Vec<StatusRow>, StoreError> {
+        let keys: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.sub_key.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if keys.is_empty() {
+            return Ok(rows);
+        }
+        let answered = self.store.answered_entitlements(&keys).await?;
+        let now = crate::time::now_ms();
+        for row in &mut rows {
+            row.entitlements = row
+                .sub_key
+                .as_ref()
+                .and_then(|k| answered.get(k))
+                .map(|items| items.iter().map(|e| e.view(now)).collect());
+        }
+        Ok(rows)
     }
 
     fn wants_customer(&self, row: &StatusRow) -> bool {

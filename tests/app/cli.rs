@@ -156,6 +156,7 @@ async fn seed_story(backend: Backend) {
         "billing_adjustment",
         "ending_notice_days_before_end",
         "billing_adjustment_request",
+        "entitlements",
     ];
     let mut keys: Vec<&str> = row
         .as_object()

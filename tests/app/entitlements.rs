@@ -4,7 +4,8 @@
 //! view and announced as `link.entitlements_changed`; on SQLite and PostgreSQL.
 
 use crate::common::*;
-use mplink::api::routes::billing::{load as billing, BillingEntitlement};
+use mplink::api::routes::billing::load as billing;
+use mplink::entitlement::EntitlementView;
 use mplink::entitlements::{refresh_due, EntitlementConfig, RefreshSummary};
 use mplink::ledger::LinkRequest;
 use mplink::store::Store;
@@ -84,7 +85,7 @@ impl Story {
     }
 
     /// The billing view's entitlements of `org`: (as of, refreshing, items).
-    async fn shown(&self, org: &str) -> Option<(Option<String>, bool, Vec<BillingEntitlement>)> {
+    async fn shown(&self, org: &str) -> Option<(Option<String>, bool, Vec<EntitlementView>)> {
         billing(self.store(), org)
             .await
             .unwrap()
@@ -132,8 +133,8 @@ fn item(
     value: serde_json::Value,
     expires: Option<i64>,
     expired: bool,
-) -> BillingEntitlement {
-    BillingEntitlement {
+) -> EntitlementView {
+    EntitlementView {
         dimension: dimension.into(),
         value_type: match &value {
             serde_json::Value::Bool(_) => "boolean",
@@ -190,6 +191,24 @@ async fn asked_stored_and_updated_by_event_time(backend: Backend) {
             vec![seats10.clone(), gold.clone()]
         ))
     );
+    // status --json carries them too, by organization and in the whole-ledger view.
+    let by_org = s
+        .store()
+        .status(&mplink::store::StatusFilter {
+            org_id: Some("org-a".into()),
+            customer_identifier: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_org[0].entitlements,
+        Some(vec![seats10.clone(), gold.clone()])
+    );
+    let whole = s.store().status(&Default::default()).await.unwrap();
+    assert_eq!(whole.len(), 1);
+    assert_eq!(whole[0].entitlements, by_org[0].entitlements);
+    let json = serde_json::to_value(&whole[0]).unwrap();
+    assert_eq!(json["entitlements"][0]["dimension"], "seats", "{json}");
     let cause1 = format!("entitlements:cust:{PRODUCT}:cust-a:{t1}");
     assert_eq!(
         s.told("org-a").await.last().cloned(),

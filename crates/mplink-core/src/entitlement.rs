@@ -2,6 +2,7 @@
 //! keeps and shows it. No I/O: the store keeps the rows, mplink's `entitlements` module asks AWS.
 
 use crate::event::Action;
+use serde::Serialize;
 
 /// One dimension of a contract: its purchased value and the contract's end.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +62,40 @@ impl Entitlement {
     /// AWS said) but no longer counts.
     pub fn expired_at(&self, now_ms: i64) -> bool {
         self.expires_at_ms.is_some_and(|t| t <= now_ms)
+    }
+}
+
+/// One dimension of a contract as the billing view, `status --json` and the feed show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EntitlementView {
+    /// The product's dimension.
+    pub dimension: String,
+    /// `integer`, `double`, `boolean` or `string`: which of AWS's values it is.
+    pub value_type: &'static str,
+    /// The value: a number, true or false, or a string.
+    pub value: serde_json::Value,
+    /// AWS's ExpirationDate, the contract's end (RFC 3339), or null.
+    pub expires_at: Option<String>,
+    /// True once `expires_at` has passed: kept as AWS said it, but no longer in force.
+    pub expired: bool,
+}
+
+impl Entitlement {
+    /// How the views show it at `now_ms`.
+    pub fn view(&self, now_ms: i64) -> EntitlementView {
+        EntitlementView {
+            dimension: self.dimension.clone(),
+            value_type: self.value.to_stored().0,
+            value: match &self.value {
+                EntitlementValue::Integer(v) => serde_json::json!(v),
+                EntitlementValue::Double(v) => serde_json::json!(v),
+                EntitlementValue::Boolean(v) => serde_json::json!(v),
+                EntitlementValue::String(v) => serde_json::json!(v),
+            },
+            expires_at: self.expires_at_ms.map(crate::time::rfc3339_millis),
+            expired: self.expired_at(now_ms),
+        }
     }
 }
 

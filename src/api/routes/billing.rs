@@ -3,6 +3,7 @@
 
 use crate::api::error::ApiError;
 use crate::api::state::ApiState;
+use crate::entitlement::EntitlementView;
 use crate::ledger::{LinkState, PaymentMethod, SubState, Subscription};
 use crate::store::Store;
 use crate::time::rfc3339_millis;
@@ -47,47 +48,16 @@ pub struct BillingEntitlements {
     /// True while a newer event asked AWS again and the answer is not in yet.
     pub refreshing: bool,
     /// Each dimension once, in dimension order; empty when AWS said nothing is entitled.
-    pub items: Vec<BillingEntitlement>,
-}
-
-/// One dimension of a contract.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct BillingEntitlement {
-    /// The product's dimension.
-    pub dimension: String,
-    /// `integer`, `double`, `boolean` or `string`: which of AWS's values it is.
-    pub value_type: &'static str,
-    /// The value: a number, true or false, or a string.
-    pub value: serde_json::Value,
-    /// AWS's ExpirationDate, the contract's end (RFC 3339), or null.
-    pub expires_at: Option<String>,
-    /// True once `expires_at` has passed: kept as AWS said it, but no longer in force.
-    pub expired: bool,
+    pub items: Vec<EntitlementView>,
 }
 
 impl BillingEntitlements {
     /// The view of `set` at `now_ms`.
     pub fn of(set: &crate::store::EntitlementSet, now_ms: i64) -> BillingEntitlements {
-        use crate::entitlement::EntitlementValue;
         BillingEntitlements {
             as_of: set.as_of_ms.map(rfc3339_millis),
             refreshing: set.refreshing,
-            items: set
-                .items
-                .iter()
-                .map(|e| BillingEntitlement {
-                    dimension: e.dimension.clone(),
-                    value_type: e.value.to_stored().0,
-                    value: match &e.value {
-                        EntitlementValue::Integer(v) => serde_json::json!(v),
-                        EntitlementValue::Double(v) => serde_json::json!(v),
-                        EntitlementValue::Boolean(v) => serde_json::json!(v),
-                        EntitlementValue::String(v) => serde_json::json!(v),
-                    },
-                    expires_at: e.expires_at_ms.map(rfc3339_millis),
-                    expired: e.expired_at(now_ms),
-                })
-                .collect(),
+            items: set.items.iter().map(|e| e.view(now_ms)).collect(),
         }
     }
 }
