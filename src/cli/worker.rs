@@ -33,6 +33,7 @@ pub(super) async fn run_until(
 ) -> Result<ExitCode, CliError> {
     // A webhook URL that is not http(s), or URLs without a secret, stop the start.
     let webhooks = args.webhooks.config()?;
+    let reconcile_plan = args.reconcile_schedule().map_err(CliError::Setup)?;
     let config = args.worker_config();
     // Above the long-poll wait, so a receive that the network swallowed cannot hang the loop.
     let attempt_timeout = config.wait_time + std::time::Duration::from_secs(10);
@@ -102,21 +103,16 @@ pub(super) async fn run_until(
     } else {
         None
     };
-    let reconciler = match args.reconcile_every {
-        Some(every) => {
-            use crate::reconcile::schedule;
-            let metrics = schedule::ReconcileMetrics::new(&pipeline.metrics)
+    let reconciler = match reconcile_plan {
+        Some(plan) => {
+            let metrics = crate::reconcile::schedule::ReconcileMetrics::new(&pipeline.metrics)
                 .map_err(|e| CliError::Setup(format!("reconcile metrics: {e}")))?;
-            let plan = schedule::Schedule::new(
-                args.reconcile_product.clone(),
-                std::time::Duration::from_secs(every),
-            );
             tracing::info!(
-                every_s = every,
+                every_s = plan.every.as_secs(),
                 products = plan.products.len(),
                 "scheduled reconcile on"
             );
-            Some(tokio::spawn(schedule::run(
+            Some(tokio::spawn(crate::reconcile::schedule::run(
                 store.clone(),
                 crate::aws::agreement_client(&sdk),
                 plan,

@@ -60,19 +60,15 @@ pub struct RunArgs {
     /// change a contract's entitlements and store the answer (see docs/entitlements.md).
     #[arg(long, env = "MPLINK_ENTITLEMENTS")]
     pub entitlements: bool,
-    /// Also reconcile with AWS's Agreement API every this many seconds (one replica at a time;
-    /// see docs/reconcile.md). Off unless given; needs --reconcile-product.
-    #[arg(long, env = "MPLINK_RECONCILE_EVERY", requires = "reconcile_product", value_parser = clap::value_parser!(u64).range(60..))]
+    /// Also reconcile with AWS's Agreement API every this many seconds, at least 60 (one
+    /// replica at a time; see docs/reconcile.md). 0 or unset: off. Needs --reconcile-product.
+    #[arg(long, env = "MPLINK_RECONCILE_EVERY")]
     pub reconcile_every: Option<u64>,
     /// A product to reconcile: PRODUCT_ID or PRODUCT_ID=PRODUCT_CODE (repeatable;
-    /// MPLINK_RECONCILE_PRODUCTS, comma-separated).
-    #[arg(
-        long,
-        env = "MPLINK_RECONCILE_PRODUCTS",
-        value_delimiter = ',',
-        requires = "reconcile_every"
-    )]
-    pub reconcile_product: Vec<crate::reconcile::schedule::Product>,
+    /// MPLINK_RECONCILE_PRODUCTS, comma-separated; empty entries are ignored, so a stack can
+    /// pass an empty list).
+    #[arg(long, env = "MPLINK_RECONCILE_PRODUCTS", value_delimiter = ',')]
+    pub reconcile_product: Vec<String>,
     /// Link-change webhooks delivered by this process.
     #[command(flatten)]
     pub webhooks: WebhookArgs,
@@ -82,6 +78,38 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The scheduled reconcile these arguments ask for: None when off; an error naming the flag
+    /// when only half of it is given or the period is too short.
+    pub fn reconcile_schedule(
+        &self,
+    ) -> Result<Option<crate::reconcile::schedule::Schedule>, String> {
+        use crate::reconcile::schedule::{Product, Schedule, MIN_EVERY_S};
+        let products = self
+            .reconcile_product
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(str::parse::<Product>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--reconcile-product: {e}"))?;
+        match (self.reconcile_every.unwrap_or(0), products.is_empty()) {
+            (0, true) => Ok(None),
+            (0, false) => {
+                Err("--reconcile-product needs --reconcile-every (MPLINK_RECONCILE_EVERY)".into())
+            }
+            (_, true) => Err(
+                "--reconcile-every needs --reconcile-product (MPLINK_RECONCILE_PRODUCTS)".into(),
+            ),
+            (every, false) if every < MIN_EVERY_S => Err(format!(
+                "--reconcile-every {every}: at least {MIN_EVERY_S} seconds (0: off)"
+            )),
+            (every, false) => Ok(Some(Schedule::new(
+                products,
+                std::time::Duration::from_secs(every),
+            ))),
+        }
+    }
+
     /// The worker configuration these arguments describe.
     pub fn worker_config(&self) -> crate::consumer::WorkerConfig {
         use std::time::Duration;

@@ -10,6 +10,9 @@ use prometheus::{IntCounterVec, IntGauge, Opts};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The shortest period between two passes over a product, in seconds.
+pub const MIN_EVERY_S: u64 = 60;
+
 /// A product to reconcile: its id (what the Agreement API filters on) and, optionally, its code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product {

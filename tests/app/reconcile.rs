@@ -775,18 +775,29 @@ async fn the_worker_reconciles_with_its_flags() {
         Some(LinkState::Linked),
         "{stderr}"
     );
-    // A period without products (or products without a period) is refused at once.
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
-        .args(["run", "--queue-url", &queue, "--reconcile-every", "3600"])
-        .env("MPLINK_DATABASE_URL", s.db.url.expose())
-        .output()
-        .unwrap();
-    assert_eq!(
-        refused.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    // Half a schedule, or too short a period, is refused at once, naming the flag; an empty
+    // list with a period of 0 (what a stack passes to turn it off) is no schedule.
+    for (every, products, says) in [
+        ("3600", "", "needs --reconcile-product"),
+        ("0", product.as_str(), "needs --reconcile-every"),
+        ("59", product.as_str(), "at least 60 seconds"),
+        ("3600", "not a product", "--reconcile-product"),
+    ] {
+        let refused = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
+            .args(["run", "--queue-url", &queue])
+            .env("MPLINK_DATABASE_URL", s.db.url.expose())
+            .env("MPLINK_RECONCILE_EVERY", every)
+            .env("MPLINK_RECONCILE_PRODUCTS", products)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "{every} {products}: {stderr}"
+        );
+        assert!(stderr.contains(says), "{every} {products}: {stderr}");
+    }
     s.db.cleanup().await;
 }
 
