@@ -206,6 +206,8 @@ for bad in ("MPLINK_DATABASE_URL", "DATABASE_URL"):
 if secrets.get("MPLINK_DATABASE_URL") != {"Ref": "DatabaseUrlSecretArn"}: fail(f"secrets {secrets}")
 if not int(worker["StopTimeout"]) > int(env["MPLINK_GRACE_PERIOD"]): fail("StopTimeout must exceed the grace period")
 if env["MPLINK_HTTP_ADDR"].startswith("127."): fail("MPLINK_HTTP_ADDR on loopback")
+if env.get("MPLINK_RECONCILE_PRODUCTS") != {"Ref": "ReconcileProducts"} or env.get("MPLINK_RECONCILE_EVERY") != {"Fn::If": ["HasReconcileProducts", {"Ref": "ReconcileEverySeconds"}, "0"]}:
+    fail(f"the scheduled reconcile is not wired as expected: {env.get('MPLINK_RECONCILE_PRODUCTS')} {env.get('MPLINK_RECONCILE_EVERY')}")
 if worker.get("ReadonlyRootFilesystem") is not True: fail("root filesystem is writable")
 if worker["HealthCheck"]["Command"] != ["CMD", "mplink", "healthcheck"]: fail(f"health check {worker['HealthCheck']}")
 if worker["LogConfiguration"]["LogDriver"] != "awslogs" or env.get("MPLINK_LOG_FORMAT") != "json": fail("logs are not JSON to CloudWatch")
@@ -221,7 +223,7 @@ cb = res["Service"]["Properties"]["DeploymentConfiguration"]["DeploymentCircuitB
 if cb != {"Enable": True, "Rollback": True}: fail(f"circuit breaker {cb}")
 marketplace = res["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
 actions = sorted(a for s in marketplace for a in s["Action"])
-if actions != ["aws-marketplace:BatchMeterUsage", "aws-marketplace:GetEntitlements", "aws-marketplace:ResolveCustomer"]:
+if actions != ["aws-marketplace:BatchMeterUsage", "aws-marketplace:GetEntitlements", "aws-marketplace:ResolveCustomer", "aws-marketplace:SearchAgreements"]:
     fail(f"task role marketplace actions {actions}")
 print("ok")
 EOF
