@@ -58,6 +58,7 @@ async fn main() {
             acceptance_time: Some(started),
             start_time: Some(started),
             end_time: (i % 10 == 0).then(|| chrono::Utc::now() - chrono::Duration::days(2)),
+            license_status: None,
         });
     }
     let client = clients::agreement(&double).await;

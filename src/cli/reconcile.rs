@@ -2,8 +2,9 @@
 //! product with the ledger and repair what differs (see docs/reconcile.md).
 
 use super::CliError;
-use crate::reconcile::{reconcile, DriftReport, ReconcileConfig};
+use crate::reconcile::{reconcile_showing, DriftReport, ReconcileConfig};
 use crate::store::Store;
+use std::io::IsTerminal;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -36,7 +37,23 @@ pub(super) async fn run(store: &Store, args: ReconcileArgs) -> Result<ExitCode, 
     };
     let sdk = crate::aws::sdk_config(std::time::Duration::from_secs(30)).await;
     let client = crate::aws::agreement_client(&sdk);
-    let report = reconcile(store, &client, &config).await;
+    // Progress on a terminal only: a pipe or a log gets the report alone.
+    let terminal = std::io::stderr().is_terminal();
+    let report = reconcile_showing(store, &client, &config, |r| {
+        if terminal {
+            eprint!(
+                "\r{} agreements read, {} differ, {} calls ({} throttled)",
+                r.agreements,
+                r.drift.len(),
+                r.calls,
+                r.throttled
+            );
+        }
+    })
+    .await;
+    if terminal {
+        eprintln!();
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         let text = serde_json::to_string(&report).unwrap_or_default();

@@ -9,7 +9,7 @@ pub mod schedule;
 
 use crate::backoff::Backoff;
 use crate::ledger::{Outcome, SubState};
-use crate::reconciled::{agrees, facts, known_status, AwsAgreement};
+use crate::reconciled::{agrees, asks_license, facts, known_status, AwsAgreement};
 use crate::store::{Incoming, Store, StoreError};
 use crate::time::now_ms;
 use aws_sdk_marketplaceagreement::error::ProvideErrorMetadata;
@@ -170,6 +170,7 @@ fn read_summary(
         start_ms: ms(s.start_time()),
         end_ms: ms(s.end_time()),
         last_update_ms: ms(s.last_update_time()),
+        license_status: None,
     })
 }
 
@@ -214,14 +215,111 @@ fn body_of(a: &AwsAgreement, observed_ms: i64) -> String {
     .to_string()
 }
 
+/// One call to AWS within the pass's bound, throttling waited out (`config.throttle_retries` in
+/// a row at most); every attempt counts in `report.calls`.
+async fn call_aws<T, E, F, Fut>(
+    config: &ReconcileConfig,
+    report: &mut DriftReport,
+    mut call: F,
+) -> Result<T, ReconcileError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<
+            T,
+            aws_sdk_marketplaceagreement::error::SdkError<
+                E,
+                aws_sdk_marketplaceagreement::config::http::HttpResponse,
+            >,
+        >,
+    >,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+    loop {
+        if report.calls >= config.max_calls {
+            return Err(ReconcileError::Aws {
+                product_id: config.product_id.clone(),
+                summary: format!(
+                    "stopped at the bound of {} calls per pass",
+                    config.max_calls
+                ),
+            });
+        }
+        report.calls += 1;
+        match call().await {
+            Ok(answer) => return Ok(answer),
+            Err(e)
+                if e.code() == Some("ThrottlingException")
+                    && backoff.attempts() < config.throttle_retries =>
+            {
+                report.throttled += 1;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                return Err(ReconcileError::Aws {
+                    product_id: config.product_id.clone(),
+                    summary: crate::aws::error_summary(&e),
+                })
+            }
+        }
+    }
+}
+
+/// The status of the license agreement `agreement_id` grants, as `GetAgreementEntitlements`
+/// states it: DEPROVISIONED once every license it lists is; else the first other status; None
+/// when AWS lists none (or knows no such agreement), and the end's timing decides.
+async fn license_status(
+    client: &aws_sdk_marketplaceagreement::Client,
+    config: &ReconcileConfig,
+    report: &mut DriftReport,
+    agreement_id: &str,
+) -> Result<Option<String>, ReconcileError> {
+    let answer = call_aws(config, report, || {
+        client
+            .get_agreement_entitlements()
+            .agreement_id(agreement_id)
+            .send()
+    })
+    .await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(ReconcileError::Aws { summary, .. })
+            if summary.starts_with("ResourceNotFoundException") =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let statuses: Vec<&str> = answer
+        .agreement_entitlements()
+        .iter()
+        .filter_map(|e| e.status().map(|s| s.as_str()))
+        .collect();
+    Ok(if statuses.is_empty() {
+        None
+    } else if statuses
+        .iter()
+        .all(|s| *s == crate::reconciled::DEPROVISIONED)
+    {
+        Some(crate::reconciled::DEPROVISIONED.to_string())
+    } else {
+        statuses
+            .iter()
+            .find(|s| **s != crate::reconciled::DEPROVISIONED)
+            .map(|s| s.to_string())
+    })
+}
+
 /// Compares one page of AWS's agreements with the ledger and applies (or previews) the facts of
 /// each the ledger does not agree with.
 async fn settle_page(
     store: &Store,
+    client: &aws_sdk_marketplaceagreement::Client,
     config: &ReconcileConfig,
     page: Vec<AwsAgreement>,
     report: &mut DriftReport,
-) -> Result<(), StoreError> {
+) -> Result<(), ReconcileError> {
     let observed = now_ms();
     let keys: Vec<String> = page
         .iter()
@@ -230,13 +328,23 @@ async fn settle_page(
     let before = store.subscriptions_by_key(&keys).await?;
     report.agreements += page.len();
     let mut work = Vec::new();
-    for (a, key) in page.into_iter().zip(keys) {
+    for (mut a, key) in page.into_iter().zip(keys) {
         let sub = before.get(&key);
         let state = sub.map(|s| s.state);
         let handed_over = sub.is_some_and(|s| s.handed_over.is_some());
         if agrees(&a, state, handed_over, observed) && knows_ids(sub, &a, config) {
             report.in_sync += 1;
             continue;
+        }
+        // An ended agreement the ledger has not cancelled: AWS's license status (one call)
+        // says whether it is deprovisioned, so a license AWS still provisions is not taken away
+        // by the clock, and one it deprovisioned early is.
+        if asks_license(&a, state) {
+            a.license_status = license_status(client, config, report, &a.agreement_id).await?;
+            if agrees(&a, state, handed_over, observed) && knows_ids(sub, &a, config) {
+                report.in_sync += 1;
+                continue;
+            }
         }
         if !known_status(&a.status) {
             report.drift.push(Drift {
@@ -333,13 +441,24 @@ pub async fn reconcile(
     client: &aws_sdk_marketplaceagreement::Client,
     config: &ReconcileConfig,
 ) -> DriftReport {
+    reconcile_showing(store, client, config, |_| {}).await
+}
+
+/// [`reconcile`], handing the report so far to `progress` after each page (the command shows it
+/// on a terminal).
+pub async fn reconcile_showing(
+    store: &Store,
+    client: &aws_sdk_marketplaceagreement::Client,
+    config: &ReconcileConfig,
+    mut progress: impl FnMut(&DriftReport),
+) -> DriftReport {
     let started = std::time::Instant::now();
     let mut report = DriftReport {
         product_id: config.product_id.clone(),
         dry_run: config.dry_run,
         ..DriftReport::default()
     };
-    if let Err(e) = run_pages(store, client, config, &mut report).await {
+    if let Err(e) = run_pages(store, client, config, &mut report, &mut progress).await {
         tracing::warn!(product_id = %config.product_id, reason = e.reason(), error = %e, "reconcile stopped");
         report.error = Some(e.to_string());
     }
@@ -352,6 +471,7 @@ async fn run_pages(
     client: &aws_sdk_marketplaceagreement::Client,
     config: &ReconcileConfig,
     report: &mut DriftReport,
+    progress: &mut impl FnMut(&DriftReport),
 ) -> Result<(), ReconcileError> {
     let filter = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
     let filters = vec![
@@ -359,53 +479,25 @@ async fn run_pages(
         filter("AgreementType", "PurchaseAgreement"),
         filter("ResourceIdentifier", &config.product_id),
     ];
-    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut token: Option<String> = None;
     loop {
-        if report.calls >= config.max_calls {
-            return Err(ReconcileError::Aws {
-                product_id: config.product_id.clone(),
-                summary: format!(
-                    "stopped at the bound of {} calls per pass",
-                    config.max_calls
-                ),
-            });
-        }
-        report.calls += 1;
-        let answer = client
-            .search_agreements()
-            .catalog("AWSMarketplace")
-            .set_filters(Some(filters.clone()))
-            .max_results(PAGE_SIZE)
-            .set_next_token(token.clone())
-            .send()
-            .await;
-        let answer = match answer {
-            Ok(a) => {
-                backoff.reset();
-                a
-            }
-            Err(e)
-                if e.code() == Some("ThrottlingException")
-                    && backoff.attempts() < config.throttle_retries =>
-            {
-                report.throttled += 1;
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-            Err(e) => {
-                return Err(ReconcileError::Aws {
-                    product_id: config.product_id.clone(),
-                    summary: crate::aws::error_summary(&e),
-                })
-            }
-        };
+        let answer = call_aws(config, report, || {
+            client
+                .search_agreements()
+                .catalog("AWSMarketplace")
+                .set_filters(Some(filters.clone()))
+                .max_results(PAGE_SIZE)
+                .set_next_token(token.clone())
+                .send()
+        })
+        .await?;
         let page: Vec<AwsAgreement> = answer
             .agreement_view_summaries()
             .iter()
             .filter_map(read_summary)
             .collect();
-        settle_page(store, config, page, report).await?;
+        settle_page(store, client, config, page, report).await?;
+        progress(report);
         match answer.next_token() {
             Some(t) if !t.is_empty() => token = Some(t.to_string()),
             _ => {

@@ -138,8 +138,20 @@ impl Story {
         .await;
     }
 
-    /// What AWS says of agreement `n`.
+    /// What AWS says of agreement `n` (its license as the double derives it from the status).
     fn aws(&self, n: u32, status: &str, accepted: i64, ended: Option<i64>) {
+        self.aws_license(n, status, accepted, ended, None);
+    }
+
+    /// What AWS says of agreement `n`, its license's status given.
+    fn aws_license(
+        &self,
+        n: u32,
+        status: &str,
+        accepted: i64,
+        ended: Option<i64>,
+        license_status: Option<&str>,
+    ) {
         self.double.put_agreement(Agreement {
             agreement_id: format!("agmt-{n}"),
             product_id: PRODUCT_ID.into(),
@@ -150,6 +162,7 @@ impl Story {
             acceptance_time: at(accepted),
             start_time: at(accepted),
             end_time: ended.and_then(at),
+            license_status: license_status.map(str::to_string),
         });
     }
 
@@ -190,10 +203,17 @@ async fn lost_events_are_repaired_through_the_ledger_rules(backend: Backend) {
     // 1: registered, its create never delivered.
     s.registered("org-1", 1).await;
     s.aws(1, "ACTIVE", t0, None);
-    // 2: linked, its cancellation ten minutes ago never delivered.
+    // 2: linked, its cancellation ten minutes ago never delivered; AWS still provisions the
+    // license for the final usage hour.
     s.registered("org-2", 2).await;
     s.delivered_start(2, t0, serde_json::json!({})).await;
-    s.aws(2, "CANCELLED", t0, Some(s.now - 10 * MINUTE_MS));
+    s.aws_license(
+        2,
+        "CANCELLED",
+        t0,
+        Some(s.now - 10 * MINUTE_MS),
+        Some("PROVISIONED"),
+    );
     // 3: only AWS knows it: nobody registered.
     s.aws(3, "ACTIVE", t0, None);
     // 4: the ledger holds a newer event than AWS's (stale) answer.
@@ -209,13 +229,26 @@ async fn lost_events_are_repaired_through_the_ledger_rules(backend: Backend) {
     s.registered("org-6", 6).await;
     s.delivered_start(6, t0, serde_json::json!({})).await;
     s.aws(6, "CANCELLED", t0, Some(s.now - 2 * DAY_MS));
+    // 7: cancelled two days ago too, but AWS's license is still provisioned: AWS's word, not the
+    // clock, decides (cancelling, not cancelled).
+    s.registered("org-7", 7).await;
+    s.delivered_start(7, t0, serde_json::json!({})).await;
+    s.aws_license(
+        7,
+        "CANCELLED",
+        t0,
+        Some(s.now - 2 * DAY_MS),
+        Some("PROVISIONED"),
+    );
     assert_eq!(s.link_state("org-1").await, Some(LinkState::Syncing));
     assert_eq!(s.link_state("org-2").await, Some(LinkState::Linked));
     assert_eq!(s.link_state("org-6").await, Some(LinkState::Linked));
 
     let report = s.run(&s.config()).await;
     assert!(report.complete && report.error.is_none(), "{report:#?}");
-    assert_eq!((report.agreements, report.in_sync, report.calls), (6, 1, 1));
+    // One page, and one GetAgreementEntitlements for each ended agreement the ledger had not
+    // cancelled (2, 6 and 7).
+    assert_eq!((report.agreements, report.in_sync, report.calls), (7, 1, 4));
     let seen: Vec<(&str, &str, &str, Vec<String>)> = report
         .drift
         .iter()
@@ -234,6 +267,7 @@ async fn lost_events_are_repaired_through_the_ledger_rules(backend: Backend) {
                 vec!["org-4".to_string()]
             ),
             ("agmt-6", "differed", "repaired", vec!["org-6".to_string()]),
+            ("agmt-7", "differed", "repaired", vec!["org-7".to_string()]),
         ]
     );
     assert_eq!(
@@ -249,6 +283,7 @@ async fn lost_events_are_repaired_through_the_ledger_rules(backend: Backend) {
     assert_eq!(s.link_state("org-4").await, Some(LinkState::UnlinkPending));
     assert_eq!(s.link_state("org-5").await, Some(LinkState::Linked));
     assert_eq!(s.link_state("org-6").await, Some(LinkState::Unlinked));
+    assert_eq!(s.link_state("org-7").await, Some(LinkState::UnlinkPending));
     // The host is told of each repair, caused by the reconciled fact.
     assert_eq!(
         s.told("org-1").await.last().cloned(),
@@ -283,7 +318,7 @@ async fn lost_events_are_repaired_through_the_ledger_rules(backend: Backend) {
     let outbox = s.outbox_len().await;
     let again = s.run(&s.config()).await;
     assert_eq!(again.facts_recorded, 0, "{again:#?}");
-    assert_eq!(again.in_sync, 5, "{again:#?}");
+    assert_eq!(again.in_sync, 6, "{again:#?}");
     assert_eq!(drift_of(&again, "agmt-4").outcome, "already_recorded");
     assert_eq!(s.outbox_len().await, outbox);
     s.db.cleanup().await;
@@ -322,6 +357,7 @@ async fn a_renewal_keeps_the_link(backend: Backend) {
         acceptance_time: at(t1),
         start_time: at(t1),
         end_time: None,
+        license_status: None,
     });
     let report = s.run(&s.config()).await;
     assert_eq!(

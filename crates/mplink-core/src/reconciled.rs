@@ -39,7 +39,13 @@ pub struct AwsAgreement {
     pub end_ms: Option<i64>,
     /// `lastUpdateTime`, epoch ms.
     pub last_update_ms: Option<i64>,
+    /// The license's status as `GetAgreementEntitlements` states it (PROVISIONED, SCHEDULED,
+    /// PENDING, FAILED, DEPROVISIONED); None when it was not asked.
+    pub license_status: Option<String>,
 }
+
+/// The license status AWS gives a deprovisioned license.
+pub const DEPROVISIONED: &str = "DEPROVISIONED";
 
 /// What AWS's status means for the subscription: live, or ended in one of the ways the
 /// EventBridge events name (a renewal or replacement hands the link to its successor).
@@ -84,9 +90,11 @@ pub fn agrees(
     }
 }
 
-/// AWS deprovisions an ended agreement's license once the hour for its final usage has passed:
-/// that time, when it has passed at `observed_ms`.
-fn deprovisioned(a: &AwsAgreement, observed_ms: i64) -> Option<i64> {
+/// When an ended agreement's license was deprovisioned, if it was by `observed_ms`. Asked
+/// (`license_status`), AWS's word decides, dated the end of the final usage hour or the
+/// observation, whichever is first (AWS states no time for it); not asked, the license is taken
+/// as deprovisioned once the hour for the final usage after the end has passed, as AWS does.
+pub fn deprovisioned(a: &AwsAgreement, observed_ms: i64) -> Option<i64> {
     let Reading::Ended(end) = reading(&a.status)? else {
         return None;
     };
@@ -94,7 +102,17 @@ fn deprovisioned(a: &AwsAgreement, observed_ms: i64) -> Option<i64> {
         return None;
     }
     let at = ended_at(a, observed_ms) + FINAL_USAGE_MS;
-    (at <= observed_ms).then_some(at)
+    match a.license_status.as_deref() {
+        Some(status) => (status == DEPROVISIONED).then_some(at.min(observed_ms)),
+        None => (at <= observed_ms).then_some(at),
+    }
+}
+
+/// True when AWS's license status is worth asking for `a`: it ended without a successor (its
+/// deprovisioning moves the ledger from cancelling to cancelled), and the ledger has not got there.
+pub fn asks_license(a: &AwsAgreement, state: Option<SubState>) -> bool {
+    matches!(reading(&a.status), Some(Reading::Ended(end)) if !end.hands_over())
+        && state != Some(SubState::Cancelled)
 }
 
 /// The hour a seller has after an agreement ends to send its last usage.
@@ -248,6 +266,29 @@ mod tests {
         let mut future = agreement("ACTIVE");
         future.acceptance_ms = Some(99_000);
         assert_eq!(facts(&future, None, 7_000)[0].time_ms, 7_000);
+    }
+
+    #[test]
+    fn the_license_status_aws_states_decides_the_deprovisioning() {
+        let mut a = agreement("CANCELLED");
+        a.license_status = Some("PROVISIONED".into());
+        let late = 5_000 + 2 * FINAL_USAGE_MS;
+        assert_eq!(
+            facts(&a, None, late).len(),
+            2,
+            "still provisioned: no deprovisioning"
+        );
+        assert!(agrees(&a, Some(SubState::Cancelling), false, late));
+        a.license_status = Some(DEPROVISIONED.into());
+        let early = 6_000;
+        let f = facts(&a, None, early);
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[2].time_ms, early, "dated no later than its observation");
+        assert_eq!(facts(&a, None, late)[2].time_ms, 5_000 + FINAL_USAGE_MS);
+        assert!(asks_license(&a, Some(SubState::Cancelling)));
+        assert!(!asks_license(&a, Some(SubState::Cancelled)));
+        assert!(!asks_license(&agreement("RENEWED"), None));
+        assert!(!asks_license(&agreement("ACTIVE"), None));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The Agreement API's `SearchAgreements` (Smithy RPC v2 CBOR, as `aws-sdk-marketplaceagreement`
-//! 1.124 speaks it): the seller's purchase agreements, filtered and paged as AWS does.
+//! The Agreement API's `SearchAgreements` and `GetAgreementEntitlements` (Smithy RPC v2 CBOR, as
+//! `aws-sdk-marketplaceagreement` 1.124 speaks it): the seller's purchase agreements, filtered and
+//! paged as AWS does, and the license each grants.
 
 use super::model::Agreement;
 use super::state::State;
@@ -148,4 +149,35 @@ pub(super) fn search_agreements(state: &State, input: &Value) -> Result<Value, A
         out["nextToken"] = json!(wire::encode_token(end, &fp));
     }
     Ok(out)
+}
+
+pub(super) fn get_agreement_entitlements(state: &State, input: &Value) -> Result<Value, AwsError> {
+    let id = wire::req_str(input, "agreementId")?;
+    let a = state
+        .agreements
+        .iter()
+        .find(|a| a.agreement_id == id)
+        .ok_or_else(|| {
+            AwsError::new(
+                "ResourceNotFoundException",
+                404,
+                format!("Agreement {id} was not found"),
+            )
+        })?;
+    let status = a.license_status.clone().unwrap_or_else(|| {
+        if a.status == "ACTIVE" {
+            "PROVISIONED"
+        } else {
+            "DEPROVISIONED"
+        }
+        .to_string()
+    });
+    let mut entitlement = json!({
+        "resource": { "id": a.product_id, "type": "SaaSProduct" },
+        "status": status,
+    });
+    if let Some(l) = &a.license_arn {
+        entitlement["licenseArn"] = json!(l);
+    }
+    Ok(json!({ "agreementEntitlements": [entitlement] }))
 }

@@ -36,7 +36,8 @@
 //! - **SearchAgreements** (Agreement API, RPC v2 CBOR at
 //!   `/service/AWSMPCommerceService_v20200301/operation/SearchAgreements`): `catalog`
 //!   AWSMarketplace, 1–10 filters of one value each with `PartyType=Proposer` required, pages of
-//!   at most 50 with a `nextToken` bound to its filters.
+//!   at most 50 with a `nextToken` bound to its filters; **GetAgreementEntitlements**: the license
+//!   an agreement grants with its status, `ResourceNotFoundException` for an unknown agreement.
 //! - **GetEntitlements**: filters (values ORed within a name, names ANDed), pages of at most 25
 //!   with an opaque `NextToken` bound to its query; an empty answer is an empty list.
 //!

@@ -20,16 +20,19 @@ pub enum Operation {
     GetEntitlements,
     /// `AWSMPCommerceService_v20200301.SearchAgreements` (the Agreement API).
     SearchAgreements,
+    /// `AWSMPCommerceService_v20200301.GetAgreementEntitlements`.
+    GetAgreementEntitlements,
 }
 
 impl Operation {
     /// Every operation, for lookups by name.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 6] = [
         Operation::ResolveCustomer,
         Operation::BatchMeterUsage,
         Operation::MeterUsage,
         Operation::GetEntitlements,
         Operation::SearchAgreements,
+        Operation::GetAgreementEntitlements,
     ];
 
     /// The operation's name, as it appears after the service prefix of `X-Amz-Target`.
@@ -40,6 +43,7 @@ impl Operation {
             Operation::MeterUsage => "MeterUsage",
             Operation::GetEntitlements => "GetEntitlements",
             Operation::SearchAgreements => "SearchAgreements",
+            Operation::GetAgreementEntitlements => "GetAgreementEntitlements",
         }
     }
 
@@ -47,7 +51,9 @@ impl Operation {
     pub fn service(self) -> &'static str {
         match self {
             Operation::GetEntitlements => "AWSMPEntitlementService",
-            Operation::SearchAgreements => "AWSMPCommerceService_v20200301",
+            Operation::SearchAgreements | Operation::GetAgreementEntitlements => {
+                "AWSMPCommerceService_v20200301"
+            }
             _ => "AWSMPMeteringService",
         }
     }
@@ -340,4 +346,8 @@ pub struct Agreement {
     /// `endTime`.
     #[serde(default)]
     pub end_time: Option<DateTime<Utc>>,
+    /// The license's status `GetAgreementEntitlements` answers; None: PROVISIONED while the
+    /// agreement is ACTIVE, DEPROVISIONED once it is not.
+    #[serde(default)]
+    pub license_status: Option<String>,
 }

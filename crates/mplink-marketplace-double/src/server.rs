@@ -63,7 +63,9 @@ const TIMESTAMP_MEMBERS: [&str; 6] = [
 fn namespace(op: Option<Operation>) -> &'static str {
     match op {
         Some(Operation::GetEntitlements) => "com.amazonaws.marketplaceentitlementservice",
-        Some(Operation::SearchAgreements) => "com.amazonaws.marketplaceagreement",
+        Some(Operation::SearchAgreements | Operation::GetAgreementEntitlements) => {
+            "com.amazonaws.marketplaceagreement"
+        }
         _ => "com.amazonaws.marketplacemetering",
     }
 }
@@ -235,5 +237,6 @@ async fn answer(
         Operation::MeterUsage => metering::meter_usage(&mut state, input, &caller, now),
         Operation::GetEntitlements => entitlement::get_entitlements(&state, input),
         Operation::SearchAgreements => agreement::search_agreements(&state, input),
+        Operation::GetAgreementEntitlements => agreement::get_agreement_entitlements(&state, input),
     }
 }

@@ -861,6 +861,7 @@ async fn search_agreements_filters_pages_and_refuses_what_aws_refuses() {
             acceptance_time: Some(accepted),
             start_time: Some(accepted),
             end_time: None,
+            license_status: None,
         });
     }
     // AWS changing an agreement's status replaces it in place.
@@ -874,6 +875,7 @@ async fn search_agreements_filters_pages_and_refuses_what_aws_refuses() {
         acceptance_time: Some(accepted),
         start_time: None,
         end_time: Some(accepted),
+        license_status: None,
     });
     let client = mplink_marketplace_double::clients::agreement(&d).await;
     let calls_before = d.calls().len();
@@ -939,6 +941,30 @@ async fn search_agreements_filters_pages_and_refuses_what_aws_refuses() {
         .await
         .unwrap_err();
     assert_eq!(too_many.code(), Some("ValidationException"));
+    // The license each grants: provisioned while active, deprovisioned once not; unknown: 404.
+    let status = |id: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .get_agreement_entitlements()
+                .agreement_id(id)
+                .send()
+                .await
+                .map(|a| {
+                    a.agreement_entitlements()[0]
+                        .status()
+                        .unwrap()
+                        .as_str()
+                        .to_string()
+                })
+        }
+    };
+    assert_eq!(status("agmt-001").await.unwrap(), "PROVISIONED");
+    assert_eq!(status("agmt-002").await.unwrap(), "DEPROVISIONED");
+    assert_eq!(
+        status("agmt-999").await.unwrap_err().code(),
+        Some("ResourceNotFoundException")
+    );
     // Throttling as AWS answers it, by code.
     d.fail_next(Operation::SearchAgreements, Failure::Throttling, 1);
     let throttled = client
