@@ -282,6 +282,7 @@ async fn paged_view_is_the_whole_ledger_view(backend: Backend) {
 
 both_backends! {
     the_paged_status_view_is_the_whole_ledger_view => paged_view_is_the_whole_ledger_view;
+    a_seeded_history_on_the_large_ledger => a_seeded_history_on_the_large_ledger;
 }
 
 /// A ledger large enough that PostgreSQL's planner prefers an index to a scan.
@@ -414,6 +415,107 @@ async fn per_organization_lookups_never_scan_the_ledger() {
     assert!(
         seq > 0,
         "without its indexes mplink_subscriptions is scanned: {without:?}"
+    );
+    db.cleanup().await;
+}
+
+/// A seeded story's history on the 100,000-subscription ledger: exactly its own entries, oldest
+/// first (the ledger around it adds none), and the time it took printed beside the lookups'.
+async fn a_seeded_history_on_the_large_ledger(backend: Backend) {
+    use mplink::api::routes::history::entry_json;
+    let db = TestDb::new(backend).await;
+    crate::bulk::bulk_ledger(db.store.pool(), PLAN_SUBSCRIPTIONS, PLAN_LINKS).await;
+    let store = &db.store;
+    let product = crate::bulk::BULK_PRODUCT;
+    let hour = 3_600_000;
+    let now = mplink::time::now_ms() / 1000 * 1000;
+    let (t_link, t_fail, t_ok, t_cancel) = (
+        now - 6 * hour,
+        now - 5 * hour,
+        now - 4 * hour,
+        now - 3 * hour,
+    );
+    store
+        .link(&LinkRequest {
+            customer_identifier: Some("story-c".into()),
+            requested_at_ms: t_link,
+            ..link("org-story", product)
+        })
+        .await
+        .unwrap();
+    let apply = |id: &'static str, action: &'static str, at: i64| {
+        let body = sns_body(id, action, product, "story-c", at);
+        async move { store.apply(&decoded(id, &body), &body).await.unwrap() }
+    };
+    let ok = apply("story-ok", "subscribe-success", t_ok).await;
+    let cancel = apply("story-cancel", "unsubscribe-pending", t_cancel).await;
+    // The same delivery again, and an older fact delivered late.
+    apply("story-ok", "subscribe-success", t_ok).await;
+    let fail = apply("story-fail", "subscribe-fail", t_fail).await;
+
+    let started = std::time::Instant::now();
+    let history = store.org_history("org-story").await.unwrap();
+    eprintln!(
+        "{backend:?}: history of one organization on {PLAN_SUBSCRIPTIONS} subscriptions in {:.2} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let time = mplink::time::rfc3339_millis;
+    let got: Vec<(String, String, String)> = history
+        .iter()
+        .map(entry_json)
+        .map(|e| {
+            let what = if e["kind"] == "event" {
+                format!(
+                    "{} {}",
+                    e["action"].as_str().unwrap(),
+                    e["outcome"].as_str().unwrap()
+                )
+            } else {
+                e["event_type"].as_str().unwrap().to_string()
+            };
+            (
+                e["time"].as_str().unwrap().to_string(),
+                e["kind"].as_str().unwrap().to_string(),
+                what,
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (
+            time(t_link),
+            "link_change".to_string(),
+            "link.syncing".to_string(),
+        ),
+        (
+            time(t_fail),
+            "event".into(),
+            format!("subscribe-fail {}", fail.as_str()),
+        ),
+        (
+            time(t_ok),
+            "event".into(),
+            format!("subscribe-success {}", ok.as_str()),
+        ),
+        (time(t_ok), "link_change".into(), "link.linked".into()),
+        (
+            time(t_cancel),
+            "event".into(),
+            format!("unsubscribe-pending {}", cancel.as_str()),
+        ),
+        (
+            time(t_cancel),
+            "link_change".into(),
+            "link.unlink_pending".into(),
+        ),
+    ];
+    let mut sorted = got.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "{got:#?}");
+    let times: Vec<&String> = got.iter().map(|g| &g.0).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {got:#?}"
     );
     db.cleanup().await;
 }
