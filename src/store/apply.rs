@@ -210,30 +210,15 @@ impl Store {
         conn: &mut AnyConnection,
         keys: &[String],
     ) -> Result<HashMap<String, Subscription>, StoreError> {
-        let mut current: HashMap<String, Subscription> = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(BULK_ROWS) {
-            let lock = match self.backend {
-                Backend::Postgres => " FOR UPDATE",
-                Backend::Sqlite => "",
-            };
-            let sql = format!(
-                "{} WHERE sub_key IN {} ORDER BY sub_key{lock}",
-                rows::SELECT_SUBSCRIPTIONS,
-                rows::tuples(self.backend, 1, chunk.len(), 1)
-            );
-            let mut query = sqlx::query(&sql);
-            for key in chunk {
-                query = query.bind(key);
-            }
-            for row in query
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(q("locking subscriptions"))?
-            {
-                let sub = rows::subscription_from_row(&row)?;
-                current.insert(sub.key.clone(), sub);
-            }
-        }
+        let tail = match self.backend {
+            Backend::Postgres => " ORDER BY sub_key FOR UPDATE",
+            Backend::Sqlite => " ORDER BY sub_key",
+        };
+        let locked =
+            reach::subscriptions_by_key(self.backend, conn, keys, tail, "locking subscriptions")
+                .await?;
+        let current: HashMap<String, Subscription> =
+            locked.into_iter().map(|s| (s.key.clone(), s)).collect();
         Ok(current)
     }
 

@@ -131,7 +131,15 @@ impl Store {
             .await
             .map_err(q("reading checked subscriptions"))?;
         let mut out = Vec::with_capacity(keys.len());
-        for sub in reach::subscriptions_by_key(self.backend, &mut conn, &keys).await? {
+        for sub in reach::subscriptions_by_key(
+            self.backend,
+            &mut conn,
+            &keys,
+            "",
+            "reading checked subscriptions",
+        )
+        .await?
+        {
             let (wanted_time_ms, attempts) = wanted[&sub.key];
             out.push(EntitlementCheck {
                 subscription: sub,

@@ -249,11 +249,13 @@ impl Store {
             .acquire()
             .await
             .map_err(q("reading subscriptions"))?;
-        Ok(reach::subscriptions_by_key(self.backend, &mut conn, keys)
-            .await?
-            .into_iter()
-            .map(|s| (s.key.clone(), s))
-            .collect())
+        Ok(
+            reach::subscriptions_by_key(self.backend, &mut conn, keys, "", "reading subscriptions")
+                .await?
+                .into_iter()
+                .map(|s| (s.key.clone(), s))
+                .collect(),
+        )
     }
 
     /// The organizations whose links name one of `subs` (or a predecessor along a renewal

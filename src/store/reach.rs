@@ -341,16 +341,19 @@ pub(super) async fn links_naming(
     Ok(links)
 }
 
-/// The subscriptions with these keys (those that exist), by primary key in chunks.
+/// The subscriptions with these keys (those that exist), by primary key in chunks; `tail` ends
+/// each statement (an ORDER BY and a row lock for the apply path), `op` names it in errors.
 pub(super) async fn subscriptions_by_key(
     backend: Backend,
     conn: &mut AnyConnection,
     keys: &[String],
+    tail: &str,
+    op: &'static str,
 ) -> Result<Vec<Subscription>, StoreError> {
     let mut out = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(BULK_ROWS) {
         let sql = format!(
-            "{} WHERE sub_key IN {}",
+            "{} WHERE sub_key IN {}{tail}",
             rows::SELECT_SUBSCRIPTIONS,
             rows::tuples(backend, 1, chunk.len(), 1)
         );
@@ -358,11 +361,7 @@ pub(super) async fn subscriptions_by_key(
         for key in chunk {
             query = query.bind(key);
         }
-        for row in query
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(q("reading checked subscriptions"))?
-        {
+        for row in query.fetch_all(&mut *conn).await.map_err(q(op))? {
             out.push(rows::subscription_from_row(&row)?);
         }
     }
