@@ -626,40 +626,15 @@ async fn the_worker_asks_with_its_flag() {
     ));
     s.link("org-w", "cust-w").await;
     s.event("sub-w", "subscribe-success", "cust-w", t).await;
-    let sqs = aws_sdk_sqs::Client::new(&crate::common::localstack::sdk().await);
-    let queue = sqs
-        .create_queue()
-        .queue_name(format!(
-            "mplink-entitlements-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ))
-        .send()
-        .await
-        .expect("LocalStack answers")
-        .queue_url
-        .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
-        .args([
-            "run",
-            "--queue-url",
-            &queue,
-            "--exit-when-idle",
-            "--wait-time",
-            "1",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--entitlements",
-        ])
-        .envs(crate::common::localstack::binary_env())
-        .env("MPLINK_DATABASE_URL", s.db.url.expose())
-        .env(
+    let out = crate::common::localstack::run_worker_once(
+        s.db.url.expose(),
+        &["--entitlements"],
+        &[(
             "AWS_ENDPOINT_URL_MARKETPLACE_ENTITLEMENT_SERVICE",
             s.double.endpoint_url(),
-        )
-        .output()
-        .unwrap();
-    sqs.delete_queue().queue_url(&queue).send().await.ok();
+        )],
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(

@@ -766,46 +766,21 @@ async fn the_worker_meters_with_its_flag() {
     let s = Story::new(Backend::Sqlite).await;
     s.subscribed("org-a", "cust-a").await;
     s.usage("org-a", "k1", 4, s.at(1, 10)).await;
-    let sqs = aws_sdk_sqs::Client::new(&crate::common::localstack::sdk().await);
-    let queue = sqs
-        .create_queue()
-        .queue_name(format!(
-            "mplink-meter-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ))
-        .send()
-        .await
-        .expect("LocalStack answers")
-        .queue_url
-        .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
-        .args([
-            "run",
-            "--queue-url",
-            &queue,
-            "--exit-when-idle",
-            "--wait-time",
-            "1",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .args([
+    let out = crate::common::localstack::run_worker_once(
+        s.db.url.expose(),
+        &[
             "--meter",
             "--meter-zero-dimension",
             DIM,
             "--meter-close-grace",
             "0",
-        ])
-        .envs(crate::common::localstack::binary_env())
-        .env("MPLINK_DATABASE_URL", s.db.url.expose())
-        .env(
+        ],
+        &[(
             "AWS_ENDPOINT_URL_MARKETPLACE_METERING",
             s.double.endpoint_url(),
-        )
-        .output()
-        .unwrap();
-    sqs.delete_queue().queue_url(&queue).send().await.ok();
+        )],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",

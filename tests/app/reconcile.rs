@@ -766,44 +766,16 @@ async fn the_worker_reconciles_with_its_flags() {
     let s = Story::new(Backend::Sqlite).await;
     s.registered("org-1", 1).await;
     s.aws(1, "ACTIVE", s.now - DAY_MS, None);
-    let sqs = aws_sdk_sqs::Client::new(&crate::common::localstack::sdk().await);
-    let queue = sqs
-        .create_queue()
-        .queue_name(format!(
-            "mplink-reconcile-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ))
-        .send()
-        .await
-        .expect("LocalStack answers")
-        .queue_url
-        .unwrap();
     let product = format!("{PRODUCT_ID}={PRODUCT_CODE}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
-        .args([
-            "run",
-            "--queue-url",
-            &queue,
-            "--exit-when-idle",
-            "--wait-time",
-            "1",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--reconcile-every",
-            "3600",
-            "--reconcile-product",
-            &product,
-        ])
-        .envs(crate::common::localstack::binary_env())
-        .env("MPLINK_DATABASE_URL", s.db.url.expose())
-        .env(
+    let out = crate::common::localstack::run_worker_once(
+        s.db.url.expose(),
+        &["--reconcile-every", "3600", "--reconcile-product", &product],
+        &[(
             "AWS_ENDPOINT_URL_MARKETPLACE_AGREEMENT",
             s.double.endpoint_url(),
-        )
-        .output()
-        .unwrap();
-    sqs.delete_queue().queue_url(&queue).send().await.ok();
+        )],
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
@@ -820,7 +792,12 @@ async fn the_worker_reconciles_with_its_flags() {
         ("3600", "not a product", "--reconcile-product"),
     ] {
         let refused = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
-            .args(["run", "--queue-url", &queue])
+            // Refused before any queue is read: the URL is never called.
+            .args([
+                "run",
+                "--queue-url",
+                "http://127.0.0.1:9/000000000000/unused",
+            ])
             .env("MPLINK_DATABASE_URL", s.db.url.expose())
             .env("MPLINK_RECONCILE_EVERY", every)
             .env("MPLINK_RECONCILE_PRODUCTS", products)

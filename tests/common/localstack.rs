@@ -57,6 +57,47 @@ pub fn binary_env() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `mplink run --exit-when-idle` once, on a fresh empty queue of its own (deleted afterwards),
+/// with `extra` flags and `env` beside LocalStack's: what a loop the worker runs beside the
+/// queue (metering, entitlements, reconcile) does before the idle queue ends the process.
+pub async fn run_worker_once(
+    db_url: &str,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> std::process::Output {
+    let sqs = aws_sdk_sqs::Client::new(&sdk().await);
+    let queue = sqs
+        .create_queue()
+        .queue_name(format!(
+            "mplink-once-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+        .send()
+        .await
+        .expect("LocalStack answers")
+        .queue_url
+        .expect("a queue URL");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mplink"))
+        .args([
+            "run",
+            "--queue-url",
+            &queue,
+            "--exit-when-idle",
+            "--wait-time",
+            "1",
+        ])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .args(extra)
+        .envs(binary_env())
+        .env("MPLINK_DATABASE_URL", db_url)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run mplink");
+    sqs.delete_queue().queue_url(&queue).send().await.ok();
+    out
+}
+
 /// A test's own slice of LocalStack.
 pub struct Stack {
     /// SDK configuration.
