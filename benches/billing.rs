@@ -10,13 +10,13 @@
 
 #[path = "../tests/common/bulk.rs"]
 mod bulk;
+#[path = "common/postgres.rs"]
+mod postgres;
 
 use mplink::api::{ApiOptions, ApiState, ApiTokens, SelectUrl};
-use mplink::config::DatabaseUrl;
 use mplink::store::Store;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use sqlx::Connection;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -93,21 +93,9 @@ async fn main() {
     let requests = env_num("MPLINK_BENCH_REQUESTS", 5_000).max(10) as usize;
     let out =
         std::env::var("MPLINK_BENCH_OUT").unwrap_or_else(|_| "target/bench/billing.json".into());
-    let server = std::env::var("MPLINK_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    assert!(server != "off", "the billing benchmark needs PostgreSQL");
-
-    let schema = format!("mplink_bench_billing_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .expect("postgres");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .expect("schema");
-    let sep = if server.contains('?') { '&' } else { '?' };
-    let url = DatabaseUrl::new(format!("{server}{sep}options=-c%20search_path%3D{schema}"));
-    let store = Store::open(&url).await.expect("store");
+    let server = postgres::server().expect("the billing benchmark needs PostgreSQL");
+    let schema = postgres::BenchSchema::create(&server, "billing").await;
+    let store = Store::open(&schema.url).await.expect("store");
     let started = Instant::now();
     bulk::bulk_ledger(store.pool(), subscriptions, links).await;
     let populate_s = started.elapsed().as_secs_f64();
@@ -148,10 +136,7 @@ async fn main() {
     shutdown.cancel();
     let _ = server_task.await;
     store.close().await;
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut admin)
-        .await
-        .expect("drop schema");
+    schema.drop().await;
 
     let report = json!({
         "subscriptions": subscriptions,

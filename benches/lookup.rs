@@ -13,13 +13,14 @@
 
 #[path = "../tests/common/bulk.rs"]
 mod bulk;
+#[path = "common/postgres.rs"]
+mod postgres;
 
 use mplink::config::DatabaseUrl;
 use mplink::ledger::LinkRequest;
 use mplink::store::{StatusFilter, Store};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use sqlx::Connection;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -347,32 +348,12 @@ async fn main() {
     let mut backends =
         vec![bench_backend(&cfg, "sqlite", sqlite("full.db"), sqlite("empty.db")).await];
 
-    let server = std::env::var("MPLINK_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    if server != "off" {
-        let mut admin = sqlx::PgConnection::connect(&server)
-            .await
-            .expect("postgres");
-        let sep = if server.contains('?') { '&' } else { '?' };
-        let mut urls = Vec::new();
-        for kind in ["full", "empty"] {
-            let schema = format!("mplink_bench_{kind}_{}", std::process::id());
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&mut admin)
-                .await
-                .expect("schema");
-            urls.push((
-                schema.clone(),
-                DatabaseUrl::new(format!("{server}{sep}options=-c%20search_path%3D{schema}")),
-            ));
-        }
-        backends.push(bench_backend(&cfg, "postgres", urls[0].1.clone(), urls[1].1.clone()).await);
-        for (schema, _) in urls {
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                .execute(&mut admin)
-                .await
-                .expect("drop schema");
-        }
+    if let Some(server) = postgres::server() {
+        let full = postgres::BenchSchema::create(&server, "full").await;
+        let empty = postgres::BenchSchema::create(&server, "empty").await;
+        backends.push(bench_backend(&cfg, "postgres", full.url.clone(), empty.url.clone()).await);
+        full.drop().await;
+        empty.drop().await;
     }
 
     let report = json!({

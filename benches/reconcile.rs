@@ -6,11 +6,13 @@
 //! `cargo bench --bench reconcile`; PostgreSQL from `MPLINK_TEST_POSTGRES_URL` (default
 //! postgres://postgres@127.0.0.1:5432/test, `off` to skip).
 
+#[path = "common/postgres.rs"]
+mod postgres;
+
 use mplink::config::DatabaseUrl;
 use mplink::reconcile::{reconcile, ReconcileConfig};
 use mplink::store::Store;
 use mplink_marketplace_double::{clients, Agreement, MarketplaceDouble};
-use sqlx::Connection;
 
 const PRODUCT_ID: &str = "prod-benchEXAMPLE";
 
@@ -72,26 +74,12 @@ async fn main() {
     .expect("sqlite");
     run("sqlite", &sqlite, &client).await;
 
-    let server = std::env::var("MPLINK_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    if server == "off" {
+    let Some(server) = postgres::server() else {
         return;
-    }
-    let schema = format!("mplink_bench_reconcile_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .expect("postgres");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .expect("schema");
-    let sep = if server.contains('?') { '&' } else { '?' };
-    let url = DatabaseUrl::new(format!("{server}{sep}options=-c%20search_path%3D{schema}"));
-    let pg = Store::open(&url).await.expect("postgres store");
+    };
+    let schema = postgres::BenchSchema::create(&server, "reconcile").await;
+    let pg = Store::open(&schema.url).await.expect("postgres store");
     run("postgres", &pg, &client).await;
     pg.close().await;
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut admin)
-        .await
-        .expect("drop schema");
+    schema.drop().await;
 }
