@@ -63,8 +63,18 @@ pub enum ReconcileError {
     Aws {
         /// The product.
         product_id: String,
+        /// AWS's error code, when AWS answered with one.
+        code: Option<String>,
         /// AWS's code, message and request id.
         summary: String,
+    },
+    /// The pass made as many calls as it may (`--max-calls`); a rerun goes on where it matters.
+    #[error("reconcile of product {product_id} stopped at the bound of {calls} calls per pass")]
+    CallBound {
+        /// The product.
+        product_id: String,
+        /// The bound.
+        calls: usize,
     },
     /// The ledger could not be read or written.
     #[error(transparent)]
@@ -76,6 +86,7 @@ impl ReconcileError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReconcileError::Aws { .. } => "aws_error",
+            ReconcileError::CallBound { .. } => "call_bound",
             ReconcileError::Store(_) => "store_error",
         }
     }
@@ -238,12 +249,9 @@ where
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     loop {
         if report.calls >= config.max_calls {
-            return Err(ReconcileError::Aws {
+            return Err(ReconcileError::CallBound {
                 product_id: config.product_id.clone(),
-                summary: format!(
-                    "stopped at the bound of {} calls per pass",
-                    config.max_calls
-                ),
+                calls: config.max_calls,
             });
         }
         report.calls += 1;
@@ -259,6 +267,7 @@ where
             Err(e) => {
                 return Err(ReconcileError::Aws {
                     product_id: config.product_id.clone(),
+                    code: e.code().map(str::to_string),
                     summary: crate::aws::error_summary(&e),
                 })
             }
@@ -284,8 +293,8 @@ async fn license_status(
     .await;
     let answer = match answer {
         Ok(a) => a,
-        Err(ReconcileError::Aws { summary, .. })
-            if summary.starts_with("ResourceNotFoundException") =>
+        Err(ReconcileError::Aws { code, .. })
+            if code.as_deref() == Some("ResourceNotFoundException") =>
         {
             return Ok(None)
         }
