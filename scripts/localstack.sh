@@ -43,7 +43,12 @@ start() {
         return
     fi
     echo "starting LocalStack on $host (log: $logfile)"
-    GATEWAY_LISTEN="$host" LOCALSTACK_HOST="$host" SQS_ENDPOINT_STRATEGY=path \
+    # SQS_DISABLE_CLOUDWATCH_METRICS: LocalStack's SQS otherwise sends itself one CloudWatch
+    # PutMetricData over HTTP for every send, receive and delete. That more than doubles its
+    # CPU per SQS call (it runs on one core here), keeps it busy for minutes after a load, and
+    # fills a metrics store that makes it slower the longer it runs. Nothing here reads those
+    # metrics (check-deploy checks the DLQ alarm's definition, not its state).
+    GATEWAY_LISTEN="$host" LOCALSTACK_HOST="$host" SQS_ENDPOINT_STRATEGY=path SQS_DISABLE_CLOUDWATCH_METRICS=1 \
         SERVICES=sqs,sns,events,cloudformation,iam,sts,cloudwatch \
         setsid "$venv/bin/python" -m localstack.runtime.main >"$logfile" 2>&1 < /dev/null &
     echo $! >"$pidfile"
