@@ -16,7 +16,8 @@ pub struct RunArgs {
     /// Concurrent ReceiveMessage long-poll loops.
     #[arg(long, env = "MPLINK_RECEIVE_LOOPS", default_value_t = defaults::RECEIVE_LOOPS, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub receive_loops: u16,
-    /// Most messages received and not yet deleted (a slow one holds only its own slot).
+    /// Most messages received and not yet committed (a slow one holds only its own slot); as
+    /// many committed ones may wait for their delete.
     #[arg(long, env = "MPLINK_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_in_flight: u16,
     /// Long-poll wait per receive, in seconds (0-20).

@@ -14,19 +14,21 @@ use tokio_util::task::TaskTracker;
 
 /// DeleteMessageBatch calls in flight per receive loop (at least [`MIN_CONCURRENT_DELETES`]):
 /// deletes must keep pace with receives however many loops there are, or the messages waiting
-/// for them hold the in-flight slots the loops need.
+/// for them fill the delete backlog, and then hold the in-flight slots the loops need.
 const DELETES_PER_RECEIVE_LOOP: usize = 2;
 const MIN_CONCURRENT_DELETES: usize = 4;
 /// Attempts per DeleteMessageBatch entry before it is counted as failed.
 const DELETE_ATTEMPTS: u32 = 5;
 
-/// A committed message waiting to be deleted. It keeps its in-flight slot until the delete is
-/// done, so `--max-in-flight` bounds received-but-not-deleted messages, not just unprocessed ones.
+/// A committed message waiting to be deleted. It gave its in-flight slot back at the commit and
+/// holds a place in the delete backlog (as large as `--max-in-flight`) until the delete is done:
+/// a delete's round trip overlaps the next receive, and a deleter that falls behind still stops
+/// the receives, through the backlog and then the slots.
 pub(super) struct Ack {
     pub(super) message_id: String,
     pub(super) receipt_handle: String,
     pub(super) committed_at: Instant,
-    pub(super) _slot: OwnedSemaphorePermit,
+    pub(super) _backlog: OwnedSemaphorePermit,
 }
 
 /// Deletes committed messages, a batch's acks arriving together. No linger: a call starts as
@@ -74,7 +76,7 @@ pub(super) async fn delete_loop(
             }
             side.in_flight
                 .untrack(batch.iter().map(|a| a.receipt_handle.as_str()));
-            // The batch's in-flight slots are freed here, with the batch.
+            // The batch's places in the delete backlog are freed here, with the batch.
             drop(slot);
         });
     }

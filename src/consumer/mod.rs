@@ -29,7 +29,8 @@ use tracing::Instrument;
 pub mod defaults {
     /// Concurrent ReceiveMessage loops.
     pub const RECEIVE_LOOPS: u16 = 2;
-    /// Messages received but not yet deleted, across all loops.
+    /// Messages received but not yet committed, across all loops; as many committed ones may
+    /// wait for their delete.
     pub const MAX_IN_FLIGHT: u16 = 32;
     /// Long-poll wait per ReceiveMessage, seconds.
     pub const WAIT_TIME_S: u64 = 20;
@@ -58,7 +59,9 @@ pub struct WorkerConfig {
     pub queue_url: String,
     /// Concurrent ReceiveMessage loops.
     pub receive_loops: usize,
-    /// Messages received but not yet deleted, across all loops.
+    /// Messages received but not yet committed, across all loops. Committed messages waiting
+    /// for their delete have a bound of the same size of their own, so a delete's round trip
+    /// never holds a slot a receive could use.
     pub max_in_flight: usize,
     /// Long-poll wait per ReceiveMessage.
     pub wait_time: Duration,
@@ -173,6 +176,10 @@ struct WorkerParts {
     in_flight: visibility::InFlight,
     acks: mpsc::Sender<Vec<ack::Ack>>,
     released: Arc<AtomicU64>,
+    /// Transactions that may run at once (see [`crate::store::Store::concurrent_batches`]).
+    commits: Arc<Semaphore>,
+    /// Committed messages waiting for their delete, bounded like the in-flight ones.
+    delete_backlog: Arc<Semaphore>,
 }
 
 /// What the deleter and the visibility heartbeat share. Unlike [`WorkerParts`] it holds no ack
@@ -211,11 +218,13 @@ impl Worker {
         let idle = CancellationToken::new();
         let abort = CancellationToken::new();
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
-        // Every ack holds an in-flight slot, so the channel never holds more than this many
-        // batches (of one message at least).
+        // Every ack holds a place in the delete backlog, so the channel never holds more than
+        // this many batches (of one message at least).
         let (acks, ack_rx) = mpsc::channel(self.config.max_in_flight.max(1));
+        let delete_backlog = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
         let delete_failures = Arc::new(AtomicU64::new(0));
         let config = Arc::new(self.config);
+        let commits = Arc::new(Semaphore::new(self.pipeline.store.concurrent_batches()));
         let parts = WorkerParts {
             sqs: self.sqs,
             pipeline: self.pipeline,
@@ -225,6 +234,8 @@ impl Worker {
             in_flight: visibility::InFlight::default(),
             acks,
             released: Arc::new(AtomicU64::new(0)),
+            commits,
+            delete_backlog,
         };
 
         let side = Side {

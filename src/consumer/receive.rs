@@ -8,6 +8,7 @@ use crate::metrics::{Metrics, Stage};
 use crate::process::Processed;
 use crate::sqs::{Received, SQS_MAX_BATCH};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -148,10 +149,13 @@ async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-/// Turns receives into commit batches: whatever receives are already waiting go into one
-/// transaction, and after a full receive (a busy queue) it waits up to the configured linger
-/// for more. A short receive means a quiet queue and is applied at once, so light-load latency
-/// never pays the linger.
+/// Turns receives into commit batches. At most [`Store::concurrent_batches`] transactions run
+/// at once; while they do, the receives that arrive wait here and go together into the next
+/// one (up to `--max-batch` messages), so a busy queue gets fewer, larger transactions and a
+/// quiet one has each receive applied at once. After a full receive it may also wait up to the
+/// configured linger for more.
+///
+/// [`Store::concurrent_batches`]: crate::store::Store::concurrent_batches
 pub(super) async fn combine(
     parts: WorkerParts,
     mut receipts: mpsc::Receiver<Receipt>,
@@ -160,36 +164,61 @@ pub(super) async fn combine(
     abort: CancellationToken,
 ) {
     let max = parts.config.max_batch.max(1);
-    while let Some(first) = receipts.recv().await {
-        let mut full = first.messages.len() >= SQS_MAX_BATCH;
-        let mut batch = vec![first];
-        let mut size = batch[0].messages.len();
-        while size < max {
-            match receipts.try_recv() {
-                Ok(r) => {
-                    size += r.messages.len();
-                    full = r.messages.len() >= SQS_MAX_BATCH;
-                    batch.push(r);
-                }
-                Err(_) => break,
+    let mut waiting: VecDeque<Receipt> = VecDeque::new();
+    let mut open = true;
+    while open || !waiting.is_empty() {
+        if waiting.is_empty() {
+            match receipts.recv().await {
+                Some(r) => waiting.push_back(r),
+                None => break,
             }
         }
-        if full && size < max && !parts.config.batch_linger.is_zero() {
+        // Receives keep arriving while every transaction is busy: gather them.
+        let permit = loop {
+            tokio::select! {
+                biased;
+                p = parts.commits.clone().acquire_owned() => break p,
+                next = receipts.recv(), if open => match next {
+                    Some(r) => waiting.push_back(r),
+                    None => open = false,
+                },
+            }
+        };
+        let Ok(permit) = permit else { break };
+        while let Ok(r) = receipts.try_recv() {
+            waiting.push_back(r);
+        }
+        let mut size: usize = waiting.iter().map(|r| r.messages.len()).sum();
+        let full = waiting
+            .back()
+            .is_some_and(|r| r.messages.len() >= SQS_MAX_BATCH);
+        if open && full && size < max && !parts.config.batch_linger.is_zero() {
             let linger = tokio::time::sleep(parts.config.batch_linger);
             tokio::pin!(linger);
             while size < max {
                 tokio::select! {
                     _ = &mut linger => break,
                     next = receipts.recv() => match next {
-                        Some(r) => { size += r.messages.len(); batch.push(r); }
-                        None => break,
+                        Some(r) => { size += r.messages.len(); waiting.push_back(r); }
+                        None => { open = false; break; }
                     },
                 }
             }
         }
+        // Whole receives, the first always, until the next would pass the bound.
+        let mut batch = Vec::new();
+        let mut taken = 0;
+        while let Some(r) = waiting.front() {
+            if !batch.is_empty() && taken + r.messages.len() > max {
+                break;
+            }
+            taken += r.messages.len();
+            batch.extend(waiting.pop_front());
+        }
         tasks.spawn(handle_batch(
             parts.clone(),
             batch,
+            permit,
             stop.clone(),
             abort.clone(),
         ));
@@ -200,7 +229,8 @@ pub(super) async fn combine(
 struct Pending {
     received: Received,
     receipt: String,
-    slot: OwnedSemaphorePermit,
+    /// Its in-flight slot, given back when the message leaves the batch.
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Applies a batch in one transaction (the pipeline retries its members one by one when the
@@ -209,6 +239,7 @@ struct Pending {
 async fn handle_batch(
     parts: WorkerParts,
     receipts: Vec<Receipt>,
+    commit_slot: OwnedSemaphorePermit,
     stop: CancellationToken,
     abort: CancellationToken,
 ) {
@@ -241,18 +272,31 @@ async fn handle_batch(
             pending.push(Pending {
                 received,
                 receipt,
-                slot,
+                _slot: slot,
             });
         }
     }
     let mut backoff = Backoff::new(parts.config.backoff_base, parts.config.backoff_cap);
+    let mut commit_slot = Some(commit_slot);
     while !pending.is_empty() {
+        // A retry waits for a transaction slot like any batch.
+        let slot = match commit_slot.take() {
+            Some(slot) => slot,
+            None => tokio::select! {
+                _ = abort.cancelled() => { release(&parts, &pending).await; return; }
+                s = parts.commits.clone().acquire_owned() => match s {
+                    Ok(s) => s,
+                    Err(_) => { release(&parts, &pending).await; return; }
+                },
+            },
+        };
         let refs: Vec<&Received> = pending.iter().map(|p| &p.received).collect();
         let started = Instant::now();
         let results = tokio::select! {
             _ = abort.cancelled() => { release(&parts, &pending).await; return; }
             r = parts.pipeline.process_received_batch(&refs) => r,
         };
+        drop(slot);
         parts
             .metrics
             .stage(Stage::Commit, started.elapsed().as_secs_f64());
@@ -265,14 +309,7 @@ async fn handle_batch(
             match result {
                 Processed::Done(_) => {
                     parts.health.set_database_ok(true);
-                    // The deleter owns the message (and its slot) from here; it stays tracked,
-                    // and its visibility extended, until the delete is done.
-                    committed.push(Ack {
-                        message_id: p.received.inbound.message_id,
-                        receipt_handle: p.receipt,
-                        committed_at,
-                        _slot: p.slot,
-                    });
+                    committed.push(p);
                 }
                 Processed::Rejected { .. } => {
                     // Not deleted: it becomes visible again and the redrive policy moves it to
@@ -286,8 +323,12 @@ async fn handle_batch(
             }
         }
         // One send per transaction: the deleter sees the batch whole and fills its calls.
-        if !committed.is_empty() && parts.acks.send(committed).await.is_err() {
-            tracing::error!("the deleter stopped before every ack was sent");
+        if !committed.is_empty() {
+            if let Some(acks) = into_acks(&parts, committed, committed_at).await {
+                if parts.acks.send(acks).await.is_err() {
+                    tracing::error!("the deleter stopped before every ack was sent");
+                }
+            }
         }
         pending = retry;
         if let Some(e) = transient {
@@ -306,6 +347,41 @@ async fn handle_batch(
             }
         }
     }
+}
+
+/// Hands committed messages over to the deleter: they stay tracked, and their visibility
+/// extended, until the delete is done, and their in-flight slots go once they have places in the
+/// delete backlog. The places are taken for the whole batch at once (a batch never holds more
+/// slots than the backlog has places), so two batches never each hold part of what they need.
+async fn into_acks(
+    parts: &WorkerParts,
+    committed: Vec<Pending>,
+    committed_at: Instant,
+) -> Option<Vec<Ack>> {
+    let mut places = match parts
+        .delete_backlog
+        .clone()
+        .acquire_many_owned(committed.len() as u32)
+        .await
+    {
+        Ok(places) => places,
+        Err(_) => {
+            tracing::error!("the delete backlog closed before every ack was sent");
+            return None;
+        }
+    };
+    let mut acks = Vec::with_capacity(committed.len());
+    // One place each; the message's in-flight slot drops with its `Pending`.
+    for p in committed {
+        let place = places.split(1)?;
+        acks.push(Ack {
+            message_id: p.received.inbound.message_id,
+            receipt_handle: p.receipt,
+            committed_at,
+            _backlog: place,
+        });
+    }
+    Some(acks)
 }
 
 async fn release(parts: &WorkerParts, pending: &[Pending]) {

@@ -68,6 +68,10 @@ const MAX_CONFLICT_RETRIES: u32 = 8;
 /// back only its own message and not its batch-mates; PostgreSQL only (SQLite has one writer).
 pub const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Apply transactions the worker runs at once on PostgreSQL: enough to overlap one batch's
+/// round trips with another's, few enough that batches grow under load instead of splitting.
+const POSTGRES_CONCURRENT_BATCHES: usize = 4;
+
 /// How much of a rejected body the event log keeps (its size and SHA-256 are kept whole).
 pub const REJECTED_BODY_LIMIT: usize = 8 * 1024;
 
@@ -148,6 +152,17 @@ impl Store {
             url: url.clone(),
             batch_lock_timeout: Some(DEFAULT_BATCH_LOCK_TIMEOUT),
         })
+    }
+
+    /// How many apply transactions are worth running at once. SQLite has one writer: a second
+    /// transaction waits in SQLite's busy handler, which sleeps (1, 2, 5, … up to 100 ms) and
+    /// retries rather than queueing, so the worker queues its batches itself and merges the
+    /// receives that wait meanwhile into the next one.
+    pub fn concurrent_batches(&self) -> usize {
+        match self.backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_CONCURRENT_BATCHES,
+        }
     }
 
     /// This store with another batch lock timeout (None: a batch waits for every row as long
