@@ -31,10 +31,14 @@ pub(super) struct Ack {
     pub(super) _backlog: OwnedSemaphorePermit,
 }
 
-/// Deletes committed messages, a batch's acks arriving together. No linger: a call starts as
-/// soon as a call slot is free, with up to ten of whatever is waiting, so a quiet queue's
-/// message is deleted at once and a busy queue's acks gather into full calls while every slot
-/// is busy.
+/// How long a delete call with fewer than ten messages waits for more. Every call is the
+/// queue's time, so a busy queue's acks should fill their calls; the wait holds no in-flight
+/// slot (a committed message has given its slot back) and a quiet queue's message is deleted
+/// this much later, after its commit.
+const DELETE_LINGER: Duration = Duration::from_millis(10);
+
+/// Deletes committed messages, a batch's acks arriving together. A call starts when a call slot
+/// is free and ten acks are waiting, or when the oldest has waited [`DELETE_LINGER`].
 pub(super) async fn delete_loop(
     side: Side,
     mut acks: mpsc::Receiver<Vec<Ack>>,
@@ -57,6 +61,16 @@ pub(super) async fn delete_loop(
         };
         while let Ok(batch) = acks.try_recv() {
             waiting.extend(batch);
+        }
+        let fill_by = waiting.front().map(|a| a.committed_at + DELETE_LINGER);
+        if let Some(fill_by) = fill_by {
+            while waiting.len() < SQS_MAX_BATCH {
+                match tokio::time::timeout_at(fill_by.into(), acks.recv()).await {
+                    Ok(Some(batch)) => waiting.extend(batch),
+                    // Closed (shutting down) or the linger is over: send what there is.
+                    Ok(None) | Err(_) => break,
+                }
+            }
         }
         let batch: Vec<Ack> = waiting.drain(..waiting.len().min(SQS_MAX_BATCH)).collect();
         for a in &batch {

@@ -60,21 +60,21 @@ pub(super) async fn receive_loop(
                 }
             }
         }
+        // A full share of slots before asking: a receive of a few messages costs the queue a
+        // call all the same, and on a busy queue every call is the queue's time.
         let waiting = Instant::now();
-        let first = tokio::select! {
+        let mut slots = tokio::select! {
             _ = stop.cancelled() => return,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = permits.clone().acquire_many_owned(receive_share(&parts.config) as u32) => match p { Ok(p) => p, Err(_) => return },
         };
         parts
             .metrics
             .stage(Stage::SlotWait, waiting.elapsed().as_secs_f64());
-        let mut held = vec![first];
-        while held.len() < SQS_MAX_BATCH {
-            match permits.clone().try_acquire_owned() {
-                Ok(p) => held.push(p),
-                Err(_) => break,
-            }
+        let mut held = Vec::with_capacity(slots.num_permits());
+        while slots.num_permits() > 1 {
+            held.extend(slots.split(1));
         }
+        held.push(slots);
         let request = parts
             .sqs
             .receive_message()
@@ -139,6 +139,13 @@ pub(super) async fn receive_loop(
             return;
         }
     }
+}
+
+/// The slots one receive waits for: a full receive (10), or the loop's share of the in-flight
+/// bound when that is smaller, so every loop can have a receive open.
+fn receive_share(config: &super::WorkerConfig) -> usize {
+    let share = config.max_in_flight.max(1) / config.receive_loops.max(1);
+    share.clamp(1, SQS_MAX_BATCH)
 }
 
 /// Sleeps for `delay`; true when `stop` fired first.
