@@ -1,7 +1,8 @@
-//! The ceiling the worker is measured against: the same SDK, client, receive request and
-//! batching as `mplink run`, with the same receive loops and in-flight bound, but nothing
-//! decoded, verified or stored — each receive's messages are deleted at once with
-//! DeleteMessageBatch calls running up to four at a time.
+//! The ceiling the worker is measured against: the same SDK, client, receive request
+//! (`mplink::sqs::receive_request`, attributes included) and batching as `mplink run`, with the
+//! same receive loops and in-flight bound, but nothing decoded, verified or stored — each
+//! receive's messages are deleted at once with DeleteMessageBatch calls running up to four at
+//! a time.
 //!
 //! `cargo run --release --example sqs_ceiling -- QUEUE_URL [RECEIVE_LOOPS] [MAX_IN_FLIGHT]`
 //! drains the queue, stops at the first empty receive after it has seen messages, and prints
@@ -62,15 +63,16 @@ async fn main() {
                         Err(_) => break,
                     }
                 }
-                let out = sqs
-                    .receive_message()
-                    .queue_url(&queue_url)
-                    .max_number_of_messages(held.len() as i32)
-                    .wait_time_seconds(1)
-                    .visibility_timeout(30)
-                    .send()
-                    .await
-                    .expect("ReceiveMessage");
+                let out = mplink::sqs::receive_request(
+                    &sqs,
+                    &queue_url,
+                    held.len(),
+                    Duration::from_secs(1),
+                    defaults.visibility_timeout,
+                )
+                .send()
+                .await
+                .expect("ReceiveMessage");
                 let messages = out.messages.unwrap_or_default();
                 if messages.is_empty() {
                     if first_seen.initialized() {

@@ -15,6 +15,26 @@ use thiserror::Error;
 /// entries per batch call.
 pub const SQS_MAX_BATCH: usize = 10;
 
+/// The worker's ReceiveMessage: up to `max` messages, with the attributes the pipeline reads (the
+/// send time, the receive count and the redrive attributes). The ceiling benchmark sends the same
+/// request, so the queue does the same work for both.
+pub fn receive_request(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    max: usize,
+    wait: Duration,
+    visibility: Duration,
+) -> aws_sdk_sqs::operation::receive_message::builders::ReceiveMessageFluentBuilder {
+    sqs.receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(max.clamp(1, SQS_MAX_BATCH) as i32)
+        .wait_time_seconds(wait.as_secs() as i32)
+        .visibility_timeout(visibility.as_secs() as i32)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .set_message_attribute_names(Some(redrive::ATTRIBUTES.map(String::from).to_vec()))
+}
+
 /// A batch entry the SDK would not build. Every entry gets an id and a receipt handle, so this
 /// is a bug or an SDK change: the whole call is refused rather than one entry quietly left out
 /// (a left-out delete returns as a duplicate, a left-out release waits out its visibility).

@@ -7,7 +7,7 @@ use crate::backoff::Backoff;
 use crate::metrics::{Metrics, Stage};
 use crate::process::Processed;
 use crate::sqs::{Received, SQS_MAX_BATCH};
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::Message;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,19 +75,14 @@ pub(super) async fn receive_loop(
             held.extend(slots.split(1));
         }
         held.push(slots);
-        let request = parts
-            .sqs
-            .receive_message()
-            .queue_url(&parts.config.queue_url)
-            .max_number_of_messages(held.len() as i32)
-            .wait_time_seconds(parts.config.wait_time.as_secs() as i32)
-            .visibility_timeout(parts.config.visibility_timeout.as_secs() as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .set_message_attribute_names(Some(
-                crate::redrive::ATTRIBUTES.map(String::from).to_vec(),
-            ))
-            .send();
+        let request = crate::sqs::receive_request(
+            &parts.sqs,
+            &parts.config.queue_url,
+            held.len(),
+            parts.config.wait_time,
+            parts.config.visibility_timeout,
+        )
+        .send();
         // Dropping the request future on shutdown cancels the open long poll at once.
         let asked = Instant::now();
         let received = tokio::select! {
