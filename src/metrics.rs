@@ -63,7 +63,7 @@ pub struct Metrics {
 /// worker is slower than the queue allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// A receive loop waiting for an in-flight slot before it may ask for more.
+    /// A receive loop waiting for its share of in-flight slots before it may ask for more.
     SlotWait,
     /// One ReceiveMessage call that returned messages.
     Receive,
