@@ -195,7 +195,7 @@ impl Store {
                 let mut created = HashSet::new();
                 for key in keys {
                     if !before.contains_key(key) {
-                        before.insert(key.clone(), blank_row(key));
+                        before.insert(key.clone(), Subscription::blank(key.clone()));
                         created.insert(key.clone());
                     }
                 }
@@ -394,26 +394,6 @@ impl Store {
                 .map_err(q("removing unused subscription rows"))?;
         }
         Ok(())
-    }
-}
-
-/// The subscription a row inserted by [`Store::ensure_rows`] reads back as: the key, pending,
-/// nothing else known.
-fn blank_row(key: &str) -> Subscription {
-    Subscription {
-        key: key.to_string(),
-        product_code: None,
-        customer_identifier: None,
-        customer_aws_account_id: None,
-        agreement_id: None,
-        license_arn: None,
-        previous_agreement_id: None,
-        state: SubState::Pending,
-        state_stamp: None,
-        first_active: None,
-        handed_over: None,
-        last_event_time_ms: None,
-        details: Default::default(),
     }
 }
 

@@ -319,10 +319,11 @@ fn newer_stamp(slot: &mut Option<Stamp>, stamp: &Stamp) -> bool {
 }
 
 impl Subscription {
-    /// A subscription nobody has heard anything about yet.
-    pub fn new(subject: &SubjectKey) -> Subscription {
-        let mut sub = Subscription {
-            key: subject.as_key(),
+    /// Only the key, pending, nothing else known: what a freshly created ledger row reads back
+    /// as before any event fills it.
+    pub fn blank(key: String) -> Subscription {
+        Subscription {
+            key,
             product_code: None,
             customer_identifier: None,
             customer_aws_account_id: None,
@@ -335,7 +336,12 @@ impl Subscription {
             handed_over: None,
             last_event_time_ms: None,
             details: SubscriptionDetails::default(),
-        };
+        }
+    }
+
+    /// A subscription nobody has heard anything about yet.
+    pub fn new(subject: &SubjectKey) -> Subscription {
+        let mut sub = Subscription::blank(subject.as_key());
         match subject {
             SubjectKey::Customer {
                 product_code,
